@@ -1,0 +1,166 @@
+"""Capture the inputs of the LLM decoder blocks once, then run the blocks one at a time.
+
+``capture`` runs the model with every decoder block replaced by a recorder that keeps the keyword
+arguments the model passes to it (rotary ``position_embeddings`` as the model computed them, M-RoPE
+included; attention masks; per-layer-type differences such as Gemma 3's sliding layers) and returns
+its input unchanged. The recorder of the last block stops the forward with a private exception, so
+nothing after the decoder runs. Anything the model adds to the hidden states *between* blocks (Qwen3-VL's
+DeepStack visual features) is recorded as a sparse injection and re-applied by ``run_block``.
+
+Samples keep their own lengths: each is a batch of one, never padded into a shared buffer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from probe.models.base import Adapter
+
+
+class _CaptureComplete(Exception):
+    """Private signal that every decoder block's inputs were recorded."""
+
+
+@dataclass
+class BlockCall:
+    """How the model called one decoder block, minus the hidden states."""
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    # (row indices, values) added to this block's output before the next block; None if nothing
+    injection: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
+@dataclass
+class CapturedSample:
+    """Hidden states entering block 0 and the per-block call arguments of one sample."""
+
+    sample_id: str
+    hidden: torch.Tensor  # (1, seq, hidden)
+    calls: list[BlockCall]
+    visual_mask: torch.Tensor  # (seq,) bool
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def seq_len(self) -> int:
+        return self.hidden.shape[1]
+
+
+def move(obj: Any, device: torch.device | str) -> Any:
+    """Move every tensor inside nested tuples, lists and dicts to ``device``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, tuple):
+        return tuple(move(o, device) for o in obj)
+    if isinstance(obj, list):
+        return [move(o, device) for o in obj]
+    if isinstance(obj, dict):
+        return {k: move(v, device) for k, v in obj.items()}
+    return obj
+
+
+@contextlib.contextmanager
+def _recording(layers: nn.ModuleList, calls: list[BlockCall], first_input: list[torch.Tensor]) -> Iterator[None]:
+    last_returned: list[torch.Tensor] = []
+
+    def make_recorder(index: int):
+        def recorder(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+            if index == 0:
+                first_input.append(hidden_states)
+            else:
+                prev = last_returned[-1]
+                if hidden_states is not prev:
+                    diff = (hidden_states - prev)[0]
+                    rows = diff.abs().amax(dim=-1).nonzero().flatten()
+                    if rows.numel():
+                        calls[-1].injection = (rows, diff[rows].clone())
+            kwargs = {k: v for k, v in kwargs.items() if k not in ("past_key_values", "use_cache")}
+            calls.append(BlockCall(args=args, kwargs=kwargs))
+            if index == len(layers) - 1:
+                raise _CaptureComplete
+            last_returned.append(hidden_states)
+            return hidden_states
+
+        return recorder
+
+    for i, layer in enumerate(layers):
+        layer.forward = make_recorder(i)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer.forward  # restore the class's forward
+
+
+@torch.no_grad()
+def capture(
+    model: nn.Module,
+    adapter: Adapter,
+    inputs: dict[str, torch.Tensor],
+    sample_id: str = "",
+    store_device: torch.device | str = "cpu",
+) -> CapturedSample:
+    """Record block-0 hidden states and every block's call arguments for one sample (batch of one)."""
+    input_ids = inputs["input_ids"]
+    if input_ids.shape[0] != 1:
+        raise ValueError("capture takes one sample at a time (batch size 1)")
+    layers = adapter.decoder_layers(model)
+    device = next(model.parameters()).device
+    calls: list[BlockCall] = []
+    first: list[torch.Tensor] = []
+    with _recording(layers, calls, first):
+        try:
+            model(**move(inputs, device), use_cache=False)
+        except _CaptureComplete:
+            pass
+    if len(calls) != len(layers) or not first:
+        raise RuntimeError(f"captured {len(calls)} of {len(layers)} decoder blocks for sample {sample_id!r}")
+    calls = [
+        BlockCall(
+            args=move(c.args, store_device),
+            kwargs=move(c.kwargs, store_device),
+            injection=move(c.injection, store_device),
+        )
+        for c in calls
+    ]
+    return CapturedSample(
+        sample_id=sample_id,
+        hidden=first[0].to(store_device),
+        calls=calls,
+        visual_mask=adapter.visual_mask(input_ids[0], model.config).to(store_device),
+    )
+
+
+def run_block(layer: nn.Module, hidden: torch.Tensor, call: BlockCall) -> torch.Tensor:
+    """Run one decoder block on ``hidden`` with its captured arguments (moved to ``hidden``'s device)."""
+    device = hidden.device
+    out = layer(hidden, *move(call.args, device), **move(call.kwargs, device))
+    if isinstance(out, tuple):
+        out = out[0]
+    if call.injection is not None:
+        rows, values = call.injection
+        out = out.clone()
+        out[0, rows.to(device)] += values.to(device, out.dtype)
+    return out
+
+
+@torch.no_grad()
+def replay(model: nn.Module, adapter: Adapter, sample: CapturedSample) -> torch.Tensor:
+    """Run every decoder block in turn and the final norm: the LLM's last hidden state."""
+    layers = adapter.decoder_layers(model)
+    device = next(layers[0].parameters()).device
+    hidden = sample.hidden.to(device)
+    for layer, call in zip(layers, sample.calls):
+        hidden = run_block(layer, hidden, call)
+    return adapter.final_norm(model)(hidden)
+
+
+def activation_bytes(samples: list[CapturedSample]) -> int:
+    """Memory the cached block inputs take (one hidden-state buffer per sample)."""
+    return sum(s.hidden.numel() * s.hidden.element_size() for s in samples)

@@ -1,0 +1,30 @@
+"""LVLM family adapters. Importing this package registers every built-in family."""
+
+from probe.models import (  # noqa: F401  (imported for registration)
+    gemma3,
+    idefics3,
+    internvl,
+    llava,
+    llava_next,
+    llava_onevision,
+    qwen2_5_vl,
+    qwen2_vl,
+    qwen3_vl,
+)
+from probe.models.base import (
+    Adapter,
+    InvalidInputsError,
+    UnknownModelFamilyError,
+    get_adapter,
+    register,
+    supported_families,
+)
+
+__all__ = [
+    "Adapter",
+    "InvalidInputsError",
+    "UnknownModelFamilyError",
+    "get_adapter",
+    "register",
+    "supported_families",
+]

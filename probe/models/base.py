@@ -1,0 +1,154 @@
+"""What the toolkit needs to know about an LVLM family, and the registry of families.
+
+An adapter answers, for one family: where the LLM decoder layers are, which linears of a block are
+prunable, which token ids carry visual features (read from the model's own config), and how to turn
+a conversation with images into model inputs through the family's processor. Adding a family is one
+small file under ``probe/models/`` that subclasses :class:`Adapter` and calls :func:`register`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+from PIL import Image
+from torch import nn
+
+DEFAULT_PRUNABLE = (
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+)
+
+VISUAL_TOKEN_ATTRS = ("image_token_id", "image_token_index", "video_token_id", "video_token_index")
+
+
+class UnknownModelFamilyError(KeyError):
+    """Raised for a model whose ``config.model_type`` has no registered adapter."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class InvalidInputsError(ValueError):
+    """Raised when model inputs cannot be built as a family requires."""
+
+
+Message = dict[str, Any]
+
+
+class Adapter:
+    """Family-specific knowledge; subclasses override only what differs from the defaults."""
+
+    model_types: ClassVar[tuple[str, ...]] = ()
+    language_model_attr: ClassVar[str] = "language_model"
+    prunable: ClassVar[tuple[str, ...]] = DEFAULT_PRUNABLE
+    # groups of prunable linears that read the same input tensor (statistics are shared)
+    shared_inputs: ClassVar[tuple[tuple[str, ...], ...]] = (
+        ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+        ("mlp.gate_proj", "mlp.up_proj"),
+    )
+
+    # --- structure -----------------------------------------------------------------------
+    def language_model(self, model: nn.Module) -> nn.Module:
+        """The LLM decoder stack (the module holding ``layers`` and the final ``norm``)."""
+        inner = model.model if hasattr(model, "model") else model
+        return getattr(inner, self.language_model_attr)
+
+    def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
+        """The LLM decoder blocks, in order."""
+        return self.language_model(model).layers
+
+    def final_norm(self, model: nn.Module) -> nn.Module:
+        """The norm applied after the last decoder block."""
+        return self.language_model(model).norm
+
+    def prunable_linears(self, layer: nn.Module) -> dict[str, nn.Linear]:
+        """The prunable linears of one decoder block, keyed by their name inside the block."""
+        found = {}
+        for name in self.prunable:
+            module = layer.get_submodule(name)
+            found[name] = module
+        return found
+
+    # --- tokens --------------------------------------------------------------------------
+    def visual_token_ids(self, config: Any) -> list[int]:
+        """Ids of the tokens that carry visual features, from the model config."""
+        ids = []
+        for attr in VISUAL_TOKEN_ATTRS:
+            value = getattr(config, attr, None)
+            if isinstance(value, int) and value not in ids:
+                ids.append(value)
+        if not ids:
+            raise InvalidInputsError(f"config of {config.model_type!r} names no image or video token id")
+        return ids
+
+    def visual_mask(self, input_ids: torch.Tensor, config: Any) -> torch.Tensor:
+        """Boolean mask, True where ``input_ids`` holds a visual-feature token."""
+        ids = torch.tensor(self.visual_token_ids(config), device=input_ids.device)
+        return torch.isin(input_ids, ids)
+
+    # --- inputs --------------------------------------------------------------------------
+    def render_prompt(self, processor: Any, messages: Sequence[Message], add_generation_prompt: bool) -> str:
+        """Apply the processor's chat template to HF-style messages."""
+        return processor.apply_chat_template(
+            list(messages), add_generation_prompt=add_generation_prompt, tokenize=False
+        )
+
+    def processor_kwargs(self) -> dict[str, Any]:
+        """Extra keyword arguments for the processor call."""
+        return {}
+
+    def build_inputs(
+        self,
+        processor: Any,
+        messages: Sequence[Message],
+        images: Sequence[Image.Image],
+        add_generation_prompt: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """Model inputs (batch of one) for a conversation with its images, in order of appearance."""
+        prompt = self.render_prompt(processor, messages, add_generation_prompt)
+        kwargs = dict(text=[prompt], return_tensors="pt", **self.processor_kwargs())
+        if images:
+            kwargs["images"] = list(images)
+        inputs = dict(processor(**kwargs))
+        self.check_inputs(inputs)
+        return inputs
+
+    def check_inputs(self, inputs: dict[str, torch.Tensor]) -> None:
+        """Raise :class:`InvalidInputsError` if the inputs lack something the family needs."""
+
+
+_REGISTRY: dict[str, Adapter] = {}
+
+
+def register(adapter_cls: type[Adapter]) -> type[Adapter]:
+    """Class decorator: make an adapter available for its ``model_types``."""
+    adapter = adapter_cls()
+    for model_type in adapter_cls.model_types:
+        _REGISTRY[model_type] = adapter
+    return adapter_cls
+
+
+def supported_families() -> list[str]:
+    """The ``config.model_type`` values with a registered adapter."""
+    return sorted(_REGISTRY)
+
+
+def get_adapter(model_or_config: Any) -> Adapter:
+    """The adapter for a model, a config, or a ``model_type`` string."""
+    if isinstance(model_or_config, str):
+        model_type = model_or_config
+    else:
+        config = getattr(model_or_config, "config", model_or_config)
+        model_type = getattr(config, "model_type", None)
+    if model_type not in _REGISTRY:
+        raise UnknownModelFamilyError(
+            f"unknown model family {model_type!r}; supported: {', '.join(supported_families())}"
+        )
+    return _REGISTRY[model_type]
