@@ -198,8 +198,9 @@ def _idefics3(kind: str) -> Callable[[int], TinyLVLM]:
             (tf.Idefics3Config, tf.Idefics3ForConditionalGeneration, tf.Idefics3Processor,
              tf.Idefics3ImageProcessorPil)
             if kind == "idefics3"
-            else (tf.SmolVLMConfig, tf.SmolVLMForConditionalGeneration, tf.SmolVLMProcessor,
-                  tf.SmolVLMImageProcessorPil)
+            # SmolVLM's own processor needs the optional `num2words`; Idefics3's lays tokens out alike
+            else (tf.SmolVLMConfig, tf.SmolVLMForConditionalGeneration, tf.Idefics3Processor,
+                  tf.Idefics3ImageProcessorPil)
         )
         cfg = cfg_cls(vision_config=vision, text_config=dict(TEXT_BASE, model_type="llama", vocab_size=V),
                       image_token_id=IMG, scale_factor=2)
@@ -209,9 +210,7 @@ def _idefics3(kind: str) -> Callable[[int], TinyLVLM]:
             V, image_token="<image>",
         )
         ip = ip_cls(size={"longest_edge": 64}, max_image_size={"longest_edge": 32})
-        extra = {"video_processor": None} if kind == "smolvlm" else {}
-        with processor_type_checks_tolerate_none():
-            proc = proc_cls(image_processor=ip, tokenizer=tok, image_seq_len=4, chat_template=CHAT_TEMPLATE, **extra)
+        proc = proc_cls(image_processor=ip, tokenizer=tok, image_seq_len=4, chat_template=CHAT_TEMPLATE)
         return TinyLVLM(model, proc, kind)
 
     return build

@@ -28,3 +28,55 @@ def processor_type_checks_tolerate_none() -> Iterator[None]:
         yield
     finally:
         processing_utils.ProcessorMixin.check_argument_for_proper_class = original
+
+
+def save_processor(processor, folder) -> None:  # noqa: ANN001
+    """``processor.save_pretrained(folder)``, skipping sub-processors that are absent (``None``)."""
+    present = [a for a in type(processor).get_attributes() if getattr(processor, a, None) is not None]
+    processor.get_attributes = lambda: present  # instance attribute shadows the classmethod
+    try:
+        processor.save_pretrained(folder)
+    finally:
+        del processor.get_attributes
+
+
+def torchvision_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torchvision") is not None
+
+
+def load_processor(ref: str):  # noqa: ANN201
+    """``AutoProcessor.from_pretrained(ref)``; without torchvision, video sub-processors are left out.
+
+    Video processors need torchvision; image-only work (calibration, image benchmarks) does not, so
+    the processor is then assembled from its tokenizer and image processor with ``video_processor=None``.
+    """
+    import inspect
+    import json
+    from pathlib import Path
+
+    import transformers
+    from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
+    from transformers.utils import cached_file
+
+    config_file = cached_file(ref, "processor_config.json", _raise_exceptions_for_missing_entries=False)
+    config = json.loads(Path(config_file).read_text()) if config_file else {}
+    cls = getattr(transformers, config.get("processor_class", ""), None)
+    needs_video = cls is not None and "video_processor" in inspect.signature(cls.__init__).parameters
+    if torchvision_available() or not needs_video:
+        with processor_type_checks_tolerate_none():
+            return AutoProcessor.from_pretrained(ref)
+    kwargs = {k: v for k, v in config.items() if k in inspect.signature(cls.__init__).parameters}
+    for sub in ("image_processor", "tokenizer", "video_processor", "chat_template"):
+        kwargs.pop(sub, None)
+    template_file = cached_file(ref, "chat_template.jinja", _raise_exceptions_for_missing_entries=False)
+    template = Path(template_file).read_text() if template_file else None
+    with processor_type_checks_tolerate_none():
+        return cls(
+            image_processor=AutoImageProcessor.from_pretrained(ref),
+            tokenizer=AutoTokenizer.from_pretrained(ref),
+            video_processor=None,
+            chat_template=template,
+            **kwargs,
+        )

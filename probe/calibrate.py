@@ -1,0 +1,43 @@
+"""From a calibration spec to captured block inputs, with a memory estimate before the work starts."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from probe.capture import CapturedSample, activation_bytes, capture
+from probe.data.calibration import CalibrationSpec, prepare
+from probe.loading import LoadedModel
+from probe.progress import progress_bar
+
+log = logging.getLogger(__name__)
+
+
+def estimate_activation_bytes(lengths: list[int], hidden_size: int, dtype: torch.dtype) -> int:
+    """Bytes of the cached hidden states of samples with these token counts."""
+    return sum(lengths) * hidden_size * torch.empty((), dtype=dtype).element_size()
+
+
+def capture_calibration(
+    loaded: LoadedModel,
+    spec: CalibrationSpec,
+    store_device: str = "cpu",
+    show_progress: bool = True,
+) -> list[CapturedSample]:
+    """Prepare the calibration set (all checks first), then capture every sample's block inputs."""
+    model, adapter = loaded.model, loaded.adapter
+    items = prepare(spec, adapter, loaded.processor, model.config)
+    hidden_size = adapter.final_norm(model).weight.shape[0]
+    dtype = next(model.parameters()).dtype
+    need = estimate_activation_bytes([i.meta["n_tokens"] for i in items], hidden_size, dtype)
+    log.info("cached activations: %.1f MiB on %s for %d samples", need / 2**20, store_device, len(items))
+    samples = []
+    with progress_bar("capture", len(items), show_progress) as bar:
+        for item in items:
+            sample = capture(model, adapter, item.inputs, item.sample_id, store_device)
+            sample.meta.update(item.meta)
+            samples.append(sample)
+            bar.advance()
+    log.info("captured %.1f MiB", activation_bytes(samples) / 2**20)
+    return samples

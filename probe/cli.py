@@ -1,0 +1,128 @@
+"""The ``probe`` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from probe.models import supported_families
+
+DEFAULT_MODEL = "tiny:llava_next"
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", nargs="?", default=DEFAULT_MODEL,
+                   help=f"hub id, local folder, or tiny:FAMILY (default: {DEFAULT_MODEL})")
+    p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+    p.add_argument("--device", default="cpu", help="where the model lives, e.g. cpu or cuda")
+    p.add_argument("--offload", action="store_true",
+                   help="keep the model on CPU and move one block at a time to --run-device")
+    p.add_argument("--run-device", default=None, help="where blocks run in offload mode (default: cuda)")
+
+
+def _add_calib_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--calib", default="bundled",
+                   help="bundled, hf:NAME (a datasets dataset), or a LLaVA-style .json/.jsonl file")
+    p.add_argument("--image-root", default=None, help="folder the calibration images are relative to")
+    p.add_argument("--calib-subset", default=None,
+                   help="keep records whose data_source/image path contains this, e.g. sharegpt4v")
+    p.add_argument("--calib-split", default="train", help="split of an hf: dataset")
+    p.add_argument("--nsamples", type=int, default=128, help="calibration samples to draw")
+    p.add_argument("--seed", type=int, default=0, help="seed of the calibration draw")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="probe", description="Weight pruning and sensitivity probes for LVLMs.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prune", help="prune a model and write a Hugging Face checkpoint with a manifest")
+    _add_model_args(p)
+    _add_calib_args(p)
+    p.add_argument("--method", default="wanda", help="magnitude, wanda or sparsegpt")
+    p.add_argument("--sparsity", type=float, default=None,
+                   help="fraction of weights removed, in [0, 1); implied by an N:M pattern")
+    p.add_argument("--pattern", default="unstructured", help="unstructured, or N:M keeping N of every M (2:4, 4:8)")
+    p.add_argument("--pool", default="mixed", help="positions feeding the statistics: text, visual or mixed")
+    p.add_argument("--out", required=True, type=Path, help="output folder (written atomically)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("families", help="list the supported model families")
+    p.set_defaults(func=lambda args: print("\n".join(supported_families())))
+    return parser
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    import torch
+
+    from probe.calibrate import capture_calibration
+    from probe.data.calibration import CalibrationSpec
+    from probe.engine import PruneConfig, prune
+    from probe.loading import load_model, parse_dtype
+    from probe.manifest import package_versions, write_dir_atomic, write_json_atomic
+    from probe.models.compat import save_processor
+    from probe.sparsity.masks import parse_pattern
+
+    pattern = parse_pattern(args.pattern)
+    sparsity = args.sparsity if args.sparsity is not None else (pattern.sparsity if pattern.structured else 0.5)
+    config = PruneConfig(method=args.method, sparsity=sparsity, pattern=args.pattern, pool=args.pool)
+    spec = CalibrationSpec.parse(args.calib, image_root=args.image_root, subset=args.calib_subset,
+                                 split=args.calib_split, nsamples=args.nsamples, seed=args.seed)
+    dtype = parse_dtype(args.dtype)
+    run_device = args.run_device or ("cuda" if args.offload else args.device)
+    started = time.time()
+    loaded = load_model(args.model, dtype=dtype, device="cpu" if args.offload else args.device)
+    samples = []
+    if config.needs_calibration:
+        store = "cpu" if args.offload else args.device
+        samples = capture_calibration(loaded, spec, store_device=store, show_progress=not args.no_progress)
+    torch.manual_seed(args.seed)
+    report = prune(loaded.model, loaded.adapter, samples, config, device=run_device,
+                   show_progress=not args.no_progress)
+    manifest = {
+        "command": "prune",
+        "model": args.model,
+        "family": loaded.model.config.model_type,
+        "dtype": args.dtype,
+        "device": run_device,
+        "offload": args.offload,
+        "prune": asdict(config),
+        "calibration": {**asdict(spec), "sample_ids": [s.sample_id for s in samples]},
+        "achieved_sparsity": report.sparsity,
+        "mean_sparsity": sum(report.sparsity.values()) / max(len(report.sparsity), 1),
+        "prune_seconds": report.seconds,
+        "wall_seconds": time.time() - started,
+        "peak_memory_bytes": report.peak_memory_bytes,
+        "versions": package_versions(),
+    }
+
+    def fill(folder: Path) -> None:
+        loaded.model.save_pretrained(folder)
+        save_processor(loaded.processor, folder)
+        write_json_atomic(folder / "manifest.json", manifest)
+
+    write_dir_atomic(args.out, fill)
+    print(f"wrote {args.out} (mean sparsity {manifest['mean_sparsity']:.3f}, {report.seconds:.1f} s)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    from probe.errors import USER_ERRORS
+
+    try:
+        return int(args.func(args) or 0)
+    except USER_ERRORS as exc:
+        print(f"probe: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""Pure tensor maths of pruning: statistics, scores, masks, SparseGPT. No model ever enters here."""
+
+from probe.sparsity.masks import (
+    Pattern,
+    SparsityError,
+    magnitude_mask,
+    nm_mask,
+    parse_pattern,
+    rowwise_mask,
+)
+from probe.sparsity.sparsegpt import sparsegpt_prune
+from probe.sparsity.stats import InputStats, wanda_scores
+
+__all__ = [
+    "InputStats",
+    "Pattern",
+    "SparsityError",
+    "magnitude_mask",
+    "nm_mask",
+    "parse_pattern",
+    "rowwise_mask",
+    "sparsegpt_prune",
+    "wanda_scores",
+]

@@ -1,0 +1,25 @@
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+warnings.filterwarnings("ignore")
+
+FAMILIES = ["llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "idefics3", "smolvlm",
+            "gemma3", "internvl"]
+
+
+def random_image(seed: int, height: int, width: int) -> Image.Image:
+    pixels = (np.random.RandomState(seed).rand(height, width, 3) * 255).astype("uint8")
+    return Image.fromarray(pixels)
+
+
+def user_turn(question: str, with_image: bool = True) -> list[dict]:
+    content = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": question}]
+    return [{"role": "user", "content": content}]
+
+
+@pytest.fixture
+def rng_image():
+    return random_image

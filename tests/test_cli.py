@@ -1,0 +1,42 @@
+"""`probe prune` end to end on a tiny model: checkpoint, manifest, errors."""
+
+import json
+
+import torch
+from transformers import AutoModelForImageTextToText
+
+from probe.cli import main
+
+
+def test_prune_writes_loadable_checkpoint_and_manifest(tmp_path, capsys):
+    out = tmp_path / "pruned"
+    code = main(["prune", "tiny:llava_next", "--method", "wanda", "--pattern", "2:4", "--nsamples", "3",
+                 "--out", str(out), "--no-progress"])
+    assert code == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["prune"]["sparsity"] == 0.5 and manifest["prune"]["pattern"] == "2:4"
+    assert len(manifest["calibration"]["sample_ids"]) == 3
+    assert manifest["versions"]["torch"] and manifest["peak_memory_bytes"] > 0
+    model = AutoModelForImageTextToText.from_pretrained(out)
+    weight = model.model.language_model.layers[1].self_attn.q_proj.weight
+    groups = (weight == 0).reshape(weight.shape[0], -1, 4).sum(-1)
+    assert (groups >= 2).all()
+    assert abs(manifest["achieved_sparsity"]["layers.1.self_attn.q_proj"] - (weight == 0).float().mean().item()) < 1e-6
+    assert (out / "processor_config.json").exists() and not list(tmp_path.glob(".pruned.*"))
+    assert torch.is_tensor(weight)
+
+
+def test_bad_input_is_one_clear_line(tmp_path, capsys):
+    cases = [
+        (["prune", "--sparsity", "1.0"], "sparsity must be in [0, 1)"),
+        (["prune", "--pattern", "2:4", "--sparsity", "0.6"], "2:4"),
+        (["prune", "--method", "prune-everything"], "unknown method"),
+        (["prune", "--pool", "audio"], "unknown pool"),
+        (["prune", str(tmp_path / "missing")], "not found"),
+        (["prune", "--calib", str(tmp_path / "none.json")], "not found"),
+        (["prune", "--nsamples", "5000"], "only"),
+    ]
+    for argv, message in cases:
+        assert main(argv + ["--out", str(tmp_path / "o"), "--no-progress"]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
