@@ -7,6 +7,7 @@ observed (the MoT probe prunes one pathway's copies while observing the shared r
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -69,16 +70,22 @@ class Target:
 TargetFn = Callable[[int, nn.Module], dict[str, Target]]
 
 
+def stats_keys(adapter: Adapter, names: list[str]) -> dict[str, str]:
+    """For each linear name, the name whose input statistics it shares (the first of its group present)."""
+    keys = {}
+    for name in names:
+        group = next((g for g in adapter.shared_inputs if name in g), (name,))
+        keys[name] = next(n for n in group if n in names)
+    return keys
+
+
 def default_targets(adapter: Adapter) -> TargetFn:
     """Every prunable linear of a block, observed at its own input (shared inputs share statistics)."""
-    leader = {name: group[0] for group in adapter.shared_inputs for name in group}
 
     def targets(block: int, layer: nn.Module) -> dict[str, Target]:
         linears = adapter.prunable_linears(layer)
-        return {
-            name: Target(lin, lin, leader.get(name, name) if leader.get(name, name) in linears else name)
-            for name, lin in linears.items()
-        }
+        keys = stats_keys(adapter, list(linears))
+        return {name: Target(lin, lin, keys[name]) for name, lin in linears.items()}
 
     return targets
 
@@ -152,14 +159,17 @@ def prune(
     pool: Pool | None = None,
     device: torch.device | str | None = None,
     show_progress: bool = True,
+    sample_context: Callable[[CapturedSample], contextlib.AbstractContextManager] | None = None,
 ) -> PruneReport:
     """Prune the decoder blocks of ``model`` in place, block by block.
 
     ``samples`` are the captured block-0 inputs (see :func:`probe.capture.capture`); their hidden
     states are advanced through each pruned block (the last block needs no propagation).
     ``device`` is where blocks run: if it differs from where a block lives (offload mode), the block
-    is moved there for its two passes and moved back afterwards.
+    is moved there for its two passes and moved back afterwards. ``sample_context`` wraps every
+    replay of a sample (the MoT probe routes tokens by the sample's modality mask there).
     """
+    context = sample_context or (lambda sample: contextlib.nullcontext())
     targets = targets or default_targets(adapter)
     pool = pool or get_pool(config.pool)
     layers = adapter.decoder_layers(model)
@@ -184,7 +194,8 @@ def prune(
                 try:
                     for sample in samples:
                         current["positions"] = pool.positions(sample, index)
-                        run_block(layer, sample.hidden.to(run_device), sample.calls[index])
+                        with context(sample):
+                            run_block(layer, sample.hidden.to(run_device), sample.calls[index])
                 finally:
                     for h in handles:
                         h.remove()
@@ -194,7 +205,8 @@ def prune(
                 )
             if config.needs_calibration and index < len(layers) - 1:
                 for sample in samples:
-                    out = run_block(layer, sample.hidden.to(run_device), sample.calls[index])
+                    with context(sample):
+                        out = run_block(layer, sample.hidden.to(run_device), sample.calls[index])
                     sample.hidden = out.to(sample.hidden.device)
             layer.to(home)
             bar.advance()

@@ -1,0 +1,68 @@
+"""Pruning cost relative to a dense forward, measured side by side in one run on one model.
+
+Prints Wanda time / one dense forward over the calibration set (goal <= 2.3) and
+SparseGPT time / Wanda time (goal <= 6; the paper measured 9.04 on LLaVA-NeXT 8B).
+
+    python bench/bench_prune.py [MODEL] [--nsamples 32] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+import torch
+
+from probe.calibrate import capture_calibration
+from probe.data.calibration import CalibrationSpec, prepare
+from probe.engine import PruneConfig, prune
+from probe.loading import load_model, parse_dtype
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", nargs="?", default="tiny:llava_next")
+    parser.add_argument("--nsamples", type=int, default=32)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
+    args = parser.parse_args()
+
+    loaded = load_model(args.model, dtype=parse_dtype(args.dtype), device=args.device)
+    spec = CalibrationSpec(nsamples=args.nsamples)
+    items = prepare(spec, loaded.adapter, loaded.processor, loaded.model.config)
+
+    def dense_forward() -> None:
+        with torch.no_grad():
+            for item in items:
+                loaded.model(**{k: v.to(args.device) for k, v in item.inputs.items()}, use_cache=False)
+
+    def run(method: str):
+        def go() -> None:
+            model = copy.deepcopy(loaded.model)
+            samples = capture_calibration(type(loaded)(model, loaded.processor, loaded.adapter, loaded.ref), spec,
+                                          store_device=args.device, show_progress=False)
+            prune(model, loaded.adapter, samples, PruneConfig(method=method, sparsity=0.5), show_progress=False)
+
+        return go
+
+    dense_forward()  # warm-up
+    dense = min(timed(dense_forward) for _ in range(2))
+    wanda = min(timed(run("wanda")) for _ in range(2))
+    sparsegpt = timed(run("sparsegpt"))
+    print(f"model {args.model}, {args.nsamples} samples, device {args.device}")
+    print(f"dense forward over calibration set: {dense:.3f} s")
+    print(f"wanda (capture + prune):            {wanda:.3f} s")
+    print(f"sparsegpt (capture + prune):        {sparsegpt:.3f} s")
+    print(f"wanda / dense forward   = {wanda / dense:.2f}  (goal <= 2.3)")
+    print(f"sparsegpt / wanda       = {sparsegpt / wanda:.2f}  (goal <= 6)")
+
+
+if __name__ == "__main__":
+    main()
