@@ -43,19 +43,21 @@ def main() -> None:
             for item in items:
                 loaded.model(**{k: v.to(args.device) for k, v in item.inputs.items()}, use_cache=False)
 
-    def run(method: str):
+    def run(method: str) -> float:
+        """Seconds to capture the calibration set and prune a fresh copy of the model."""
+        model = copy.deepcopy(loaded.model)
+        copy_loaded = type(loaded)(model, loaded.processor, loaded.adapter, loaded.ref)
+
         def go() -> None:
-            model = copy.deepcopy(loaded.model)
-            samples = capture_calibration(type(loaded)(model, loaded.processor, loaded.adapter, loaded.ref), spec,
-                                          store_device=args.device, show_progress=False)
+            samples = capture_calibration(copy_loaded, spec, store_device=args.device, show_progress=False)
             prune(model, loaded.adapter, samples, PruneConfig(method=method, sparsity=0.5), show_progress=False)
 
-        return go
+        return timed(go)
 
     dense_forward()  # warm-up
     dense = min(timed(dense_forward) for _ in range(2))
-    wanda = min(timed(run("wanda")) for _ in range(2))
-    sparsegpt = timed(run("sparsegpt"))
+    wanda = min(run("wanda") for _ in range(2))
+    sparsegpt = run("sparsegpt")
     print(f"model {args.model}, {args.nsamples} samples, device {args.device}")
     print(f"dense forward over calibration set: {dense:.3f} s")
     print(f"wanda (capture + prune):            {wanda:.3f} s")

@@ -22,6 +22,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offload", action="store_true",
                    help="keep the model on CPU and move one block at a time to --run-device")
     p.add_argument("--run-device", default=None, help="where blocks run in offload mode (default: cuda)")
+    p.add_argument("--max-pixels", type=int, default=None,
+                   help="image resolution cap of Qwen-VL families; use the same value when evaluating")
 
 
 def _add_calib_args(p: argparse.ArgumentParser) -> None:
@@ -76,7 +78,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     dtype = parse_dtype(args.dtype)
     run_device = args.run_device or ("cuda" if args.offload else args.device)
     started = time.time()
-    loaded = load_model(args.model, dtype=dtype, device="cpu" if args.offload else args.device)
+    loaded = load_model(args.model, dtype=dtype, device="cpu" if args.offload else args.device,
+                        max_pixels=args.max_pixels)
     samples = []
     if config.needs_calibration:
         store = "cpu" if args.offload else args.device
@@ -91,6 +94,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         "dtype": args.dtype,
         "device": run_device,
         "offload": args.offload,
+        "max_pixels": args.max_pixels,
         "prune": asdict(config),
         "calibration": {**asdict(spec), "sample_ids": [s.sample_id for s in samples]},
         "achieved_sparsity": report.sparsity,
@@ -114,7 +118,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("probe").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     from probe.errors import USER_ERRORS
 
     try:

@@ -38,17 +38,23 @@ def parse_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
-def load_model(ref: str, dtype: torch.dtype = torch.float32, device: str = "cpu") -> LoadedModel:
+def load_model(
+    ref: str, dtype: torch.dtype = torch.float32, device: str = "cpu", max_pixels: int | None = None
+) -> LoadedModel:
     """Load ``ref``: ``tiny:FAMILY`` (random tiny model), a local folder, or a hub id.
 
     The family is checked against the registry from the config before any weights are read.
+    ``max_pixels`` caps the image resolution of Qwen-VL families; use the same value for
+    calibration and evaluation.
     """
     if ref.startswith(TINY_PREFIX):
         from probe.tiny import tiny_lvlm
 
         tiny = tiny_lvlm(ref[len(TINY_PREFIX):], dtype=dtype)
-        model = tiny.model.to(device)
-        return LoadedModel(model, tiny.processor, get_adapter(model), ref)
+        loaded = LoadedModel(tiny.model.to(device), tiny.processor, get_adapter(tiny.model), ref)
+        if max_pixels is not None:
+            loaded.adapter.set_max_pixels(loaded.processor, max_pixels)
+        return loaded
     path = Path(ref)
     if ref.startswith((".", "/")) and not path.exists():
         raise ModelLoadError(f"model folder not found: {ref}")
@@ -58,6 +64,8 @@ def load_model(ref: str, dtype: torch.dtype = torch.float32, device: str = "cpu"
         raise ModelLoadError(f"cannot load {ref!r}: not a local model folder, and the hub did not provide it") from exc
     adapter = get_adapter(config)
     processor = load_processor(ref)
+    if max_pixels is not None:
+        adapter.set_max_pixels(processor, max_pixels)
     model = AutoModelForImageTextToText.from_pretrained(ref, dtype=dtype)
     model.to(device).eval()
     return LoadedModel(model, processor, adapter, ref)

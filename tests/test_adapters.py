@@ -85,3 +85,17 @@ def test_qwen2_5_vl_requires_mm_token_type_ids():
 def test_llava_next_requires_image_sizes():
     with pytest.raises(InvalidInputsError, match="image_sizes"):
         get_adapter("llava_next").check_inputs({"pixel_values": torch.ones(1)})
+
+
+def test_max_pixels_caps_qwen_visual_tokens_and_is_refused_elsewhere():
+    from probe.loading import load_model
+
+    counts = []
+    for cap in (None, 16 * 16):
+        loaded = load_model("tiny:qwen2_vl", max_pixels=cap)
+        inputs = loaded.adapter.build_inputs(loaded.processor, user_turn("what"), [random_image(0, 64, 64)])
+        counts.append(int(loaded.adapter.visual_mask(inputs["input_ids"], loaded.model.config).sum()))
+    # 64x64 with the tiny default cap of 48x48 pixels; patch 4, merge 2 -> (h/8)*(w/8) tokens
+    assert counts[1] < counts[0] and counts[1] == (16 // 8) * (16 // 8)
+    with pytest.raises(InvalidInputsError, match="max_pixels"):
+        load_model("tiny:llava", max_pixels=1000)

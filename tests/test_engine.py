@@ -142,3 +142,25 @@ def test_empty_pool_and_bad_settings_fail_before_work(base):
         PruneConfig(pool="atvv")
     with pytest.raises(PruneConfigError, match="calibration"):
         prune(model, adapter, [], PruneConfig(), show_progress=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_models_prune_with_fp32_statistics(dtype, monkeypatch):
+    from probe.sparsity import stats as stats_module
+
+    seen = []
+    original_add = stats_module.InputStats.add
+
+    def spy(self, x):
+        seen.append((x.dtype, self.sq_sum.dtype))
+        original_add(self, x)
+
+    monkeypatch.setattr(stats_module.InputStats, "add", spy)
+    loaded = load_model("tiny:qwen2_vl", dtype=dtype)
+    samples = capture_calibration(loaded, SPEC, show_progress=False)
+    prune(loaded.model, loaded.adapter, samples, PruneConfig(method="wanda", pattern="4:8", sparsity=0.5),
+          show_progress=False)
+    assert seen and all(x == dtype and acc == torch.float32 for x, acc in seen)
+    weight = loaded.adapter.decoder_layers(loaded.model)[2].mlp.down_proj.weight
+    assert weight.dtype == dtype
+    assert ((weight == 0).reshape(weight.shape[0], -1, 8).sum(-1) >= 4).all()

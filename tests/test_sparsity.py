@@ -131,3 +131,15 @@ def test_sparsegpt_reconstructs_better_than_wanda():
     err_wanda = torch.linalg.norm(x @ w.T - x @ wanda_w.T)
     err_sgpt = torch.linalg.norm(x @ w.T - x @ sgpt_w.T)
     assert err_sgpt < err_wanda
+
+
+def test_mask_iou_against_set_arithmetic():
+    from probe.sparsity import mask_iou
+
+    a = torch.rand(7, 9) < 0.5
+    b = torch.rand(7, 9) < 0.5
+    sa = {(i, j) for i in range(7) for j in range(9) if a[i, j]}
+    sb = {(i, j) for i in range(7) for j in range(9) if b[i, j]}
+    assert abs(mask_iou(a, b) - len(sa & sb) / len(sa | sb)) < 1e-12
+    empty = torch.zeros(2, 2, dtype=torch.bool)
+    assert mask_iou(empty, empty) == 1.0 and mask_iou(a, a) == 1.0

@@ -123,6 +123,10 @@ class Adapter:
     def check_inputs(self, inputs: dict[str, torch.Tensor]) -> None:
         """Raise :class:`InvalidInputsError` if the inputs lack something the family needs."""
 
+    def set_max_pixels(self, processor: Any, max_pixels: int) -> None:
+        """Cap the image resolution of native-resolution families (calibration must match evaluation)."""
+        raise InvalidInputsError(f"max_pixels does not apply to the {self.model_types[0]!r} family")
+
 
 _REGISTRY: dict[str, Adapter] = {}
 

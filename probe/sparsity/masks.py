@@ -92,3 +92,9 @@ def mask_from_scores(scores: torch.Tensor, sparsity: float, pattern: Pattern) ->
     if pattern.structured:
         return nm_mask(scores, pattern.n, pattern.m)
     return rowwise_mask(scores, sparsity)
+
+
+def mask_iou(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Intersection over union of two pruned-weight masks (the paper's Fig. 1b); 1.0 if both are empty."""
+    union = (a | b).sum().item()
+    return 1.0 if union == 0 else (a & b).sum().item() / union
