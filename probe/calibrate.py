@@ -7,7 +7,7 @@ import logging
 import torch
 
 from probe.capture import CapturedSample, activation_bytes, capture
-from probe.data.calibration import CalibrationSpec, prepare
+from probe.data.calibration import CalibrationItem, CalibrationSpec, prepare
 from probe.loading import LoadedModel
 from probe.progress import progress_bar
 
@@ -26,8 +26,18 @@ def capture_calibration(
     show_progress: bool = True,
 ) -> list[CapturedSample]:
     """Prepare the calibration set (all checks first), then capture every sample's block inputs."""
+    items = prepare(spec, loaded.adapter, loaded.processor, loaded.model.config)
+    return capture_items(loaded, items, store_device, show_progress)
+
+
+def capture_items(
+    loaded: LoadedModel,
+    items: list[CalibrationItem],
+    store_device: str = "cpu",
+    show_progress: bool = True,
+) -> list[CapturedSample]:
+    """Capture the block inputs of prepared calibration items, reporting the memory they need first."""
     model, adapter = loaded.model, loaded.adapter
-    items = prepare(spec, adapter, loaded.processor, model.config)
     hidden_size = adapter.final_norm(model).weight.shape[0]
     dtype = next(model.parameters()).dtype
     need = estimate_activation_bytes([i.meta["n_tokens"] for i in items], hidden_size, dtype)
