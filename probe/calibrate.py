@@ -14,6 +14,15 @@ from probe.progress import progress_bar
 log = logging.getLogger(__name__)
 
 
+def human_bytes(n: int) -> str:
+    """``n`` bytes as B, KiB, MiB or GiB."""
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+    return f"{n:.2f} GiB"
+
+
 def estimate_activation_bytes(lengths: list[int], hidden_size: int, dtype: torch.dtype) -> int:
     """Bytes of the cached hidden states of samples with these token counts."""
     return sum(lengths) * hidden_size * torch.empty((), dtype=dtype).element_size()
@@ -41,7 +50,7 @@ def capture_items(
     hidden_size = adapter.final_norm(model).weight.shape[0]
     dtype = next(model.parameters()).dtype
     need = estimate_activation_bytes([i.meta["n_tokens"] for i in items], hidden_size, dtype)
-    log.info("cached activations: %.1f MiB on %s for %d samples", need / 2**20, store_device, len(items))
+    log.info("cached activations: %s on %s for %d samples", human_bytes(need), store_device, len(items))
     samples = []
     with progress_bar("capture", len(items), show_progress) as bar:
         for item in items:
@@ -49,5 +58,5 @@ def capture_items(
             sample.meta.update(item.meta)
             samples.append(sample)
             bar.advance()
-    log.info("captured %.1f MiB", activation_bytes(samples) / 2**20)
+    log.info("captured %s of block inputs", human_bytes(activation_bytes(samples)))
     return samples
