@@ -11,7 +11,6 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 from torch import nn
@@ -24,7 +23,6 @@ from probe.sparsity.masks import Pattern, check_sparsity, magnitude_mask, mask_f
 from probe.sparsity.sparsegpt import sparsegpt_prune
 from probe.sparsity.stats import InputStats, wanda_scores
 
-Method = Literal["magnitude", "wanda", "sparsegpt"]
 METHODS: tuple[str, ...] = ("magnitude", "wanda", "sparsegpt")
 
 
@@ -97,7 +95,6 @@ class PruneReport:
     sparsity: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     peak_memory_bytes: int = 0
-    blocks: list[dict] = field(default_factory=list)
 
 
 def _observe(targets: dict[str, Target], stats: dict[str, InputStats], current: dict, with_hessian: bool, device):
@@ -133,10 +130,9 @@ def _prune_target(target: Target, stats: InputStats | None, config: PruneConfig)
         mask = mask_from_scores(scores, config.sparsity, pattern)
         new = weight.data.masked_fill(mask.to(weight.device), 0)
     else:
-        new, mask = sparsegpt_prune(
+        new, _ = sparsegpt_prune(
             weight.data, stats.hessian(), config.sparsity, pattern, config.blocksize, config.percdamp
         )
-        new = new.masked_fill(mask, 0)
     weight.data.copy_(new.to(weight.dtype))
     return float((weight.data == 0).float().mean())
 

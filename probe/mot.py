@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Iterator
-from typing import Literal
 
 import torch
 from torch import nn
@@ -26,7 +25,6 @@ from probe.capture import CapturedSample
 from probe.engine import PruneConfig, PruneReport, Target, TargetFn, prune, stats_keys
 from probe.models.base import Adapter
 
-Pathway = Literal["text", "visual"]
 PATHWAYS: tuple[str, ...] = ("text", "visual")
 REPLICATED = (
     "self_attn.q_proj",
@@ -57,10 +55,6 @@ class RoutedLinear(nn.Module):
         self.text = linear
         self.visual = copy.deepcopy(linear)
         self.router = router
-
-    @property
-    def weight(self) -> torch.Tensor:  # for code that inspects shapes/dtypes of projections
-        return self.text.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         visual = self.router.visual

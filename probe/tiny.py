@@ -68,7 +68,7 @@ def _tokenizer(specials: dict[str, int], vocab_size: int, **attrs: str) -> tf.Pr
 
 @dataclass
 class TinyLVLM:
-    """A tiny model, its processor and the placeholder its chat template uses for one image."""
+    """A tiny model, its processor (with a chat template) and its family."""
 
     model: tf.PreTrainedModel
     processor: tf.ProcessorMixin
@@ -79,7 +79,7 @@ def _text_config(cls: type, vocab_size: int, **extra) -> tf.PretrainedConfig:
     return cls(vocab_size=vocab_size, **{**TEXT_BASE, **extra})
 
 
-def _llava(seed: int) -> TinyLVLM:
+def _llava() -> TinyLVLM:
     V, IMG = 128, 120
     vision = tf.CLIPVisionConfig(
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -99,7 +99,7 @@ def _llava(seed: int) -> TinyLVLM:
     return TinyLVLM(model, proc, "llava")
 
 
-def _llava_next(seed: int) -> TinyLVLM:
+def _llava_next() -> TinyLVLM:
     V, IMG = 128, 120
     vision = tf.CLIPVisionConfig(
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -122,7 +122,7 @@ def _llava_next(seed: int) -> TinyLVLM:
     return TinyLVLM(model, proc, "llava_next")
 
 
-def _llava_onevision(seed: int) -> TinyLVLM:
+def _llava_onevision() -> TinyLVLM:
     V, IMG, VID = 128, 120, 121
     vision = tf.SiglipVisionConfig(
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -145,8 +145,8 @@ def _llava_onevision(seed: int) -> TinyLVLM:
     return TinyLVLM(model, proc, "llava_onevision")
 
 
-def _qwen_vl(kind: str) -> Callable[[int], TinyLVLM]:
-    def build(seed: int) -> TinyLVLM:
+def _qwen_vl(kind: str) -> Callable[[], TinyLVLM]:
+    def build() -> TinyLVLM:
         V = 160
         ids = dict(image_token_id=150, video_token_id=151, vision_start_token_id=152, vision_end_token_id=153)
         if kind == "qwen2_vl":
@@ -189,8 +189,8 @@ def _qwen_vl(kind: str) -> Callable[[int], TinyLVLM]:
     return build
 
 
-def _idefics3(kind: str) -> Callable[[int], TinyLVLM]:
-    def build(seed: int) -> TinyLVLM:
+def _idefics3(kind: str) -> Callable[[], TinyLVLM]:
+    def build() -> TinyLVLM:
         V, IMG, FAKE, GLOB, EOU = 128, 120, 121, 122, 123
         vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                       image_size=32, patch_size=8)
@@ -216,7 +216,7 @@ def _idefics3(kind: str) -> Callable[[int], TinyLVLM]:
     return build
 
 
-def _gemma3(seed: int) -> TinyLVLM:
+def _gemma3() -> TinyLVLM:
     V, BOI, EOI, IMG = 128, 120, 121, 122
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                   image_size=32, patch_size=8)
@@ -232,7 +232,7 @@ def _gemma3(seed: int) -> TinyLVLM:
     return TinyLVLM(model, proc, "gemma3")
 
 
-def _internvl(seed: int) -> TinyLVLM:
+def _internvl() -> TinyLVLM:
     V, CTX, START, END, VID = 128, 120, 121, 122, 123
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                   image_size=[32, 32], patch_size=[8, 8])
@@ -249,7 +249,7 @@ def _internvl(seed: int) -> TinyLVLM:
     return TinyLVLM(model, proc, "internvl")
 
 
-BUILDERS: dict[str, Callable[[int], TinyLVLM]] = {
+BUILDERS: dict[str, Callable[[], TinyLVLM]] = {
     "llava": _llava,
     "llava_next": _llava_next,
     "llava_onevision": _llava_onevision,
@@ -283,7 +283,7 @@ def tiny_lvlm(family: str, seed: int = 0, dtype: torch.dtype = torch.float32) ->
     torch.manual_seed(seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        tiny = BUILDERS[family](seed)
+        tiny = BUILDERS[family]()
     tiny.model.eval().to(dtype)
     tiny.processor.chat_template = tiny.processor.chat_template.replace(
         "{{ image_placeholder }}", IMAGE_PLACEHOLDERS[family]

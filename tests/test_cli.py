@@ -2,7 +2,6 @@
 
 import json
 
-import torch
 from transformers import AutoModelForImageTextToText
 
 from probe.cli import main
@@ -23,7 +22,6 @@ def test_prune_writes_loadable_checkpoint_and_manifest(tmp_path, capsys):
     assert (groups >= 2).all()
     assert abs(manifest["achieved_sparsity"]["layers.1.self_attn.q_proj"] - (weight == 0).float().mean().item()) < 1e-6
     assert (out / "processor_config.json").exists() and not list(tmp_path.glob(".pruned.*"))
-    assert torch.is_tensor(weight)
 
 
 def test_bad_input_is_one_clear_line(tmp_path, capsys):
