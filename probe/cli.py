@@ -11,12 +11,13 @@ from pathlib import Path
 
 from probe.models import supported_families
 
-DEFAULT_MODEL = "tiny:llava_next"
+DEFAULT_MODEL = "reference"
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", default=DEFAULT_MODEL,
-                   help=f"hub id, local folder, or tiny:FAMILY (default: {DEFAULT_MODEL})")
+                   help=f"hub id, local folder, reference (the offline reference LVLM) or tiny:FAMILY "
+                        f"(default: {DEFAULT_MODEL})")
     p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
     p.add_argument("--device", default="cpu", help="where the model lives, e.g. cpu or cuda")
     p.add_argument("--offload", action="store_true",
@@ -54,6 +55,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=cmd_prune)
 
+    p = sub.add_parser("eval", help="score a model on the offline tasks' test splits")
+    _add_model_args(p)
+    p.add_argument("--tasks", default="offline",
+                   help="offline (every offline task available here) or a comma-separated list")
+    p.add_argument("--limit", type=int, default=None, help="score only the first N items of each task")
+    p.add_argument("--out", type=Path, default=None, help="write the scores as CSV (task, metric, score, n)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("grid", help="the MoT sensitivity grid (Table 1): prune one pathway per cell, evaluate")
+    p.add_argument("config", nargs="?", type=Path, default=None,
+                   help="grid YAML (default: the reference model on the offline tasks)")
+    p.add_argument("--quick", action="store_true",
+                   help="8 calibration samples, 5 items per task, sparsity 0.5 only: a run of minutes")
+    p.add_argument("--out", type=Path, default=None, help="results folder (overrides the config)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=cmd_grid)
+
     p = sub.add_parser("families", help="list the supported model families")
     p.set_defaults(func=lambda args: print("\n".join(supported_families())))
     return parser
@@ -63,7 +82,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     import torch
 
     from probe.calibrate import capture_calibration
-    from probe.data.calibration import CalibrationSpec
+    from probe.data.calibration import CalibrationSpec, select
     from probe.engine import PruneConfig, prune
     from probe.loading import load_model, parse_dtype
     from probe.manifest import package_versions, write_dir_atomic, write_json_atomic
@@ -78,12 +97,13 @@ def cmd_prune(args: argparse.Namespace) -> int:
     dtype = parse_dtype(args.dtype)
     run_device = args.run_device or ("cuda" if args.offload else args.device)
     started = time.time()
+    selected = select(spec) if config.needs_calibration else None  # every data check before the model loads
     loaded = load_model(args.model, dtype=dtype, device="cpu" if args.offload else args.device,
                         max_pixels=args.max_pixels)
     samples = []
     if config.needs_calibration:
         store = "cpu" if args.offload else args.device
-        samples = capture_calibration(loaded, spec, store_device=store, show_progress=not args.no_progress)
+        samples = capture_calibration(loaded, selected, store_device=store, show_progress=not args.no_progress)
     torch.manual_seed(args.seed)
     report = prune(loaded.model, loaded.adapter, samples, config, device=run_device,
                    show_progress=not args.no_progress)
@@ -112,6 +132,36 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
     write_dir_atomic(args.out, fill)
     print(f"wrote {args.out} (mean sparsity {manifest['mean_sparsity']:.3f}, {report.seconds:.1f} s)")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from probe.evaluation.offline import evaluate_task, resolve_tasks
+    from probe.loading import load_model, parse_dtype
+    from probe.manifest import write_text_atomic
+
+    tasks = resolve_tasks(args.tasks)
+    loaded = load_model(args.model, dtype=parse_dtype(args.dtype), device=args.device, max_pixels=args.max_pixels)
+    rows = [vars(evaluate_task(loaded.model, loaded.adapter, loaded.processor, task, args.limit,
+                               show_progress=not args.no_progress)) for task in tasks]
+    table = pd.DataFrame(rows)
+    print(table.to_string(index=False))
+    if args.out:
+        write_text_atomic(args.out, table.to_csv(index=False))
+    return 0
+
+
+def cmd_grid(args: argparse.Namespace) -> int:
+    from analysis.tables import write_table1
+    from probe.grid import QUICK, GridConfig, run_grid
+
+    overrides = {"out": str(args.out) if args.out else None, **(QUICK if args.quick else {})}
+    config = GridConfig.from_yaml(args.config, **overrides) if args.config else GridConfig(
+        **{k: v for k, v in overrides.items() if v is not None})
+    results = run_grid(config, show_progress=not args.no_progress)
+    print(write_table1(results, Path(config.out)))
     return 0
 
 

@@ -9,10 +9,12 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForImageTextToText
 
+import probe.reference.vision  # noqa: F401  (registers the reference model's vision tower)
 from probe.models import Adapter, get_adapter
 from probe.models.compat import load_processor
 
 TINY_PREFIX = "tiny:"
+REFERENCE_REF = "reference"
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
 
@@ -41,20 +43,30 @@ def parse_dtype(name: str) -> torch.dtype:
 def load_model(
     ref: str, dtype: torch.dtype = torch.float32, device: str = "cpu", max_pixels: int | None = None
 ) -> LoadedModel:
-    """Load ``ref``: ``tiny:FAMILY`` (random tiny model), a local folder, or a hub id.
+    """Load ``ref``: ``reference`` (the offline reference LVLM), ``tiny:FAMILY`` (a random tiny model),
+    a local folder, or a hub id.
 
     The family is checked against the registry from the config before any weights are read.
     ``max_pixels`` caps the image resolution of Qwen-VL families; use the same value for
     calibration and evaluation.
     """
+    loaded = _load(ref, dtype, device)
+    if max_pixels is not None:
+        loaded.adapter.set_max_pixels(loaded.processor, max_pixels)
+    return loaded
+
+
+def _load(ref: str, dtype: torch.dtype, device: str) -> LoadedModel:
+    if ref == REFERENCE_REF:
+        from probe.reference import load_reference
+
+        model, processor = load_reference(dtype=dtype)
+        return LoadedModel(model.to(device), processor, get_adapter(model), ref)
     if ref.startswith(TINY_PREFIX):
         from probe.tiny import tiny_lvlm
 
         tiny = tiny_lvlm(ref[len(TINY_PREFIX):], dtype=dtype)
-        loaded = LoadedModel(tiny.model.to(device), tiny.processor, get_adapter(tiny.model), ref)
-        if max_pixels is not None:
-            loaded.adapter.set_max_pixels(loaded.processor, max_pixels)
-        return loaded
+        return LoadedModel(tiny.model.to(device), tiny.processor, get_adapter(tiny.model), ref)
     path = Path(ref)
     if ref.startswith((".", "/")) and not path.exists():
         raise ModelLoadError(f"model folder not found: {ref}")
@@ -64,8 +76,6 @@ def load_model(
         raise ModelLoadError(f"cannot load {ref!r}: not a local model folder, and the hub did not provide it") from exc
     adapter = get_adapter(config)
     processor = load_processor(ref)
-    if max_pixels is not None:
-        adapter.set_max_pixels(processor, max_pixels)
     model = AutoModelForImageTextToText.from_pretrained(ref, dtype=dtype)
     model.to(device).eval()
     return LoadedModel(model, processor, adapter, ref)

@@ -202,12 +202,26 @@ class CalibrationItem:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def prepare(
-    spec: CalibrationSpec, adapter: Any, processor: Any, config: Any
-) -> list[CalibrationItem]:
-    """Load, draw, validate and process a calibration set; no model is run."""
+@dataclass
+class SelectedSamples:
+    """Drawn and validated samples with their loaded images."""
+
+    samples: list[ConversationSample]
+    images: list[Image.Image]
+
+
+def select(spec: CalibrationSpec) -> SelectedSamples:
+    """Load, draw and validate a calibration set; needs no model, so it runs before one is loaded."""
     chosen = draw(load_samples(spec), spec.nsamples, spec.seed)
-    images = validate(chosen)
+    return SelectedSamples(chosen, validate(chosen))
+
+
+def prepare(
+    spec: CalibrationSpec | SelectedSamples, adapter: Any, processor: Any, config: Any
+) -> list[CalibrationItem]:
+    """Process a (selected) calibration set into model inputs; no model is run."""
+    selected = select(spec) if isinstance(spec, CalibrationSpec) else spec
+    chosen, images = selected.samples, selected.images
     items = []
     for sample, image in zip(chosen, images):
         inputs = adapter.build_inputs(processor, to_messages(sample), [image])

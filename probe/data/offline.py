@@ -1,0 +1,221 @@
+"""Offline visual question sets built from real data that installed packages ship.
+
+- ``fashion_mnist``: Zalando's Fashion-MNIST from Debian's ``dataset-fashion-mnist`` package
+  (``/usr/share/datasets/fashion-mnist``), 10 clothing classes; train items from its training file,
+  test items from its test file.
+- ``digits``: scikit-learn's 1,797 handwritten digits with their labels, split by a seeded shuffle.
+- ``skimage_photos``: scikit-image's photographs; which of four one-line descriptions (from their
+  loaders' docstrings) fits the image, answered with a letter. Test only.
+
+Nothing here is generated ground truth: every answer is the label or description the data ships with.
+Where the Debian package is missing (no root for apt), :func:`available_tasks` leaves Fashion-MNIST out.
+"""
+
+from __future__ import annotations
+
+import gzip
+import random
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_CLASSES = (
+    "T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+FASHION_QUESTION = "What clothing item is shown? Answer with one of: " + ", ".join(FASHION_CLASSES) + "."
+DIGITS_QUESTION = "Which digit is written in this image? Answer with a single digit."
+SPLIT_SIZES = {"fashion_mnist": {"train": 1000, "test": 500}, "digits": {"train": 520, "test": 400}}
+
+
+class OfflineDataError(ValueError):
+    """An offline task or split that cannot be built here."""
+
+
+@dataclass
+class VQAItem:
+    """One question about one image, with its gold answer."""
+
+    item_id: str
+    image: Callable[[], Image.Image]
+    question: str
+    answer: str
+    choices: list[str] = field(default_factory=list)
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An IDX file (the MNIST format), gzip-compressed."""
+    with gzip.open(path, "rb") as fh:
+        data = fh.read()
+    ndim = data[3]  # bytes 0-1 are zero, byte 2 the element type (unsigned byte here)
+    dims = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def fashion_mnist_available() -> bool:
+    return (FASHION_DIR / "t10k-images-idx3-ubyte.gz").is_file()
+
+
+@lru_cache(maxsize=2)
+def _fashion_arrays(split: str) -> tuple[np.ndarray, np.ndarray]:
+    prefix = "train" if split == "train" else "t10k"
+    if not fashion_mnist_available():
+        raise OfflineDataError(
+            f"Fashion-MNIST not found in {FASHION_DIR}: install Debian's dataset-fashion-mnist package "
+            "(apt-get install dataset-fashion-mnist)"
+        )
+    images = _read_idx(FASHION_DIR / f"{prefix}-images-idx3-ubyte.gz")
+    labels = _read_idx(FASHION_DIR / f"{prefix}-labels-idx1-ubyte.gz")
+    return images, labels
+
+
+def fashion_mnist(split: str, n: int | None = None, seed: int = 0) -> list[VQAItem]:
+    """Fashion-MNIST items of ``split``, ``n`` of them drawn with ``seed`` (default: the split size)."""
+    images, labels = _fashion_arrays(split)
+    n = n or SPLIT_SIZES["fashion_mnist"][split]
+    picks = random.Random(seed).sample(range(len(labels)), n)
+    return [
+        VQAItem(
+            item_id=f"fashion_mnist/{split}/{i}",
+            image=lambda a=images[i]: Image.fromarray(a).convert("RGB"),
+            question=FASHION_QUESTION,
+            answer=FASHION_CLASSES[int(labels[i])],
+        )
+        for i in picks
+    ]
+
+
+def digits(split: str, n: int | None = None, seed: int = 0) -> list[VQAItem]:
+    """scikit-learn digits; the split is a seeded shuffle (test items are the last of it)."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    order = list(range(len(data.target)))
+    random.Random(seed).shuffle(order)
+    sizes = SPLIT_SIZES["digits"]
+    chosen = order[: sizes["train"]] if split == "train" else order[-sizes["test"]:]
+    chosen = chosen[: n or len(chosen)]
+    items = []
+    for i in chosen:
+        pixels = (data.images[i] * (255.0 / 16.0)).astype(np.uint8)
+        items.append(
+            VQAItem(
+                item_id=f"digits/{split}/{i}",
+                image=lambda p=pixels: Image.fromarray(p).resize((64, 64), Image.NEAREST).convert("RGB"),
+                question=DIGITS_QUESTION,
+                answer=str(int(data.target[i])),
+            )
+        )
+    return items
+
+
+def skimage_photos(split: str = "test", seed: int = 0) -> list[VQAItem]:
+    """Four-way multiple choice between scikit-image photographs' descriptions (test only)."""
+    if split != "test":
+        raise OfflineDataError("skimage_photos has only a test split")
+    from probe.data.bundled import skimage_samples
+
+    samples = skimage_samples()
+    descriptions = [s.conversations[1]["value"] for s in samples]
+    rng = random.Random(seed)
+    items = []
+    for s, description in zip(samples, descriptions):
+        distractors = rng.sample([d for d in descriptions if d != description], 3)
+        options = distractors + [description]
+        rng.shuffle(options)
+        letters = "ABCD"
+        question = "Which description fits this image?\n" + "\n".join(
+            f"{letter}. {text}" for letter, text in zip(letters, options)
+        ) + "\nAnswer with the letter of the correct option."
+        items.append(VQAItem(s.sample_id, s.image_loader, question, letters[options.index(description)],
+                             list(letters)))
+    return items
+
+
+TASK_BUILDERS: dict[str, Callable[..., list[VQAItem]]] = {
+    "fashion_mnist": fashion_mnist,
+    "digits": digits,
+    "skimage_photos": skimage_photos,
+}
+CHANCE = {"fashion_mnist": 0.1, "digits": 0.1, "skimage_photos": 0.25}
+
+
+def available_tasks() -> list[str]:
+    """Offline visual tasks that can be built on this machine."""
+    return [t for t in TASK_BUILDERS if t != "fashion_mnist" or fashion_mnist_available()]
+
+
+def task_items(task: str, split: str) -> list[VQAItem]:
+    """The items of one offline task's split."""
+    if task not in TASK_BUILDERS:
+        raise OfflineDataError(f"unknown offline task {task!r}; available: {', '.join(TASK_BUILDERS)}")
+    return TASK_BUILDERS[task](split)
+
+
+def projector_training_items() -> list[VQAItem]:
+    """The training split the reference model's projector learns from (Fashion-MNIST where available)."""
+    items = digits("train")
+    if fashion_mnist_available():
+        items = fashion_mnist("train") + items
+    return items
+
+
+FORTUNES_DIR = Path("/usr/share/games/fortunes")
+FORTUNE_FILES = ("fortunes", "literature", "riddles")
+
+
+@dataclass
+class CompletionItem:
+    """A text prefix and candidate endings; ``answer`` indexes the true one."""
+
+    item_id: str
+    prefix: str
+    endings: list[str]
+    answer: int
+
+
+def fortunes_available() -> bool:
+    return all((FORTUNES_DIR / name).is_file() for name in FORTUNE_FILES)
+
+
+def _quotes() -> list[tuple[str, str]]:
+    """(id, text) of every quote in Debian's fortunes-min files, whitespace normalised."""
+    if not fortunes_available():
+        raise OfflineDataError(
+            f"fortune files not found in {FORTUNES_DIR}: install Debian's fortunes-min package"
+        )
+    quotes = []
+    for name in FORTUNE_FILES:
+        text = (FORTUNES_DIR / name).read_text(encoding="utf-8", errors="replace")
+        for k, block in enumerate(text.split("\n%\n")):
+            words = block.split()
+            if len(words) >= 8:
+                quotes.append((f"{name}/{k}", " ".join(words)))
+    return quotes
+
+
+def quote_completion(split: str = "test", n: int | None = 300, seed: int = 0) -> list[CompletionItem]:
+    """Human-written quotes cut in half; pick the true second half among four (test only)."""
+    if split != "test":
+        raise OfflineDataError("quote_completion has only a test split")
+    quotes = _quotes()
+    rng = random.Random(seed)
+    halves = []
+    for qid, text in quotes:
+        words = text.split()
+        cut = len(words) // 2
+        halves.append((qid, " ".join(words[:cut]), " " + " ".join(words[cut:])))
+    chosen = rng.sample(range(len(halves)), min(n or len(halves), len(halves)))
+    items = []
+    for i in chosen:
+        qid, prefix, ending = halves[i]
+        others = rng.sample([h[2] for j, h in enumerate(halves) if j != i], 3)
+        endings = others + [ending]
+        rng.shuffle(endings)
+        items.append(CompletionItem(f"quote_completion/{qid}", prefix, endings, endings.index(ending)))
+    return items

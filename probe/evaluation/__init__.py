@@ -1,0 +1,1 @@
+"""Evaluation of dense, pruned and probe models."""

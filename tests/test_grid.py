@@ -1,0 +1,83 @@
+"""The sensitivity grid: every cell evaluated once, resumable, nothing lost; Table 1 layout."""
+
+import pandas as pd
+import pytest
+
+from analysis.tables import retention, table1, to_latex, to_markdown
+from probe import grid as grid_module
+from probe.grid import GridConfig, GridConfigError, cells, run_grid
+
+
+def small_config(tmp_path, **kw):
+    base = dict(model="tiny:llava_next", tasks="digits,quote_completion", limit=3, nsamples=3,
+                sparsities=[0.5], pools=["text", "visual"], out=str(tmp_path / "grid"))
+    base.update(kw)
+    return GridConfig(**base)
+
+
+def test_grid_runs_every_cell_once_and_resumes(tmp_path, monkeypatch):
+    config = small_config(tmp_path)
+    results = run_grid(config, show_progress=False)
+    assert len(cells(config)) == 1 + 2 * 2 * 1
+    assert len(results) == len(cells(config)) * 2
+    assert set(results.cell) == {"dense", "text/text/0.5", "text/visual/0.5", "visual/text/0.5", "visual/visual/0.5"}
+    iou = pd.read_csv(tmp_path / "grid" / "mask_iou.csv")
+    assert set(iou.pathway) == {"text", "visual"} and iou.iou.between(0, 1).all() and (iou.iou < 1).any()
+
+    calls = []
+    monkeypatch.setattr(grid_module, "evaluate_task", lambda *a, **k: calls.append(1))
+    again = run_grid(config, show_progress=False)
+    assert calls == [] and again.equals(results)
+
+
+def test_a_killed_grid_keeps_finished_cells(tmp_path, monkeypatch):
+    config = small_config(tmp_path, pathways=["visual"])
+    real = grid_module.evaluate_task
+    seen = []
+
+    def dies_in_third_cell(model, adapter, processor, task, *args):
+        seen.append(task)
+        if len(seen) == 5:
+            raise KeyboardInterrupt
+        return real(model, adapter, processor, task, *args)
+
+    monkeypatch.setattr(grid_module, "evaluate_task", dies_in_third_cell)
+    with pytest.raises(KeyboardInterrupt):
+        run_grid(config, show_progress=False)
+    kept = pd.read_csv(tmp_path / "grid" / "results.csv")
+    assert len(kept) == 4 and kept.cell.nunique() == 2
+    monkeypatch.setattr(grid_module, "evaluate_task", real)
+    assert len(run_grid(config, show_progress=False)) == 6
+
+
+def test_bad_grid_settings(tmp_path):
+    with pytest.raises(GridConfigError, match="pathway"):
+        GridConfig(pathways=["audio"])
+    (tmp_path / "g.yaml").write_text("sparsitys: [0.5]\n")
+    with pytest.raises(GridConfigError, match="sparsitys"):
+        GridConfig.from_yaml(tmp_path / "g.yaml")
+    with pytest.raises(GridConfigError, match="not found"):
+        GridConfig.from_yaml(tmp_path / "none.yaml")
+
+
+def test_retention_and_table1_layout_against_hand_computed_values():
+    rows = [("dense", "-", 0.0, "a", 0.80), ("dense", "-", 0.0, "b", 0.50),
+            ("text", "text", 0.5, "a", 0.40), ("text", "text", 0.5, "b", 0.50),
+            ("text", "text", 0.6, "a", 0.20), ("text", "text", 0.6, "b", 0.25),
+            ("visual", "mixed", 0.5, "a", 0.80), ("visual", "mixed", 0.5, "b", 0.55)]
+    frame = pd.DataFrame(rows, columns=["pathway", "pool", "sparsity", "task", "score"])
+    assert retention(pd.Series({"a": 0.4, "b": 0.5}), pd.Series({"a": 0.8, "b": 0.5})) == pytest.approx(75.0)
+    t = table1(frame)
+    assert list(t.index) == [("dense", "-"), ("text", "text"), ("visual", "mixed")]
+    assert t.loc[("text", "text"), ("50%", "avg retention")] == pytest.approx((0.5 + 1.0) / 2 * 100)
+    assert t.loc[("text", "text"), ("60%", "avg retention")] == pytest.approx((0.25 + 0.5) / 2 * 100)
+    assert t.loc[("visual", "mixed"), ("50%", "avg retention")] == pytest.approx((1.0 + 1.1) / 2 * 100)
+    assert t.loc[("dense", "-"), ("60%", "a")] == pytest.approx(80.0)
+    assert t.loc[("dense", "-"), ("50%", "avg retention")] == 100.0
+    assert pd.isna(t.loc[("visual", "mixed"), ("60%", "a")])
+    md = to_markdown(t)
+    assert md.splitlines()[0] == ("| pathway | pool | 50% a | 50% b | 50% avg retention | 60% a | 60% b "
+                                  "| 60% avg retention |")
+    assert "| text | text | 40.00 | 50.00 | 75.00 | 20.00 | 25.00 | 37.50 |" in md
+    assert "| visual | mixed | 80.00 | 55.00 | 105.00 |  |  |  |" in md
+    assert r"50\% avg retention" in to_latex(t) and to_latex(t).count(r"\\") == 4

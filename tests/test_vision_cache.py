@@ -1,0 +1,57 @@
+"""The vision feature cache: same outputs, vision tower run once per distinct image."""
+
+import copy
+
+import pytest
+import torch
+from conftest import random_image, user_turn
+
+from probe.models import get_adapter
+from probe.tiny import tiny_lvlm
+from probe.vision_cache import VisionFeatureCache
+
+
+@pytest.mark.parametrize("family", ["llava_next", "qwen2_vl", "gemma3", "idefics3"])
+def test_cached_features_give_identical_logits_and_skip_the_tower(family):
+    tiny = tiny_lvlm(family)
+    adapter = get_adapter(tiny.model)
+    images = [random_image(0, 40, 48), random_image(1, 40, 48)]
+    inputs = [adapter.build_inputs(tiny.processor, user_turn("what color"), [img]) for img in images]
+    with torch.no_grad():
+        reference = [tiny.model(**x).logits for x in inputs]
+
+    inner = tiny.model.model
+    tower = next(getattr(inner, n) for n in ("vision_tower", "vision_model", "visual") if hasattr(inner, n))
+    calls = []
+    tower.register_forward_hook(lambda m, i, o: calls.append(1))
+    cache = VisionFeatureCache()
+    pruned = copy.deepcopy(tiny.model)  # another model sharing the vision side
+    for model in (tiny.model, pruned, tiny.model):
+        with cache.attached(model), torch.no_grad():
+            for x, ref in zip(inputs, reference):
+                if model is tiny.model:
+                    assert torch.equal(model(**x).logits, ref)
+                else:
+                    model(**x)
+    assert len(calls) == 2 and cache.misses == 2 and cache.hits == 4 and len(cache) == 2
+    assert "get_image_features" not in tiny.model.model.__dict__
+
+
+def test_evaluation_and_capture_share_a_cache():
+    from probe.calibrate import capture_calibration
+    from probe.data.calibration import CalibrationSpec
+    from probe.evaluation.offline import evaluate_task
+    from probe.loading import load_model
+
+    loaded = load_model("tiny:llava")
+    cache = VisionFeatureCache()
+    plain = evaluate_task(loaded.model, loaded.adapter, loaded.processor, "digits", limit=4, show_progress=False)
+    first = evaluate_task(loaded.model, loaded.adapter, loaded.processor, "digits", limit=4, show_progress=False,
+                          vision_cache=cache)
+    second = evaluate_task(copy.deepcopy(loaded.model), loaded.adapter, loaded.processor, "digits", limit=4,
+                           show_progress=False, vision_cache=cache)
+    assert plain == first == second and cache.misses == 4 and cache.hits >= 4
+    spec = CalibrationSpec(nsamples=3)
+    uncached = capture_calibration(loaded, spec, show_progress=False)
+    cached = capture_calibration(loaded, spec, show_progress=False, vision_cache=cache)
+    assert all(torch.equal(a.hidden, b.hidden) for a, b in zip(uncached, cached)) and len(cache) == 7
