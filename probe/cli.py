@@ -46,21 +46,34 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prune", help="prune a model and write a Hugging Face checkpoint with a manifest")
     _add_model_args(p)
     _add_calib_args(p)
-    p.add_argument("--method", default="wanda", help="magnitude, wanda or sparsegpt")
+    p.add_argument("--method", default="wanda",
+                   help="magnitude, wanda, sparsegpt, or atv (ATV-Pruning: Wanda scores over the atv pool)")
     p.add_argument("--sparsity", type=float, default=None,
                    help="fraction of weights removed, in [0, 1); implied by an N:M pattern")
     p.add_argument("--pattern", default="unstructured", help="unstructured, or N:M keeping N of every M (2:4, 4:8)")
-    p.add_argument("--pool", default="mixed", help="positions feeding the statistics: text, visual or mixed")
+    p.add_argument("--pool", default="",
+                   help="positions feeding the statistics: text, visual, mixed (default) or atv; "
+                        "--method sparsegpt --pool atv feeds ATV's tokens to SparseGPT's Hessian (an extension)")
+    p.add_argument("--alpha", type=float, default=1.0, help="ATV: visual budget scale (0 = text pool)")
+    p.add_argument("--k-rule", default="paper",
+                   help="ATV budget: paper (floor(alpha*s_bar*n_text)) or released (round(min(1,alpha*s_bar)*n_text))")
+    p.add_argument("--signal", default="drift", help="ATV: rank visual tokens by drift or at random (ablation)")
+    p.add_argument("--text-ratio", type=float, default=1.0,
+                   help="ATV: fraction of text tokens kept, ranked by drift (ablation; 1 keeps all)")
     p.add_argument("--out", required=True, type=Path, help="output folder (written atomically)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=cmd_prune)
 
-    p = sub.add_parser("eval", help="score a model on the offline tasks' test splits")
+    p = sub.add_parser("eval", help="score a model through lmms-eval (in process)")
     _add_model_args(p)
     p.add_argument("--tasks", default="offline",
-                   help="offline (every offline task available here) or a comma-separated list")
+                   help="comma-separated lmms-eval task names and presets: offline (our tasks from shipped data), "
+                        "paper9 (the paper's nine benchmarks), table1 (MMBench-EN, ScienceQA-IMG, VizWiz)")
     p.add_argument("--limit", type=int, default=None, help="score only the first N items of each task")
+    p.add_argument("--dense", type=Path, default=None,
+                   help="a dense run's CSV (written by --out): adds the retention against it")
     p.add_argument("--out", type=Path, default=None, help="write the scores as CSV (task, metric, score, n)")
+    p.add_argument("--seed", type=int, default=0, help="seed of lmms-eval's random generators")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=cmd_eval)
 
@@ -81,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_prune(args: argparse.Namespace) -> int:
     import torch
 
+    from probe.atv import AtvSettings
     from probe.calibrate import capture_calibration
     from probe.data.calibration import CalibrationSpec, select
     from probe.engine import PruneConfig, prune
@@ -91,7 +105,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
     pattern = parse_pattern(args.pattern)
     sparsity = args.sparsity if args.sparsity is not None else (pattern.sparsity if pattern.structured else 0.5)
-    config = PruneConfig(method=args.method, sparsity=sparsity, pattern=args.pattern, pool=args.pool)
+    atv = AtvSettings(alpha=args.alpha, k_rule=args.k_rule, signal=args.signal, text_ratio=args.text_ratio,
+                      seed=args.seed)
+    config = PruneConfig(method=args.method, sparsity=sparsity, pattern=args.pattern, pool=args.pool, atv=atv)
     spec = CalibrationSpec.parse(args.calib, image_root=args.image_root, subset=args.calib_subset,
                                  split=args.calib_split, nsamples=args.nsamples, seed=args.seed)
     dtype = parse_dtype(args.dtype)
@@ -118,6 +134,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         "prune": asdict(config),
         "calibration": {**asdict(spec), "sample_ids": [s.sample_id for s in samples]},
         "achieved_sparsity": report.sparsity,
+        "atv_blocks": report.pool_records,
         "mean_sparsity": sum(report.sparsity.values()) / max(len(report.sparsity), 1),
         "prune_seconds": report.seconds,
         "wall_seconds": time.time() - started,
@@ -138,18 +155,22 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from probe.evaluation.offline import evaluate_task, resolve_tasks
+    from analysis.tables import retention
+    from probe.evaluation.harness import evaluate, primary_scores, resolve_tasks
     from probe.loading import load_model, parse_dtype
     from probe.manifest import write_text_atomic
 
-    tasks = resolve_tasks(args.tasks)
+    tasks = resolve_tasks(args.tasks)  # every task checked before the model loads
+    if args.dense is not None and not args.dense.is_file():
+        raise FileNotFoundError(f"dense scores not found: {args.dense}")
     loaded = load_model(args.model, dtype=parse_dtype(args.dtype), device=args.device, max_pixels=args.max_pixels)
-    rows = [vars(evaluate_task(loaded.model, loaded.adapter, loaded.processor, task, args.limit,
-                               show_progress=not args.no_progress)) for task in tasks]
-    table = pd.DataFrame(rows)
+    table = evaluate(loaded, tasks, args.limit, show_progress=not args.no_progress, seed=args.seed)
     print(table.to_string(index=False))
     if args.out:
         write_text_atomic(args.out, table.to_csv(index=False))
+    if args.dense is not None:
+        kept = retention(primary_scores(table), primary_scores(pd.read_csv(args.dense)))
+        print(f"retention against {args.dense}: {kept:.2f}%")
     return 0
 
 

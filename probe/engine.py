@@ -15,15 +15,17 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from probe.atv import AtvPool, AtvSettings
 from probe.capture import CapturedSample, run_block
 from probe.models.base import Adapter
-from probe.pools import Pool, check_not_empty, get_pool
+from probe.pools import POOLS, Pool, check_not_empty, get_pool
 from probe.progress import progress_bar
 from probe.sparsity.masks import Pattern, check_sparsity, magnitude_mask, mask_from_scores, parse_pattern
 from probe.sparsity.sparsegpt import sparsegpt_prune
 from probe.sparsity.stats import InputStats, wanda_scores
 
-METHODS: tuple[str, ...] = ("magnitude", "wanda", "sparsegpt")
+METHODS: tuple[str, ...] = ("magnitude", "wanda", "sparsegpt", "atv")
+ALL_POOLS: tuple[str, ...] = (*POOLS, "atv")
 
 
 class PruneConfigError(ValueError):
@@ -32,20 +34,31 @@ class PruneConfigError(ValueError):
 
 @dataclass(frozen=True)
 class PruneConfig:
-    """Validated settings of one pruning run."""
+    """Validated settings of one pruning run.
+
+    ``method="atv"`` is ATV-Pruning: Wanda scores over the ``atv`` pool. ``pool`` defaults to ``atv``
+    for it and to ``mixed`` otherwise; ``pool="atv"`` with ``method="sparsegpt"`` feeds the ATV pool
+    to SparseGPT's Hessian (an extension of the paper).
+    """
 
     method: str = "wanda"
     sparsity: float = 0.5
     pattern: str = "unstructured"
-    pool: str = "mixed"
+    pool: str = ""
     blocksize: int = 128
     percdamp: float = 0.01
+    atv: AtvSettings = field(default_factory=AtvSettings)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise PruneConfigError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
         check_sparsity(self.sparsity, self.parsed_pattern)
-        get_pool(self.pool)
+        if not self.pool:
+            object.__setattr__(self, "pool", "atv" if self.method == "atv" else "mixed")
+        if self.pool not in ALL_POOLS:
+            get_pool(self.pool)  # raises PoolError naming the choices
+        if self.method == "atv" and self.pool != "atv":
+            raise PruneConfigError(f"method 'atv' selects its own tokens; it cannot use the {self.pool!r} pool")
 
     @property
     def parsed_pattern(self) -> Pattern:
@@ -54,6 +67,15 @@ class PruneConfig:
     @property
     def needs_calibration(self) -> bool:
         return self.method != "magnitude"
+
+    @property
+    def scorer(self) -> str:
+        """How weights are scored: magnitude, wanda or sparsegpt (ATV scores with Wanda)."""
+        return "wanda" if self.method == "atv" else self.method
+
+    def make_pool(self) -> Pool:
+        """A fresh pool for one run (dynamic pools record their choices)."""
+        return AtvPool(self.atv) if self.pool == "atv" else get_pool(self.pool)
 
 
 @dataclass
@@ -95,10 +117,12 @@ class PruneReport:
     sparsity: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     peak_memory_bytes: int = 0
+    pool_records: list[dict] = field(default_factory=list)  # per block, what a dynamic pool chose
 
 
 def _observe(targets: dict[str, Target], stats: dict[str, InputStats], current: dict, with_hessian: bool, device):
-    """Register forward hooks that add the pooled input rows of each stats module to its statistics."""
+    """Register forward hooks that add the certain pooled input rows of each stats module to its statistics
+    and keep the rows of uncertain positions (a dynamic pool's candidates) in ``current["kept"]``."""
     handles = []
     seen: set[str] = set()
     for target in targets.values():
@@ -109,13 +133,44 @@ def _observe(targets: dict[str, Target], stats: dict[str, InputStats], current: 
 
         def hook(module, inputs, output, key=key):
             x = inputs[0]
-            rows = x.reshape(-1, x.shape[-1])[current["positions"].to(x.device)]
+            rows = x.reshape(-1, x.shape[-1])
             if key not in stats:
                 stats[key] = InputStats.empty(x.shape[-1], device, with_hessian)
-            stats[key].add(rows)
+            stats[key].add(rows[current["certain"].to(x.device)])
+            if current["uncertain"] is not None:
+                current["kept"][key] = rows[current["uncertain"].to(x.device)]
 
         handles.append(target.stats_module.register_forward_hook(hook))
     return handles
+
+
+def _dense_pass(layer, index: int, samples: list[CapturedSample], pool: Pool, stats: dict[str, InputStats],
+                block_targets: dict[str, Target], with_hessian: bool, run_device, context) -> None:
+    """Run every sample through the (still dense) block, accumulating the pool's statistics. A dynamic
+    pool ranks each sample's candidates from the block's input and output; the chosen ones are added
+    once every sample was seen."""
+    current: dict = {}
+    candidates: list[dict[str, torch.Tensor]] = []
+    handles = _observe(block_targets, stats, current, with_hessian, run_device)
+    try:
+        for i, sample in enumerate(samples):
+            current.update(certain=pool.certain(sample, index), uncertain=pool.uncertain(sample, index), kept={})
+            hidden = sample.hidden.to(run_device)
+            with context(sample):
+                out = run_block(layer, hidden, sample.calls[index])
+            if pool.dynamic:
+                order = pool.rank(i, sample, index, hidden, out)
+                slot = torch.full((sample.seq_len,), -1, dtype=torch.long)
+                slot[current["uncertain"].nonzero().flatten()] = torch.arange(int(current["uncertain"].sum()))
+                rows = slot[order]
+                candidates.append({key: kept[rows.to(kept.device)] for key, kept in current["kept"].items()})
+    finally:
+        for h in handles:
+            h.remove()
+    if pool.dynamic:
+        for count, kept in zip(pool.choose(index), candidates):
+            for key, rows in kept.items():
+                stats[key].add(rows[:count])
 
 
 def _prune_target(target: Target, stats: InputStats | None, config: PruneConfig) -> float:
@@ -125,7 +180,7 @@ def _prune_target(target: Target, stats: InputStats | None, config: PruneConfig)
     if config.method == "magnitude":
         mask = magnitude_mask(weight.data, config.sparsity, pattern)
         new = weight.data.masked_fill(mask, 0)
-    elif config.method == "wanda":
+    elif config.scorer == "wanda":
         scores = wanda_scores(weight.data, stats.column_norms())
         mask = mask_from_scores(scores, config.sparsity, pattern)
         new = weight.data.masked_fill(mask.to(weight.device), 0)
@@ -167,7 +222,7 @@ def prune(
     """
     context = sample_context or (lambda sample: contextlib.nullcontext())
     targets = targets or default_targets(adapter)
-    pool = pool or get_pool(config.pool)
+    pool = pool or config.make_pool()
     layers = adapter.decoder_layers(model)
     if config.needs_calibration:
         if not samples:
@@ -185,16 +240,10 @@ def prune(
             block_targets = targets(index, layer)
             stats: dict[str, InputStats] = {}
             if config.needs_calibration:
-                current: dict = {}
-                handles = _observe(block_targets, stats, current, config.method == "sparsegpt", run_device)
-                try:
-                    for sample in samples:
-                        current["positions"] = pool.positions(sample, index)
-                        with context(sample):
-                            run_block(layer, sample.hidden.to(run_device), sample.calls[index])
-                finally:
-                    for h in handles:
-                        h.remove()
+                _dense_pass(layer, index, samples, pool, stats, block_targets, config.scorer == "sparsegpt",
+                            run_device, context)
+                if pool.dynamic:
+                    report.pool_records.append(pool.block_record(index))
             for name, target in block_targets.items():
                 report.sparsity[f"layers.{index}.{name}"] = _prune_target(
                     target, stats.get(target.stats_key), config

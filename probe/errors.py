@@ -3,7 +3,7 @@
 from probe.data.calibration import CalibrationError
 from probe.data.offline import OfflineDataError
 from probe.engine import PruneConfigError
-from probe.evaluation.offline import UnknownTaskError
+from probe.evaluation.harness import HubUnavailableError, UnknownTaskError, UnsupportedRequestError
 from probe.grid import GridConfigError
 from probe.loading import ModelLoadError
 from probe.models.base import InvalidInputsError, UnknownModelFamilyError
@@ -22,6 +22,8 @@ USER_ERRORS = (
     SparsityError,
     UnknownModelFamilyError,
     UnknownTaskError,
+    HubUnavailableError,
+    UnsupportedRequestError,
     GridConfigError,
     FileNotFoundError,
 )

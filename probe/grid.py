@@ -23,8 +23,8 @@ import yaml
 from probe.calibrate import capture_calibration
 from probe.data.calibration import CalibrationSpec, select
 from probe.engine import PruneConfig
-from probe.evaluation.offline import evaluate_task, resolve_tasks
-from probe.loading import load_model
+from probe.evaluation.harness import evaluate, primary_rows, resolve_tasks
+from probe.loading import LoadedModel, load_model
 from probe.manifest import package_versions, write_json_atomic, write_text_atomic
 from probe.mot import PATHWAYS, prune_pathway, to_mot
 from probe.pools import POOLS
@@ -168,13 +168,12 @@ def run_grid(config: GridConfig, show_progress: bool = True) -> pd.DataFrame:
                 for name, routed in probe.routed_linears(layer).items():
                     masks[f"layers.{b}.{name}"] = (getattr(routed, cell.pathway).weight == 0).cpu()
             _save_masks(out / "masks" / f"{cell.pathway}-{cell.pool}-{cell.sparsity:g}.npz", masks)
-        rows = []
-        for task in tasks:
-            score = evaluate_task(model, base.adapter, base.processor, task, config.limit, show_progress, cache)
-            rows.append({"cell": cell.cell_id, "pathway": cell.pathway, "pool": cell.pool,
-                         "sparsity": cell.sparsity, "method": config.method if cell.pathway != "dense" else "-",
-                         "model": config.model, "nsamples": config.nsamples, "seed": config.seed,
-                         "limit": config.limit, **{k: v for k, v in asdict(score).items()}})
+        scores = evaluate(LoadedModel(model, base.processor, base.adapter, base.ref), tasks, config.limit,
+                          vision_cache=cache, show_progress=show_progress, seed=config.seed)
+        settings = {"cell": cell.cell_id, "pathway": cell.pathway, "pool": cell.pool, "sparsity": cell.sparsity,
+                    "method": config.method if cell.pathway != "dense" else "-", "model": config.model,
+                    "nsamples": config.nsamples, "seed": config.seed, "limit": config.limit}
+        rows = [{**settings, **row} for row in primary_rows(scores).to_dict("records")]
         _append_rows(results_path, rows)
         del model
     _write_iou(config, out)

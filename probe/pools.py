@@ -1,13 +1,17 @@
 """Token pools: which positions of each calibration sample feed a block's statistics.
 
-A pool answers, per sample and block, a boolean mask over positions. The built-in pools depend only
-on token modality (from the adapter's visual mask); dynamic pools such as ATV's refine this after the
-block's dense pass (see :class:`Pool`).
+A pool answers, per sample and block, which positions certainly enter the statistics
+(:meth:`Pool.certain`). The built-in pools (``text``, ``visual``, ``mixed``) depend only on token
+modality. A *dynamic* pool (ATV, :mod:`probe.atv`) also names positions that may enter
+(:meth:`Pool.uncertain`); the engine keeps their inputs during the block's dense pass, shows the pool
+the block's dense output (:meth:`Pool.rank`), then asks how many of each sample's ranked positions to
+take (:meth:`Pool.choose`). That keeps pruning at two passes per block.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
@@ -18,14 +22,43 @@ class PoolError(ValueError):
     """An unknown pool, or a pool that is empty for a sample."""
 
 
-@dataclass(frozen=True)
 class Pool:
-    """A static pool selecting positions by modality."""
+    """Which positions feed a block's statistics; static unless ``dynamic``."""
+
+    name: str = ""
+    dynamic: ClassVar[bool] = False
+
+    def certain(self, sample: CapturedSample, block: int) -> torch.Tensor:
+        """Boolean mask (seq,) of the positions that enter this block's statistics whatever happens."""
+        raise NotImplementedError
+
+    # --- dynamic pools override these ----------------------------------------------------------
+    def uncertain(self, sample: CapturedSample, block: int) -> torch.Tensor | None:
+        """Boolean mask of positions that may join after the dense pass (None: none)."""
+        return None
+
+    def rank(self, index: int, sample: CapturedSample, block: int, x_in: torch.Tensor, x_out: torch.Tensor
+             ) -> torch.Tensor:
+        """Uncertain positions of sample ``index`` in order of preference, cut to the most that
+        :meth:`choose` can take; sees the block's dense input and output."""
+        raise NotImplementedError
+
+    def choose(self, block: int) -> list[int]:
+        """After every sample was ranked: how many of each sample's ranked positions enter."""
+        raise NotImplementedError
+
+    def block_record(self, block: int) -> dict[str, Any]:
+        """What the pool decided at ``block`` (for the manifest)."""
+        return {}
+
+
+@dataclass(frozen=True)
+class ModalityPool(Pool):
+    """``text`` (every non-visual position), ``visual`` (image tokens) or ``mixed`` (all positions)."""
 
     name: str
 
-    def positions(self, sample: CapturedSample, block: int) -> torch.Tensor:
-        """Boolean mask (seq,) of the positions that enter this block's statistics."""
+    def certain(self, sample: CapturedSample, block: int) -> torch.Tensor:
         visual = sample.visual_mask
         if self.name == "text":
             return ~visual
@@ -41,11 +74,15 @@ def get_pool(name: str) -> Pool:
     """The built-in pool called ``name``."""
     if name not in POOLS:
         raise PoolError(f"unknown pool {name!r}; choose from {', '.join(POOLS)}")
-    return Pool(name)
+    return ModalityPool(name)
 
 
 def check_not_empty(pool: Pool, samples: list[CapturedSample]) -> None:
-    """Raise :class:`PoolError` naming the first sample whose pool is empty."""
+    """Raise :class:`PoolError` naming the first sample for which the pool cannot select anything."""
     for sample in samples:
-        if not bool(pool.positions(sample, 0).any()):
+        possible = pool.certain(sample, 0)
+        extra = pool.uncertain(sample, 0)
+        if extra is not None:
+            possible = possible | extra
+        if not bool(possible.any()):
             raise PoolError(f"pool {pool.name!r} is empty for calibration sample {sample.sample_id!r}")

@@ -23,3 +23,13 @@ def user_turn(question: str, with_image: bool = True) -> list[dict]:
 @pytest.fixture
 def rng_image():
     return random_image
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tasks_dir(tmp_path_factory):
+    """The offline tasks' lmms-eval files, built once per test session into a temporary folder."""
+    import os
+
+    folder = tmp_path_factory.mktemp("lmms_tasks")
+    os.environ["PROBE_TASKS_DIR"] = str(folder)
+    return folder

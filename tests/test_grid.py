@@ -25,28 +25,28 @@ def test_grid_runs_every_cell_once_and_resumes(tmp_path, monkeypatch):
     assert set(iou.pathway) == {"text", "visual"} and iou.iou.between(0, 1).all() and (iou.iou < 1).any()
 
     calls = []
-    monkeypatch.setattr(grid_module, "evaluate_task", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(grid_module, "evaluate", lambda *a, **k: calls.append(1))
     again = run_grid(config, show_progress=False)
     assert calls == [] and again.equals(results)
 
 
 def test_a_killed_grid_keeps_finished_cells(tmp_path, monkeypatch):
     config = small_config(tmp_path, pathways=["visual"])
-    real = grid_module.evaluate_task
+    real = grid_module.evaluate
     seen = []
 
-    def dies_in_third_cell(model, adapter, processor, task, *args):
-        seen.append(task)
-        if len(seen) == 5:
+    def dies_in_third_cell(*args, **kwargs):
+        seen.append(1)
+        if len(seen) == 3:
             raise KeyboardInterrupt
-        return real(model, adapter, processor, task, *args)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(grid_module, "evaluate_task", dies_in_third_cell)
+    monkeypatch.setattr(grid_module, "evaluate", dies_in_third_cell)
     with pytest.raises(KeyboardInterrupt):
         run_grid(config, show_progress=False)
     kept = pd.read_csv(tmp_path / "grid" / "results.csv")
     assert len(kept) == 4 and kept.cell.nunique() == 2
-    monkeypatch.setattr(grid_module, "evaluate_task", real)
+    monkeypatch.setattr(grid_module, "evaluate", real)
     assert len(run_grid(config, show_progress=False)) == 6
 
 

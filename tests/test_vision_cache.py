@@ -40,17 +40,16 @@ def test_cached_features_give_identical_logits_and_skip_the_tower(family):
 def test_evaluation_and_capture_share_a_cache():
     from probe.calibrate import capture_calibration
     from probe.data.calibration import CalibrationSpec
-    from probe.evaluation.offline import evaluate_task
-    from probe.loading import load_model
+    from probe.evaluation.harness import evaluate
+    from probe.loading import LoadedModel, load_model
 
     loaded = load_model("tiny:llava")
     cache = VisionFeatureCache()
-    plain = evaluate_task(loaded.model, loaded.adapter, loaded.processor, "digits", limit=4, show_progress=False)
-    first = evaluate_task(loaded.model, loaded.adapter, loaded.processor, "digits", limit=4, show_progress=False,
-                          vision_cache=cache)
-    second = evaluate_task(copy.deepcopy(loaded.model), loaded.adapter, loaded.processor, "digits", limit=4,
-                           show_progress=False, vision_cache=cache)
-    assert plain == first == second and cache.misses == 4 and cache.hits >= 4
+    plain = evaluate(loaded, ["digits"], limit=4, show_progress=False)
+    first = evaluate(loaded, ["digits"], limit=4, show_progress=False, vision_cache=cache)
+    twin = LoadedModel(copy.deepcopy(loaded.model), loaded.processor, loaded.adapter, loaded.ref)
+    second = evaluate(twin, ["digits"], limit=4, show_progress=False, vision_cache=cache)
+    assert plain.equals(first) and plain.equals(second) and cache.misses == 4 and cache.hits >= 4
     spec = CalibrationSpec(nsamples=3)
     uncached = capture_calibration(loaded, spec, show_progress=False)
     cached = capture_calibration(loaded, spec, show_progress=False, vision_cache=cache)

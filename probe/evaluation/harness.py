@@ -1,0 +1,156 @@
+"""Evaluation through lmms-eval, in process: task presets, a tidy results table, retention.
+
+    evaluate(loaded, ["digits", "quote_completion"], limit=40)   # -> DataFrame: task, metric, score, n
+
+Offline tasks (ours) are read from the task files folder (:mod:`probe.evaluation.task_files`); any
+other name is one of lmms-eval's own tasks, whose data comes from the Hugging Face hub.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pandas as pd
+
+from probe.evaluation.task_files import OFFLINE_TASKS, built_tasks, ensure_task_files
+from probe.loading import LoadedModel
+from probe.vision_cache import VisionFeatureCache
+
+PRESETS = {
+    "paper9": ["gqa", "mmbench_en_dev", "mme", "mmmu_val", "ok_vqa_val2014", "pope", "scienceqa_img",
+               "textvqa_val", "vizwiz_vqa_val"],
+    "table1": ["mmbench_en_dev", "scienceqa_img", "vizwiz_vqa_val"],
+}
+# the metric each task is ranked by (the benchmark's official one); MME adds its two parts
+PRIMARY_METRIC = {
+    "gqa": "exact_match", "mmbench_en_dev": "gpt_eval_score", "mme": "total", "mmmu_val": "mmmu_acc",
+    "ok_vqa_val2014": "exact_match", "pope": "pope_accuracy", "scienceqa_img": "exact_match",
+    "textvqa_val": "exact_match", "vizwiz_vqa_val": "exact_match",
+    "fashion_mnist": "exact_match", "digits": "exact_match", "skimage_photos": "exact_match",
+    "quote_completion": "acc",
+}
+MME_PARTS = ("mme_perception_score", "mme_cognition_score")
+
+
+class UnknownTaskError(ValueError):
+    """A task list naming nothing, or an offline task whose data is not built here."""
+
+
+class UnsupportedRequestError(ValueError):
+    """A request the probe wrapper cannot serve (e.g. video input)."""
+
+
+class HubUnavailableError(RuntimeError):
+    """A hub task requested where the Hugging Face hub cannot be reached."""
+
+
+def resolve_tasks(spec: str, tasks_dir: Path | None = None) -> list[str]:
+    """Expand presets (``paper9``, ``table1``, ``offline``) in a comma-separated task list, and check
+    that every task can run here (offline data built, the hub reachable for hub tasks)."""
+    names: list[str] = []
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        if part == "offline":
+            names += built_tasks(ensure_task_files(tasks_dir))
+        else:
+            names += PRESETS.get(part, [part])
+    if not names:
+        raise UnknownTaskError(f"no task named in {spec!r}; presets: offline, {', '.join(PRESETS)}")
+    offline = [t for t in names if t in OFFLINE_TASKS]
+    if offline:
+        available = built_tasks(ensure_task_files(tasks_dir))
+        missing = [t for t in offline if t not in available]
+        if missing:
+            raise UnknownTaskError(
+                f"offline task(s) {', '.join(missing)} cannot be built here (their source package is missing; "
+                f"see the README's set-up); available: {', '.join(available)}"
+            )
+    names = list(dict.fromkeys(names))
+    check_hub_tasks(names)
+    return names
+
+
+def hub_reachable() -> bool:
+    """Whether the Hugging Face hub can be used: offline mode is off and its host name resolves."""
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return False
+    return True
+
+
+def check_hub_tasks(tasks: list[str]) -> None:
+    """Fail at once, not after download retries, when hub tasks are asked for without the hub."""
+    hub = [t for t in tasks if t not in OFFLINE_TASKS]
+    if hub and not hub_reachable():
+        raise HubUnavailableError(
+            f"task(s) {', '.join(hub)} read their data from the Hugging Face hub, which cannot be reached "
+            f"from here (or HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set); offline tasks: {', '.join(OFFLINE_TASKS)}"
+        )
+
+
+def tidy_results(results: dict) -> pd.DataFrame:
+    """lmms-eval's results dict as rows (task, metric, score, n); MME gains a ``total`` row."""
+    rows = []
+    for task, metrics in results["results"].items():
+        n = results.get("n-samples", {}).get(task, {}).get("effective")
+        values = {}
+        for key, value in metrics.items():
+            metric, _, _filter = key.partition(",")
+            if metric == "alias" or "_stderr" in metric or not isinstance(value, (int, float)):
+                continue
+            values[metric] = float(value)
+        if all(part in values for part in MME_PARTS):
+            values["total"] = sum(values[part] for part in MME_PARTS)
+        rows += [{"task": task, "metric": m, "score": v, "n": n} for m, v in values.items()]
+    return pd.DataFrame(rows, columns=["task", "metric", "score", "n"])
+
+
+def primary_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a tidy table that hold each task's official metric."""
+    return table[[PRIMARY_METRIC.get(t) == m for t, m in zip(table.task, table.metric)]]
+
+
+def primary_scores(table: pd.DataFrame) -> pd.Series:
+    """Each task's official score, indexed by task."""
+    return primary_rows(table).set_index("task")["score"]
+
+
+def evaluate(
+    loaded: LoadedModel,
+    tasks: list[str],
+    limit: int | None = None,
+    tasks_dir: Path | None = None,
+    vision_cache: VisionFeatureCache | None = None,
+    show_progress: bool = True,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Score a model in memory on ``tasks`` through lmms-eval; a tidy table (task, metric, score, n).
+
+    ``limit`` takes the first N items of each task. A ``vision_cache`` shared by models with the same
+    vision side computes each image's features once.
+    """
+    from lmms_eval.evaluator import simple_evaluate
+    from lmms_eval.tasks import TaskManager
+
+    from probe.evaluation.wrapper import ProbeLVLM
+
+    check_hub_tasks(tasks)
+    offline_only = all(t in OFFLINE_TASKS for t in tasks)
+    folder = ensure_task_files(tasks_dir) if any(t in OFFLINE_TASKS for t in tasks) else None
+    manager = TaskManager("WARNING", include_path=str(folder) if folder else None, include_defaults=not offline_only)
+    unknown = [t for t in tasks if t not in manager.all_tasks]
+    if unknown:
+        raise UnknownTaskError(f"unknown task(s) {', '.join(unknown)} (neither offline nor an lmms-eval task)")
+    model = ProbeLVLM(loaded=loaded, vision_cache=vision_cache, show_progress=show_progress)
+    results = simple_evaluate(model=model, tasks=tasks, limit=limit, task_manager=manager, log_samples=False,
+                              verbosity="WARNING", random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+                              fewshot_random_seed=seed, bootstrap_iters=0)
+    return tidy_results(results)

@@ -1,0 +1,169 @@
+"""An lmms-eval model class for any model the adapters support, pruned or dense, MoT probe included.
+
+Registered with lmms-eval as ``probe``: ``lmms-eval --model probe --model_args pretrained=DIR`` loads
+through :func:`probe.loading.load_model`; in Python, pass a model already in memory
+(``ProbeLVLM(loaded=LoadedModel(...))``), which is how pruned models and MoT probes are scored
+without a round trip to disk.
+
+Prompts: visual requests go through the family's chat template with their images; ``generate_until``
+answers greedily (unless the task asks to sample) and cuts the answer at the task's stop strings.
+``loglikelihood`` scores the continuation after the chat template's assistant prompt when the request
+has images, after the plain context (language modelling) when it has none. It returns the summed
+negative log-likelihood, a loss: lmms-eval's multiple-choice scoring picks the choice with the lowest
+value (``argmin``), as its stock wrappers return losses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from lmms_eval.api.instance import GenerationResult, Instance
+from lmms_eval.api.model import lmms
+from lmms_eval.api.registry import register_model
+from PIL import Image
+
+from probe.evaluation.harness import UnsupportedRequestError
+from probe.loading import LoadedModel, load_model, parse_dtype
+from probe.progress import progress_bar
+from probe.vision_cache import VisionFeatureCache
+
+IMAGE_PLACEHOLDER = "<image>"
+
+
+@register_model("probe")
+class ProbeLVLM(lmms):
+    """lmms-eval's view of a toolkit model: one request at a time, batch of one."""
+
+    def __init__(
+        self,
+        pretrained: str = "reference",
+        loaded: LoadedModel | None = None,
+        dtype: str = "float32",
+        device: str = "cpu",
+        max_pixels: int | None = None,
+        vision_cache: VisionFeatureCache | None = None,
+        show_progress: bool = True,
+        **unused: Any,
+    ) -> None:
+        super().__init__()
+        self.loaded = loaded or load_model(pretrained, dtype=parse_dtype(dtype), device=device,
+                                           max_pixels=int(max_pixels) if max_pixels else None)
+        self.vision_cache = vision_cache
+        self.show_progress = show_progress
+
+    # --- helpers -------------------------------------------------------------------------------
+    @property
+    def _model(self) -> torch.nn.Module:
+        return self.loaded.model
+
+    @property
+    def _device(self) -> torch.device:
+        return next(self._model.parameters()).device
+
+    @contextlib.contextmanager
+    def _serving(self) -> Iterator[None]:
+        with self.vision_cache.attached(self._model) if self.vision_cache is not None else contextlib.nullcontext():
+            yield
+
+    def _doc_visuals(self, doc_to_visual: Any, task: str, split: str, doc_id: int) -> list[Image.Image]:
+        if doc_to_visual is None:
+            return []
+        visuals = doc_to_visual(self.task_dict[task][split][doc_id]) or []
+        flat = [v for group in visuals for v in (group if isinstance(group, (list, tuple)) else [group])]
+        for v in flat:
+            if not isinstance(v, Image.Image):
+                raise UnsupportedRequestError(
+                    f"task {task!r} gives a {type(v).__name__} visual; only images are supported (no video or audio)"
+                )
+        return [v.convert("RGB") for v in flat]
+
+    def _visual_inputs(self, context: str, images: list[Image.Image], answer: str | None = None) -> dict:
+        text = context.replace(IMAGE_PLACEHOLDER, "").strip()
+        content = [{"type": "image"} for _ in images] + [{"type": "text", "text": text}]
+        messages = [{"role": "user", "content": content}]
+        if answer is None:
+            inputs = self.loaded.adapter.build_inputs(self.loaded.processor, messages, images,
+                                                      add_generation_prompt=True)
+        else:
+            prompt = self.loaded.adapter.render_prompt(self.loaded.processor, messages, add_generation_prompt=True)
+            inputs = dict(self.loaded.processor(text=[prompt + answer], images=images, return_tensors="pt",
+                                                **self.loaded.adapter.processor_kwargs()))
+            self.loaded.adapter.check_inputs(inputs)
+        return {k: v.to(self._device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+
+    # --- lmms-eval interface -------------------------------------------------------------------
+    @torch.no_grad()
+    def generate_until(self, requests: list[Instance]) -> list[str]:
+        answers = []
+        tokenizer = self.loaded.processor.tokenizer
+        with self._serving(), progress_bar("generate", len(requests), self.show_progress) as bar:
+            for request in requests:
+                context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
+                gen_kwargs = dict(gen_kwargs or {})
+                until = gen_kwargs.pop("until", None) or []
+                until = [until] if isinstance(until, str) else list(until)
+                images = self._doc_visuals(doc_to_visual, task, split, doc_id)
+                inputs = self._visual_inputs(context, images)
+                sample = bool(gen_kwargs.get("do_sample")) and float(gen_kwargs.get("temperature") or 0) > 0
+                settings = {"max_new_tokens": int(gen_kwargs.get("max_new_tokens", 128)), "do_sample": sample}
+                if sample:
+                    settings.update(temperature=float(gen_kwargs["temperature"]),
+                                    top_p=float(gen_kwargs.get("top_p") or 1.0))
+                out = self._model.generate(**inputs, **settings)
+                text = tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+                for stop in until:
+                    if stop and stop in text:
+                        text = text.split(stop)[0]
+                answers.append(text)
+                bar.advance()
+        return answers
+
+    @torch.no_grad()
+    def loglikelihood(self, requests: list[Instance]) -> list[GenerationResult]:
+        """(summed negative log-likelihood, is greedy) per request, each in a ``GenerationResult``:
+        lmms-eval's evaluator turns a bare tuple into its string but passes a result's payload through."""
+        results = []
+        with self._serving(), progress_bar("loglikelihood", len(requests), self.show_progress) as bar:
+            for request in requests:
+                context, target, doc_to_visual, doc_id, task, split = request.args
+                continuation = target if isinstance(target, str) else target(self.task_dict[task][split][doc_id])
+                images = self._doc_visuals(doc_to_visual, task, split, doc_id)
+                logprob, greedy = self.continuation_loglikelihood(context, str(continuation), images)
+                results.append(GenerationResult(text=(-logprob, greedy)))
+                bar.advance()
+        return results
+
+    @torch.no_grad()
+    def continuation_loglikelihood(
+        self, context: str, continuation: str, images: list[Image.Image] | None = None
+    ) -> tuple[float, bool]:
+        """Summed log-probability of ``continuation`` after ``context``, and whether greedy decoding
+        would produce exactly it."""
+        tokenizer = self.loaded.processor.tokenizer
+        if images:
+            prefix = self._visual_inputs(context, images)["input_ids"][0].tolist()
+            inputs = self._visual_inputs(context, images, answer=continuation)
+        else:
+            prefix = tokenizer(context, add_special_tokens=False)["input_ids"]
+            ids = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
+            inputs = {"input_ids": torch.tensor([ids], device=self._device)}
+        ids = inputs["input_ids"][0].tolist()
+        # a merge across the boundary shortens the shared prefix by one token; score from where they differ
+        start = len(prefix)
+        while start > 0 and ids[:start] != prefix[:start]:
+            start -= 1
+        start = max(start, 1)
+        if start >= len(ids):
+            raise UnsupportedRequestError(f"continuation {continuation!r} adds no token to its context")
+        logits = self._model(**inputs).logits[0].float()
+        logprobs = torch.log_softmax(logits[start - 1 : len(ids) - 1], dim=-1)
+        targets = torch.tensor(ids[start:], device=logprobs.device)
+        total = float(logprobs.gather(1, targets[:, None]).sum())
+        greedy = bool((logprobs.argmax(-1) == targets).all())
+        return total, greedy
+
+    def generate_until_multi_round(self, requests: list[Instance]) -> list[str]:
+        raise UnsupportedRequestError("multi-round generation is not supported by the probe wrapper")

@@ -1,0 +1,187 @@
+"""Evaluation through lmms-eval: task files hold the shipped data, the metric pipeline is right, the
+wrapper's log-likelihoods are right, hub tasks fail fast offline, and pruned checkpoints load in
+lmms-eval's stock wrapper."""
+
+import socket
+import time
+
+import datasets
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from lmms_eval.api.instance import GenerationResult, Instance
+
+from probe.data import offline
+from probe.evaluation import harness
+from probe.evaluation.harness import HubUnavailableError, UnknownTaskError, evaluate, resolve_tasks, tidy_results
+from probe.evaluation.task_files import built_tasks, ensure_task_files
+from probe.evaluation.wrapper import ProbeLVLM
+from probe.loading import load_model
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model("tiny:llava")
+
+
+def test_task_files_hold_the_shipped_items(tasks_dir):
+    folder = ensure_task_files()
+    assert folder == tasks_dir and set(built_tasks()) >= {"digits", "skimage_photos"}
+    rows = datasets.load_dataset("parquet", data_files=str(folder / "digits" / "test.parquet"))["train"]
+    items = offline.digits("test")
+    assert len(rows) == len(items) == 400
+    for row, item in zip(rows.select(range(10)), items):
+        assert row["id"] == item.item_id and row["answer"] == item.answer
+        assert np.array_equal(np.asarray(row["image"].convert("RGB")), np.asarray(item.image()))
+
+
+def _direct_loglikelihood(model, ids: list[int], start: int, **extra) -> float:
+    """Token by token: one forward per continuation token over the tokens before it."""
+    total = 0.0
+    for t in range(start, len(ids)):
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids[:t]]), **extra).logits[0, -1].float()
+        total += torch.log_softmax(logits, -1)[ids[t]].item()
+    return total
+
+
+def test_loglikelihood_equals_a_token_by_token_computation(tiny, rng_image):
+    wrapper = ProbeLVLM(loaded=tiny, show_progress=False)
+    tok = tiny.processor.tokenizer
+    for context, continuation in (("what color is the", " red dog"), ("the cat", " sat on the mat")):
+        score, _ = wrapper.continuation_loglikelihood(context, continuation)
+        request = Instance("loglikelihood", (context, continuation, None, 0, "t", "test"), idx=0,
+                           metadata={"task": "t", "doc_id": 0, "repeats": 1})
+        assert wrapper.loglikelihood([request])[0].text[0] == pytest.approx(-score)  # a loss, as lmms-eval ranks
+        prefix = tok(context, add_special_tokens=False)["input_ids"]
+        ids = tok(context + continuation, add_special_tokens=False)["input_ids"]
+        assert ids[: len(prefix)] == prefix
+        assert score == pytest.approx(_direct_loglikelihood(tiny.model, ids, len(prefix)), abs=1e-4)
+
+    image = rng_image(0, 40, 48)
+    score, _ = wrapper.continuation_loglikelihood("what is shown?", "a red dog", [image])
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what is shown?"}]}]
+    prompt = tiny.adapter.render_prompt(tiny.processor, messages, add_generation_prompt=True)
+    full = tiny.processor(text=[prompt + "a red dog"], images=[image], return_tensors="pt")
+    start = tiny.processor(text=[prompt], images=[image], return_tensors="pt")["input_ids"].shape[1]
+    ids = full["input_ids"][0].tolist()
+    direct = _direct_loglikelihood(tiny.model, ids, start, pixel_values=full["pixel_values"])
+    assert score == pytest.approx(direct, abs=1e-4)
+
+
+def test_lmms_eval_run_matches_a_plain_scoring_loop(tiny):
+    """End to end through lmms-eval; quote_completion's accuracy recomputed by hand from the task file."""
+    if "quote_completion" not in built_tasks(ensure_task_files()):
+        pytest.skip("Debian's fortunes-min is not installed")
+    table = evaluate(tiny, ["quote_completion", "digits"], limit=6, show_progress=False)
+    assert set(zip(table.task, table.metric)) == {("quote_completion", "acc"), ("digits", "exact_match")}
+    assert (table.n == 6).all() and table.score.between(0, 1).all()
+
+    wrapper = ProbeLVLM(loaded=tiny, show_progress=False)
+    items = offline.quote_completion()[:6]
+    correct = 0
+    for item in items:
+        scores = [wrapper.continuation_loglikelihood(item.prefix, e)[0] for e in item.endings]
+        correct += int(int(np.argmax(scores)) == item.answer)
+    assert table.set_index("task").loc["quote_completion", "score"] == pytest.approx(correct / 6)
+
+
+def test_a_wrapper_answering_gold_scores_one(tiny, monkeypatch):
+    def gold_answers(self, requests):
+        answers = []
+        for r in requests:
+            _, _, _, doc_id, task, split = r.args
+            doc = self.task_dict[task][split][doc_id]
+            answers.append(doc["answer"] + (". It is." if doc["choices"] else ".\nmore text"))
+        return answers
+
+    def gold_likelihoods(self, requests):
+        out = []
+        for r in requests:
+            context, ending, _, doc_id, task, split = r.args
+            doc = self.task_dict[task][split][doc_id]
+            out.append(GenerationResult((0.0 if ending == doc["endings"][doc["answer"]] else 50.0, True)))
+        return out
+
+    monkeypatch.setattr(ProbeLVLM, "generate_until", gold_answers)
+    monkeypatch.setattr(ProbeLVLM, "loglikelihood", gold_likelihoods)
+    tasks = resolve_tasks("offline")
+    table = evaluate(tiny, tasks, limit=15, show_progress=False)
+    primary = harness.primary_scores(table)
+    assert set(primary.index) == set(tasks) and (primary == 1.0).all()
+
+
+def test_tidy_results_add_mme_total_and_drop_stderr():
+    results = {"results": {"mme": {"alias": "mme", "mme_perception_score,none": 1200.5,
+                                   "mme_cognition_score,none": 300.25, "mme_perception_score_stderr,none": "N/A"},
+                           "digits": {"exact_match,none": 0.5, "exact_match_stderr_clt,none": 0.1}},
+               "n-samples": {"mme": {"effective": 10}, "digits": {"effective": 4}}}
+    table = tidy_results(results)
+    assert len(table) == 4
+    assert harness.primary_scores(table).to_dict() == {"mme": 1500.75, "digits": 0.5}
+
+
+def test_presets_and_unknown_tasks(monkeypatch):
+    monkeypatch.setattr(harness, "hub_reachable", lambda: True)
+    assert resolve_tasks("table1,digits") == ["mmbench_en_dev", "scienceqa_img", "vizwiz_vqa_val", "digits"]
+    assert len(resolve_tasks("paper9")) == 9
+    with pytest.raises(UnknownTaskError, match="no task"):
+        resolve_tasks(" , ")
+
+
+def test_hub_tasks_fail_fast_offline(monkeypatch):
+    def no_dns(*args, **kwargs):
+        raise socket.gaierror("no name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    started = time.perf_counter()
+    with pytest.raises(HubUnavailableError, match="mmbench_en_dev.*Hugging Face hub"):
+        resolve_tasks("table1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(HubUnavailableError, match="gqa"):
+        resolve_tasks("gqa,digits")
+    assert time.perf_counter() - started < 5
+    assert resolve_tasks("digits") == ["digits"]
+
+
+def test_cli_eval_writes_scores_and_retention(tmp_path, capsys):
+    from probe.cli import main
+
+    out = tmp_path / "scores.csv"
+    assert main(["eval", "tiny:llava", "--tasks", "digits,skimage_photos", "--limit", "3", "--out", str(out),
+                 "--no-progress"]) == 0
+    table = pd.read_csv(out)
+    assert list(table.columns) == ["task", "metric", "score", "n"] and set(table.task) == {"digits", "skimage_photos"}
+    dense = tmp_path / "dense.csv"
+    dense.write_text("task,metric,score,n\ndigits,exact_match,0.5,3\nskimage_photos,exact_match,0.25,3\n")
+    capsys.readouterr()
+    assert main(["eval", "tiny:llava", "--tasks", "digits,skimage_photos", "--limit", "3", "--dense", str(dense),
+                 "--no-progress"]) == 0
+    scores = table.set_index("task")["score"]
+    expected = (scores["digits"] / 0.5 + scores["skimage_photos"] / 0.25) / 2 * 100
+    assert f"retention against {dense}: {expected:.2f}%" in capsys.readouterr().out
+    assert main(["eval", "tiny:llava", "--tasks", "digits", "--dense", str(tmp_path / "none.csv")]) == 2
+
+
+def test_pruned_checkpoint_runs_in_lmms_evals_stock_llava_wrapper(tmp_path):
+    """The other route: `probe prune` writes a checkpoint that lmms-eval's own `llava_hf` loads and scores."""
+    pytest.importorskip("decord", reason="lmms-eval's llava_hf imports decord; the set-up installs it if it can")
+    from lmms_eval.evaluator import simple_evaluate
+    from lmms_eval.models.simple.llava_hf import LlavaHf
+    from lmms_eval.tasks import TaskManager
+
+    from probe.cli import main
+
+    out = tmp_path / "pruned"
+    assert main(["prune", "tiny:llava", "--method", "wanda", "--sparsity", "0.5", "--nsamples", "2", "--out", str(out),
+                 "--no-progress"]) == 0
+    stock = LlavaHf(pretrained=str(out), device="cpu", device_map="cpu", dtype="float32")
+    layers = stock.model.model.language_model.layers
+    zeros = [(layer.mlp.up_proj.weight == 0).float().mean().item() for layer in layers]
+    assert zeros == pytest.approx([0.5] * len(layers))
+    manager = TaskManager("WARNING", include_path=str(ensure_task_files()), include_defaults=False)
+    results = simple_evaluate(model=stock, tasks=["digits"], limit=2, task_manager=manager, log_samples=False,
+                              bootstrap_iters=0)
+    table = tidy_results(results)
+    assert table.set_index("metric").loc["exact_match", "n"] == 2
