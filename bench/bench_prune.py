@@ -1,7 +1,8 @@
 """Pruning cost relative to a dense forward, measured side by side in one run on one model.
 
-Prints Wanda time / one dense forward over the calibration set (goal <= 2.3) and
-SparseGPT time / Wanda time (goal <= 6; the paper measured 9.04 on LLaVA-NeXT 8B).
+Prints Wanda time / one dense forward over the calibration set (goal <= 2.3),
+SparseGPT time / Wanda time (goal <= 6; the paper measured 9.04 on LLaVA-NeXT 8B) and
+ATV time / Wanda time (goal <= 1.10; the paper measured 1.35).
 
     python bench/bench_prune.py [MODEL] [--nsamples 32] [--device cpu]
 """
@@ -58,13 +59,16 @@ def main() -> None:
     dense = min(timed(dense_forward) for _ in range(2))
     wanda = min(run("wanda") for _ in range(2))
     sparsegpt = run("sparsegpt")
+    atv = min(run("atv") for _ in range(2))
     print(f"model {args.model}, {args.nsamples} samples, device {args.device}")
     print(f"dense forward over calibration set: {dense:.3f} s")
     print(f"wanda (capture + prune):            {wanda:.3f} s")
     print(f"sparsegpt (capture + prune):        {sparsegpt:.3f} s")
-    print("(the same prepared calibration inputs feed all three; data loading is not timed)")
+    print(f"atv (capture + prune):              {atv:.3f} s")
+    print("(the same prepared calibration inputs feed every run; data loading is not timed)")
     print(f"wanda / dense forward   = {wanda / dense:.2f}  (goal <= 2.3)")
     print(f"sparsegpt / wanda       = {sparsegpt / wanda:.2f}  (goal <= 6)")
+    print(f"atv / wanda             = {atv / wanda:.2f}  (goal <= 1.10)")
 
 
 if __name__ == "__main__":

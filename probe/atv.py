@@ -9,8 +9,16 @@ Per block, from the block's dense pass over the calibration set:
    count; its top-K visual tokens by the selection signal join the pool;
 4. the same pool feeds every linear of the block.
 
-Ablations: ``signal="random"`` ranks visual tokens at random (seeded) instead of by drift;
-``text_ratio < 1`` keeps only that fraction of each sample's text tokens, ranked by drift.
+Ablations (the paper's Table 3, Fig. 4, Fig. 5):
+
+- ``signal``: ``drift`` (the method); ``random`` (seeded random order, budget from drift); ``abs``
+  (attention that text queries give each visual token, for budget and ranking); ``dbs`` (mean cosine
+  distance of a visual token to the sample's other visual tokens for the budget, then max-min
+  diversity selection over the block inputs);
+- ``budget="fixed"`` with ``fixed_total``: every block keeps the same number of visual tokens
+  (``fixed_total`` over all blocks and samples, e.g. the total an adaptive run kept, split evenly over
+  blocks and over samples in proportion to their text length) instead of the adaptive budget;
+- ``text_ratio < 1`` keeps only that fraction of each sample's text tokens, ranked by drift.
 """
 
 from __future__ import annotations
@@ -24,15 +32,20 @@ from probe.capture import CapturedSample
 from probe.pools import Pool, PoolError
 from probe.sparsity.selection import (
     K_RULES,
+    attention_from_text,
     budget_bound,
     kept_text_count,
+    max_min_diversity_order,
+    mean_cosine_distance,
     random_ranking,
     rank_descending,
+    split_total,
     token_drift,
     visual_budget,
 )
 
-SIGNALS = ("drift", "random")
+SIGNALS = ("drift", "random", "abs", "dbs")
+BUDGETS = ("adaptive", "fixed")
 
 
 @dataclass(frozen=True)
@@ -43,6 +56,8 @@ class AtvSettings:
     k_rule: str = "paper"
     signal: str = "drift"
     text_ratio: float = 1.0
+    budget: str = "adaptive"
+    fixed_total: int = 0  # visual tokens over all blocks and samples, for budget="fixed"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -54,6 +69,10 @@ class AtvSettings:
             raise PoolError(f"unknown ATV selection signal {self.signal!r}; choose from {', '.join(SIGNALS)}")
         if not 0.0 <= self.text_ratio <= 1.0:
             raise PoolError(f"ATV text ratio must lie in [0, 1], got {self.text_ratio}")
+        if self.budget not in BUDGETS:
+            raise PoolError(f"unknown ATV budget {self.budget!r}; choose from {', '.join(BUDGETS)}")
+        if self.budget == "fixed" and self.fixed_total <= 0:
+            raise PoolError("a fixed ATV budget needs fixed_total > 0 (e.g. the visual tokens an adaptive run kept)")
         if self.alpha == 0 and self.text_ratio == 0:
             raise PoolError("ATV with alpha 0 and text ratio 0 selects no token")
 
@@ -78,6 +97,19 @@ class AtvPool(Pool):
     def __init__(self, settings: AtvSettings | None = None) -> None:
         self.settings = settings or AtvSettings()
         self._blocks: dict[int, _BlockState] = {}
+        self._n_blocks = 1
+
+    @property
+    def needs_attention(self) -> bool:
+        return self.settings.signal == "abs"
+
+    def start(self, n_blocks: int) -> None:
+        self._n_blocks = n_blocks
+
+    def _block_total(self, block: int) -> int:
+        """The fixed budget's visual tokens at ``block``: ``fixed_total`` split evenly over blocks."""
+        share, extra = divmod(self.settings.fixed_total, self._n_blocks)
+        return share + int(block < extra)
 
     def _state(self, block: int) -> _BlockState:
         return self._blocks.setdefault(block, _BlockState())
@@ -90,32 +122,49 @@ class AtvPool(Pool):
         visual = sample.visual_mask
         return visual.clone() if self.settings.text_ratio == 1.0 else torch.ones_like(visual)
 
-    def rank(self, index: int, sample: CapturedSample, block: int, x_in: torch.Tensor, x_out: torch.Tensor
-             ) -> torch.Tensor:
+    def rank(self, index: int, sample: CapturedSample, block: int, x_in: torch.Tensor, x_out: torch.Tensor,
+             attention: torch.Tensor | None = None) -> torch.Tensor:
         state = self._state(block)
         if index != len(state.n_text):
             raise PoolError("ATV must see the samples of a block in order, once each")
+        settings = self.settings
         visual = sample.visual_mask.to(x_in.device)
         drift = token_drift(x_in, x_out)
         visual_positions = visual.nonzero().flatten()
         text_positions = (~visual).nonzero().flatten()
-        state.drift_sum += float(drift[visual_positions].double().sum())
-        state.drift_count += int(visual_positions.numel())
         n_text, n_visual = int(text_positions.numel()), int(visual_positions.numel())
+
+        if settings.signal == "abs":
+            if attention is None:
+                raise PoolError("ABS selection needs the block's attention probabilities")
+            score = attention_from_text(attention, ~visual, visual_positions)
+            order = rank_descending(score)
+        elif settings.signal == "dbs":
+            features = x_in.reshape(-1, x_in.shape[-1])[visual_positions]
+            score = mean_cosine_distance(features)
+            first = int(rank_descending(score)[0]) if n_visual else 0
+            order = max_min_diversity_order(features, first)
+        else:
+            score = drift[visual_positions]
+            if settings.signal == "drift":
+                order = rank_descending(score)
+            else:
+                order = random_ranking(n_visual, settings.seed * 1_000_003 + block * 10_007 + index)
+        visual_order = visual_positions[order.to(visual_positions.device)]
+        state.drift_sum += float(score.double().sum())
+        state.drift_count += n_visual
         state.n_text.append(n_text)
         state.n_visual.append(n_visual)
 
-        if self.settings.signal == "drift":
-            visual_order = visual_positions[rank_descending(drift[visual_positions])]
+        if settings.budget == "fixed":
+            bound = min(n_visual, self._block_total(block))
         else:
-            seed = self.settings.seed * 1_000_003 + block * 10_007 + index
-            visual_order = visual_positions[random_ranking(n_visual, seed).to(visual_positions.device)]
-        bound = budget_bound(n_text, n_visual, self.settings.alpha, self.settings.k_rule)
-        if self.settings.text_ratio == 1.0:  # text tokens are certain, only visual ones are ranked
+            bound = budget_bound(n_text, n_visual, settings.alpha, settings.k_rule)
+        if settings.text_ratio == 1.0:  # text tokens are certain, only visual ones are ranked
             state.n_text_kept.append(n_text)
             state.n_text_ranked.append(0)
             return visual_order[:bound].cpu()
-        kept = kept_text_count(n_text, self.settings.text_ratio)
+        kept = kept_text_count(n_text, settings.text_ratio)
         text_order = text_positions[rank_descending(drift[text_positions])][:kept]
         state.n_text_kept.append(kept)
         state.n_text_ranked.append(kept)
@@ -123,11 +172,15 @@ class AtvPool(Pool):
 
     def choose(self, block: int) -> list[int]:
         state = self._state(block)
-        mean_drift = state.drift_sum / max(state.drift_count, 1)
-        budgets = [visual_budget(mean_drift, t, v, self.settings.alpha, self.settings.k_rule)
-                   for t, v in zip(state.n_text, state.n_visual)]
+        settings = self.settings
+        mean_score = state.drift_sum / max(state.drift_count, 1)
+        if settings.budget == "fixed":
+            budgets = split_total(self._block_total(block), [float(t) for t in state.n_text], state.n_visual)
+        else:
+            budgets = [visual_budget(mean_score, t, v, settings.alpha, settings.k_rule)
+                       for t, v in zip(state.n_text, state.n_visual)]
         state.record = {
-            "block": block, "mean_drift": mean_drift, "k_mean": sum(budgets) / max(len(budgets), 1),
+            "block": block, "mean_drift": mean_score, "k_mean": sum(budgets) / max(len(budgets), 1),
             "k_min": min(budgets, default=0), "k_max": max(budgets, default=0), "visual_kept": sum(budgets),
             "visual_total": sum(state.n_visual), "text_kept": sum(state.n_text_kept),
         }

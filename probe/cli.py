@@ -57,7 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=1.0, help="ATV: visual budget scale (0 = text pool)")
     p.add_argument("--k-rule", default="paper",
                    help="ATV budget: paper (floor(alpha*s_bar*n_text)) or released (round(min(1,alpha*s_bar)*n_text))")
-    p.add_argument("--signal", default="drift", help="ATV: rank visual tokens by drift or at random (ablation)")
+    p.add_argument("--signal", default="drift",
+                   help="ATV selection signal: drift (the method), random, abs (attention from text queries) or "
+                        "dbs (diversity); ablations of the paper's Table 3")
+    p.add_argument("--budget", default="adaptive",
+                   help="ATV budget: adaptive (per block, from drift) or fixed (the same count in every block)")
+    p.add_argument("--budget-from", type=Path, default=None,
+                   help="with --budget fixed: an adaptive ATV run (folder) whose total of kept visual tokens to keep")
     p.add_argument("--text-ratio", type=float, default=1.0,
                    help="ATV: fraction of text tokens kept, ranked by drift (ablation; 1 keeps all)")
     p.add_argument("--out", required=True, type=Path, help="output folder (written atomically)")
@@ -91,6 +97,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def kept_visual_total(run: Path) -> int:
+    """Visual tokens an ATV run kept over all blocks and samples, from its manifest."""
+    import json
+
+    manifest = run / "manifest.json"
+    if not manifest.is_file():
+        raise FileNotFoundError(f"no manifest.json in {run}")
+    blocks = json.loads(manifest.read_text()).get("atv_blocks") or []
+    if not blocks:
+        raise FileNotFoundError(f"{manifest} records no ATV blocks (not an ATV run)")
+    return sum(int(b["visual_kept"]) for b in blocks)
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     import torch
 
@@ -106,6 +125,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     pattern = parse_pattern(args.pattern)
     sparsity = args.sparsity if args.sparsity is not None else (pattern.sparsity if pattern.structured else 0.5)
     atv = AtvSettings(alpha=args.alpha, k_rule=args.k_rule, signal=args.signal, text_ratio=args.text_ratio,
+                      budget=args.budget, fixed_total=kept_visual_total(args.budget_from) if args.budget_from else 0,
                       seed=args.seed)
     config = PruneConfig(method=args.method, sparsity=sparsity, pattern=args.pattern, pool=args.pool, atv=atv)
     spec = CalibrationSpec.parse(args.calib, image_root=args.image_root, subset=args.calib_subset,

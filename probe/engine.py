@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from probe.attention import eager_call, recording_attention
 from probe.atv import AtvPool, AtvSettings
 from probe.capture import CapturedSample, run_block
 from probe.models.base import Adapter
@@ -145,25 +146,31 @@ def _observe(targets: dict[str, Target], stats: dict[str, InputStats], current: 
 
 
 def _dense_pass(layer, index: int, samples: list[CapturedSample], pool: Pool, stats: dict[str, InputStats],
-                block_targets: dict[str, Target], with_hessian: bool, run_device, context) -> None:
+                block_targets: dict[str, Target], with_hessian: bool, run_device, context, adapter: Adapter) -> None:
     """Run every sample through the (still dense) block, accumulating the pool's statistics. A dynamic
-    pool ranks each sample's candidates from the block's input and output; the chosen ones are added
-    once every sample was seen."""
+    pool ranks each sample's candidates from the block's input and output (and attention, run eagerly
+    for it); the chosen ones are added once every sample was seen."""
     current: dict = {}
     candidates: list[dict[str, torch.Tensor]] = []
     handles = _observe(block_targets, stats, current, with_hessian, run_device)
+    attention = (recording_attention(adapter.attention_module(layer)) if pool.needs_attention
+                 else contextlib.nullcontext({}))
     try:
-        for i, sample in enumerate(samples):
-            current.update(certain=pool.certain(sample, index), uncertain=pool.uncertain(sample, index), kept={})
-            hidden = sample.hidden.to(run_device)
-            with context(sample):
-                out = run_block(layer, hidden, sample.calls[index])
-            if pool.dynamic:
-                order = pool.rank(i, sample, index, hidden, out)
-                slot = torch.full((sample.seq_len,), -1, dtype=torch.long)
-                slot[current["uncertain"].nonzero().flatten()] = torch.arange(int(current["uncertain"].sum()))
-                rows = slot[order]
-                candidates.append({key: kept[rows.to(kept.device)] for key, kept in current["kept"].items()})
+        with attention as record:
+            for i, sample in enumerate(samples):
+                current.update(certain=pool.certain(sample, index), uncertain=pool.uncertain(sample, index), kept={})
+                hidden = sample.hidden.to(run_device)
+                call = sample.calls[index]
+                if pool.needs_attention:
+                    call = eager_call(call, sample.seq_len, hidden.dtype, hidden.device)
+                with context(sample):
+                    out = run_block(layer, hidden, call)
+                if pool.dynamic:
+                    order = pool.rank(i, sample, index, hidden, out, record.get("probs"))
+                    slot = torch.full((sample.seq_len,), -1, dtype=torch.long)
+                    slot[current["uncertain"].nonzero().flatten()] = torch.arange(int(current["uncertain"].sum()))
+                    rows = slot[order]
+                    candidates.append({key: kept[rows.to(kept.device)] for key, kept in current["kept"].items()})
     finally:
         for h in handles:
             h.remove()
@@ -228,6 +235,7 @@ def prune(
         if not samples:
             raise PruneConfigError(f"method {config.method!r} needs calibration samples")
         check_not_empty(pool, samples)
+    pool.start(len(layers))
     run_device = torch.device(device) if device is not None else next(layers[0].parameters()).device
     if run_device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(run_device)
@@ -241,7 +249,7 @@ def prune(
             stats: dict[str, InputStats] = {}
             if config.needs_calibration:
                 _dense_pass(layer, index, samples, pool, stats, block_targets, config.scorer == "sparsegpt",
-                            run_device, context)
+                            run_device, context, adapter)
                 if pool.dynamic:
                     report.pool_records.append(pool.block_record(index))
             for name, target in block_targets.items():

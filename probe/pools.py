@@ -27,20 +27,25 @@ class Pool:
 
     name: str = ""
     dynamic: ClassVar[bool] = False
+    needs_attention: ClassVar[bool] = False  # rank() then receives the block's attention probabilities
 
     def certain(self, sample: CapturedSample, block: int) -> torch.Tensor:
         """Boolean mask (seq,) of the positions that enter this block's statistics whatever happens."""
         raise NotImplementedError
 
     # --- dynamic pools override these ----------------------------------------------------------
+    def start(self, n_blocks: int) -> None:
+        """Called once before the first block."""
+
     def uncertain(self, sample: CapturedSample, block: int) -> torch.Tensor | None:
         """Boolean mask of positions that may join after the dense pass (None: none)."""
         return None
 
-    def rank(self, index: int, sample: CapturedSample, block: int, x_in: torch.Tensor, x_out: torch.Tensor
-             ) -> torch.Tensor:
+    def rank(self, index: int, sample: CapturedSample, block: int, x_in: torch.Tensor, x_out: torch.Tensor,
+             attention: torch.Tensor | None = None) -> torch.Tensor:
         """Uncertain positions of sample ``index`` in order of preference, cut to the most that
-        :meth:`choose` can take; sees the block's dense input and output."""
+        :meth:`choose` can take; sees the block's dense input and output (and attention probabilities
+        (heads, queries, keys) if :attr:`needs_attention`)."""
         raise NotImplementedError
 
     def choose(self, block: int) -> list[int]:

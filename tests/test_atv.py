@@ -181,3 +181,94 @@ def test_cli_atv_writes_per_block_records(tmp_path):
     assert len(records) == load_model("tiny:llava_next").model.config.text_config.num_hidden_layers
     assert {"block", "mean_drift", "k_mean", "k_min", "k_max", "visual_kept"} <= set(records[0])
     assert main(["prune", "tiny:llava_next", "--method", "atv", "--alpha", "-1", "--out", str(tmp_path / "x")]) == 2
+    fixed = tmp_path / "fixed"
+    assert main(["prune", "tiny:llava_next", "--method", "atv", "--budget", "fixed", "--budget-from", str(out),
+                 "--nsamples", "3", "--out", str(fixed), "--no-progress"]) == 0
+    kept = json.loads((fixed / "manifest.json").read_text())["atv_blocks"]
+    assert sum(b["visual_kept"] for b in kept) == sum(b["visual_kept"] for b in records)
+
+
+def test_selection_helpers_against_plain_loops():
+    from probe.sparsity.selection import attention_from_text, max_min_diversity_order, mean_cosine_distance, split_total
+
+    assert split_total(10, [1, 1, 2], [10, 10, 10]) == [3, 2, 5]  # 2.5, 2.5, 5: the first .5 goes first
+    assert split_total(10, [1, 1, 2], [10, 10, 1]) == [5, 4, 1]
+    assert split_total(7, [3, 0, 1], [2, 5, 5]) == [2, 0, 5]
+    assert sum(split_total(1000, [5, 7, 11], [400, 400, 400])) == 1000
+
+    f = torch.randn(7, 5)
+    cos = lambda i, j: float(f[i] @ f[j]) / (f[i].norm().item() * f[j].norm().item())  # noqa: E731
+    mean_distance = [sum(1 - cos(i, j) for j in range(7) if j != i) / 6 for i in range(7)]
+    assert mean_cosine_distance(f).tolist() == pytest.approx(mean_distance, abs=1e-5)
+    order = [2]
+    while len(order) < 7:
+        rest = [j for j in range(7) if j not in order]
+        order.append(max(rest, key=lambda j: (min(1 - cos(j, i) for i in order), -j)))
+    assert max_min_diversity_order(f, 2).tolist() == order
+
+    probs = torch.rand(3, 6, 6)
+    text = torch.tensor([True, False, False, True, True, False])
+    keys = torch.tensor([1, 2, 5])
+    plain = [sum(probs[h, q, k].item() for h in range(3) for q in (0, 3, 4)) / 9 for k in (1, 2, 5)]
+    assert attention_from_text(probs, text, keys).tolist() == pytest.approx(plain, abs=1e-6)
+
+
+def test_recorded_attention_is_the_blocks_own(base):
+    """The probabilities kept for ABS/TAMP equal softmax(q k^T / sqrt(d) + causal) computed by hand, and
+    the eager replay gives the same block output as the model's own attention."""
+    from probe.attention import eager_call, recording_attention
+
+    loaded, samples = base
+    layer, sample = loaded.adapter.decoder_layers(loaded.model)[0], samples[0]
+    attn = layer.self_attn
+    with torch.no_grad():
+        fused = run_block(layer, sample.hidden, sample.calls[0])
+        with recording_attention(attn) as record:
+            eager = run_block(layer, sample.hidden, eager_call(sample.calls[0], sample.seq_len, torch.float32,
+                                                               torch.device("cpu")))
+        x = layer.input_layernorm(sample.hidden)[0]
+        cos, sin = sample.calls[0].kwargs["position_embeddings"]
+        heads, kv_heads, d = attn.config.num_attention_heads, attn.config.num_key_value_heads, attn.head_dim
+        q = attn.q_proj(x).view(-1, heads, d).transpose(0, 1)
+        k = attn.k_proj(x).view(-1, kv_heads, d).transpose(0, 1)
+
+        def rotate(t):
+            half = t.shape[-1] // 2
+            return t * cos[0] + torch.cat([-t[..., half:], t[..., :half]], -1) * sin[0]
+
+        q, k = rotate(q), rotate(k).repeat_interleave(heads // kv_heads, 0)
+        logits = q @ k.transpose(1, 2) / d ** 0.5
+        n = x.shape[0]
+        logits = logits.masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), float("-inf"))
+        expected = torch.softmax(logits, -1)
+    torch.testing.assert_close(eager, fused, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(record["probs"], expected, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("signal", ["abs", "dbs"])
+def test_abs_and_dbs_signals_prune_with_their_own_budget(base, signal):
+    model, adapter, samples = fresh(base)
+    report = prune(model, adapter, samples, PruneConfig(method="atv", atv=AtvSettings(alpha=50.0, signal=signal)),
+                   show_progress=False)
+    drift_model, _, drift_samples = fresh(base)
+    drift_report = prune(drift_model, adapter, drift_samples, PruneConfig(method="atv", atv=AtvSettings(alpha=50.0)),
+                         show_progress=False)
+    assert [r["mean_drift"] for r in report.pool_records] != [r["mean_drift"] for r in drift_report.pool_records]
+    sparsity = list(report.sparsity.values())
+    assert sparsity == pytest.approx([0.5] * len(sparsity))
+
+
+def test_fixed_budget_keeps_the_adaptive_total_evenly_over_blocks(base):
+    model, adapter, samples = fresh(base)
+    adaptive = prune(model, adapter, samples, PruneConfig(method="atv", atv=AtvSettings(alpha=3.0)),
+                     show_progress=False)
+    total = sum(r["visual_kept"] for r in adaptive.pool_records)
+    assert len({r["visual_kept"] for r in adaptive.pool_records}) > 1  # adaptive: varies by block
+    model, adapter, samples = fresh(base)
+    fixed = prune(model, adapter, samples,
+                  PruneConfig(method="atv", atv=AtvSettings(alpha=3.0, budget="fixed", fixed_total=total)),
+                  show_progress=False)
+    kept = [r["visual_kept"] for r in fixed.pool_records]
+    assert sum(kept) == total and max(kept) - min(kept) <= 1
+    with pytest.raises(PoolError, match="fixed_total"):
+        AtvSettings(budget="fixed")

@@ -68,6 +68,10 @@ class Adapter:
         """The norm applied after the last decoder block."""
         return self.language_model(model).norm
 
+    def attention_module(self, layer: nn.Module) -> nn.Module:
+        """The block's self-attention module (its probabilities feed ABS selection and TAMP)."""
+        return layer.self_attn
+
     def prunable_linears(self, layer: nn.Module) -> dict[str, nn.Linear]:
         """The prunable linears of one decoder block, keyed by their name inside the block."""
         found = {}

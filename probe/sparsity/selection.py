@@ -53,3 +53,68 @@ def random_ranking(n: int, seed: int) -> torch.Tensor:
     """A seeded random order of ``n`` items."""
     generator = torch.Generator().manual_seed(seed)
     return torch.randperm(n, generator=generator)
+
+
+def attention_from_text(probs: torch.Tensor, text_mask: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """ABS score of each key position in ``keys``: the attention probability that text queries give it,
+    averaged over heads and every text query. ``probs`` is (heads, queries, keys)."""
+    text_queries = text_mask.nonzero().flatten().to(probs.device)
+    return probs[:, text_queries][:, :, keys.to(probs.device)].float().mean(dim=(0, 1))
+
+
+def mean_cosine_distance(features: torch.Tensor) -> torch.Tensor:
+    """For each row, its mean cosine distance ``1 - cos`` to the other rows (0 for a single row)."""
+    n = features.shape[0]
+    if n < 2:
+        return torch.zeros(n)
+    unit = torch.nn.functional.normalize(features.float(), dim=-1, eps=1e-12)
+    distance = 1.0 - unit @ unit.T
+    distance.fill_diagonal_(0.0)
+    return distance.sum(dim=1) / (n - 1)
+
+
+def max_min_diversity_order(features: torch.Tensor, first: int) -> torch.Tensor:
+    """Greedy max-min (farthest point) order by cosine distance, starting from row ``first``: each next
+    row is the one farthest from its nearest already chosen row (ties: the lowest index). Any prefix of
+    the order is that greedy selection of its size."""
+    n = features.shape[0]
+    if n == 0:
+        return torch.zeros(0, dtype=torch.long)
+    unit = torch.nn.functional.normalize(features.float(), dim=-1, eps=1e-12)
+    distance = 1.0 - unit @ unit.T
+    order = [first]
+    nearest = distance[first].clone()
+    nearest[first] = -float("inf")
+    for _ in range(n - 1):
+        pick = int(torch.argmax(nearest))  # argmax returns the first maximum
+        order.append(pick)
+        nearest = torch.minimum(nearest, distance[pick])
+        nearest[order] = -float("inf")
+    return torch.tensor(order, dtype=torch.long)
+
+
+def split_total(total: int, weights: list[float], caps: list[int]) -> list[int]:
+    """Split ``total`` into integers proportional to ``weights`` (largest remainder method, ties to the
+    earlier item), none above its cap; what a capped item cannot take is split again among the others."""
+    counts = [0] * len(weights)
+    remaining = min(total, sum(caps))
+    while remaining > 0:
+        open_items = [i for i in range(len(weights)) if counts[i] < caps[i]]
+        weight_sum = sum(weights[i] for i in open_items)
+        shares = {i: remaining * (weights[i] / weight_sum if weight_sum > 0 else 1.0 / len(open_items))
+                  for i in open_items}
+        given = 0
+        for i in open_items:
+            add = min(math.floor(shares[i]), caps[i] - counts[i])
+            counts[i] += add
+            given += add
+        left_by_floors = max(1, round(sum(shares[i] - math.floor(shares[i]) for i in open_items)))
+        for i in sorted(open_items, key=lambda i: (-(shares[i] - math.floor(shares[i])), i)):
+            if left_by_floors == 0 or given == remaining:
+                break
+            if counts[i] < caps[i]:
+                counts[i] += 1
+                given += 1
+                left_by_floors -= 1
+        remaining -= given
+    return counts
