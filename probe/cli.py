@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     _add_calib_args(p)
     p.add_argument("--method", default="wanda",
-                   help="magnitude, wanda, sparsegpt, or atv (ATV-Pruning: Wanda scores over the atv pool)")
+                   help="magnitude, wanda, sparsegpt, atv (ATV-Pruning: Wanda scores over the atv pool) or tamp "
+                        "(TAMP's AMIA token selection per linear, Wanda scores)")
     p.add_argument("--sparsity", type=float, default=None,
                    help="fraction of weights removed, in [0, 1); implied by an N:M pattern")
     p.add_argument("--pattern", default="unstructured", help="unstructured, or N:M keeping N of every M (2:4, 4:8)")

@@ -19,14 +19,16 @@ from probe.attention import eager_call, recording_attention
 from probe.atv import AtvPool, AtvSettings
 from probe.capture import CapturedSample, run_block
 from probe.models.base import Adapter
-from probe.pools import POOLS, Pool, check_not_empty, get_pool
+from probe.pools import POOLS, Pool, PoolError, check_not_empty, get_pool
 from probe.progress import progress_bar
 from probe.sparsity.masks import Pattern, check_sparsity, magnitude_mask, mask_from_scores, parse_pattern
 from probe.sparsity.sparsegpt import sparsegpt_prune
 from probe.sparsity.stats import InputStats, wanda_scores
+from probe.tamp import TampPool
 
-METHODS: tuple[str, ...] = ("magnitude", "wanda", "sparsegpt", "atv")
-ALL_POOLS: tuple[str, ...] = (*POOLS, "atv")
+METHODS: tuple[str, ...] = ("magnitude", "wanda", "sparsegpt", "atv", "tamp")
+ALL_POOLS: tuple[str, ...] = (*POOLS, "atv", "tamp")
+OWN_POOL = {"atv": "atv", "tamp": "tamp"}  # methods that are a pool with Wanda scores
 
 
 class PruneConfigError(ValueError):
@@ -55,11 +57,12 @@ class PruneConfig:
             raise PruneConfigError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
         check_sparsity(self.sparsity, self.parsed_pattern)
         if not self.pool:
-            object.__setattr__(self, "pool", "atv" if self.method == "atv" else "mixed")
+            object.__setattr__(self, "pool", OWN_POOL.get(self.method, "mixed"))
         if self.pool not in ALL_POOLS:
-            get_pool(self.pool)  # raises PoolError naming the choices
-        if self.method == "atv" and self.pool != "atv":
-            raise PruneConfigError(f"method 'atv' selects its own tokens; it cannot use the {self.pool!r} pool")
+            raise PoolError(f"unknown pool {self.pool!r}; choose from {', '.join(ALL_POOLS)}")
+        if self.method in OWN_POOL and self.pool != OWN_POOL[self.method]:
+            raise PruneConfigError(
+                f"method {self.method!r} selects its own tokens; it cannot use the {self.pool!r} pool")
 
     @property
     def parsed_pattern(self) -> Pattern:
@@ -72,11 +75,15 @@ class PruneConfig:
     @property
     def scorer(self) -> str:
         """How weights are scored: magnitude, wanda or sparsegpt (ATV scores with Wanda)."""
-        return "wanda" if self.method == "atv" else self.method
+        return "wanda" if self.method in OWN_POOL else self.method
 
     def make_pool(self) -> Pool:
         """A fresh pool for one run (dynamic pools record their choices)."""
-        return AtvPool(self.atv) if self.pool == "atv" else get_pool(self.pool)
+        if self.pool == "atv":
+            return AtvPool(self.atv)
+        if self.pool == "tamp":
+            return TampPool()
+        return get_pool(self.pool)
 
 
 @dataclass
@@ -121,13 +128,15 @@ class PruneReport:
     pool_records: list[dict] = field(default_factory=list)  # per block, what a dynamic pool chose
 
 
-def _observe(targets: dict[str, Target], stats: dict[str, InputStats], current: dict, with_hessian: bool, device):
+def _observe(targets: dict[str, Target], stats: dict[str, InputStats], current: dict, with_hessian: bool, device,
+             per_linear: bool = False):
     """Register forward hooks that add the certain pooled input rows of each stats module to its statistics
-    and keep the rows of uncertain positions (a dynamic pool's candidates) in ``current["kept"]``."""
+    and keep the rows of uncertain positions (a dynamic pool's candidates) in ``current["kept"]``. For a
+    per-linear pool, every target keeps its whole input and output in ``current["io"]`` instead."""
     handles = []
     seen: set[str] = set()
-    for target in targets.values():
-        key = target.stats_key
+    for name, target in targets.items():
+        key = name if per_linear else target.stats_key
         if key in seen:
             continue
         seen.add(key)
@@ -137,6 +146,9 @@ def _observe(targets: dict[str, Target], stats: dict[str, InputStats], current: 
             rows = x.reshape(-1, x.shape[-1])
             if key not in stats:
                 stats[key] = InputStats.empty(x.shape[-1], device, with_hessian)
+            if per_linear:
+                current["io"][key] = (rows, output.reshape(-1, output.shape[-1]))
+                return
             stats[key].add(rows[current["certain"].to(x.device)])
             if current["uncertain"] is not None:
                 current["kept"][key] = rows[current["uncertain"].to(x.device)]
@@ -152,19 +164,23 @@ def _dense_pass(layer, index: int, samples: list[CapturedSample], pool: Pool, st
     for it); the chosen ones are added once every sample was seen."""
     current: dict = {}
     candidates: list[dict[str, torch.Tensor]] = []
-    handles = _observe(block_targets, stats, current, with_hessian, run_device)
+    handles = _observe(block_targets, stats, current, with_hessian, run_device, pool.per_linear)
     attention = (recording_attention(adapter.attention_module(layer)) if pool.needs_attention
                  else contextlib.nullcontext({}))
     try:
         with attention as record:
             for i, sample in enumerate(samples):
-                current.update(certain=pool.certain(sample, index), uncertain=pool.uncertain(sample, index), kept={})
+                current.update(certain=pool.certain(sample, index), uncertain=pool.uncertain(sample, index), kept={},
+                               io={})
                 hidden = sample.hidden.to(run_device)
                 call = sample.calls[index]
                 if pool.needs_attention:
                     call = eager_call(call, sample.seq_len, hidden.dtype, hidden.device)
                 with context(sample):
                     out = run_block(layer, hidden, call)
+                for key, (rows, outputs) in current["io"].items():
+                    chosen = pool.select_linear(sample, outputs, record.get("probs"))
+                    stats[key].add(rows[chosen.to(rows.device)])
                 if pool.dynamic:
                     order = pool.rank(i, sample, index, hidden, out, record.get("probs"))
                     slot = torch.full((sample.seq_len,), -1, dtype=torch.long)
@@ -254,7 +270,7 @@ def prune(
                     report.pool_records.append(pool.block_record(index))
             for name, target in block_targets.items():
                 report.sparsity[f"layers.{index}.{name}"] = _prune_target(
-                    target, stats.get(target.stats_key), config
+                    target, stats.get(name if pool.per_linear else target.stats_key), config
                 )
             if config.needs_calibration and index < len(layers) - 1:
                 for sample in samples:

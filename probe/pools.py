@@ -28,6 +28,7 @@ class Pool:
     name: str = ""
     dynamic: ClassVar[bool] = False
     needs_attention: ClassVar[bool] = False  # rank() then receives the block's attention probabilities
+    per_linear: ClassVar[bool] = False  # each linear selects its own positions (select_linear)
 
     def certain(self, sample: CapturedSample, block: int) -> torch.Tensor:
         """Boolean mask (seq,) of the positions that enter this block's statistics whatever happens."""
@@ -50,6 +51,11 @@ class Pool:
 
     def choose(self, block: int) -> list[int]:
         """After every sample was ranked: how many of each sample's ranked positions enter."""
+        raise NotImplementedError
+
+    def select_linear(self, sample: CapturedSample, outputs: torch.Tensor, attention: torch.Tensor | None
+                      ) -> torch.Tensor:
+        """For per-linear pools: positions whose inputs feed the statistics of the linear with these outputs."""
         raise NotImplementedError
 
     def block_record(self, block: int) -> dict[str, Any]:
@@ -84,6 +90,8 @@ def get_pool(name: str) -> Pool:
 
 def check_not_empty(pool: Pool, samples: list[CapturedSample]) -> None:
     """Raise :class:`PoolError` naming the first sample for which the pool cannot select anything."""
+    if pool.per_linear:  # such pools always pick at least one token
+        return
     for sample in samples:
         possible = pool.certain(sample, 0)
         extra = pool.uncertain(sample, 0)
