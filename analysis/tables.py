@@ -1,6 +1,11 @@
 """Results in the paper's table layouts, with retention against the dense model.
 
 Retention of a pruned model = mean over tasks of (pruned score / dense score), in %.
+
+- :func:`table1`: a row per (pathway, pool), the sensitivity grid (the paper's Table 1);
+- :func:`table2`: a row per method, the method comparison (the paper's Table 2);
+
+each with, per setting (50%, 60%, 2:4, ...), the task scores in % and the average retention.
 """
 
 from __future__ import annotations
@@ -18,75 +23,101 @@ def retention(scores: pd.Series, dense: pd.Series) -> float:
     return float((scores[common] / dense[common]).mean() * 100.0)
 
 
-def table1(results: pd.DataFrame) -> pd.DataFrame:
-    """Table 1 layout: a row per (pathway, pool) after the dense row; per sparsity, the task scores
-    (in %) and the average retention. The dense row repeats its scores in every sparsity block.
+def _setting_labels(frame: pd.DataFrame) -> pd.Series:
+    if "setting" in frame and frame["setting"].notna().all():
+        return frame["setting"].astype(str)
+    return frame["sparsity"].map(lambda s: f"{float(s):.0%}")
 
-    ``results`` has one row per cell and task with columns pathway, pool, sparsity, task, score.
+
+def retention_table(results: pd.DataFrame, rows: list[str]) -> pd.DataFrame:
+    """Rows keyed by ``rows`` (the dense row first), a column block per setting holding the task scores
+    (in %) and the average retention. The dense row repeats its scores in every block.
+
+    ``results`` has one row per cell and task with columns ``pathway`` (``dense`` for the dense cell),
+    ``task``, ``score``, the ``rows`` keys and ``setting`` (or ``sparsity``).
     """
     dense = results[results.pathway == "dense"].set_index("task")["score"]
     if dense.empty:
         raise ValueError("the results hold no dense cell")
     tasks = list(dense.index)
-    pruned = results[results.pathway != "dense"]
-    labels = {s: f"{s:.0%}" for s in sorted(pruned.sparsity.unique())}
-    rows: dict[tuple[str, str], dict[tuple[str, str], float]] = {
-        ("dense", "-"): {
-            **{(label, t): 100 * dense[t] for label in labels.values() for t in tasks},
-            **{(label, "avg retention"): 100.0 for label in labels.values()},
-        }
+    pruned = results[results.pathway != "dense"].assign(label=lambda f: _setting_labels(f))
+    labels = list(dict.fromkeys(pruned.label))
+    dense_key = ("dense",) + ("-",) * (len(rows) - 1)
+    table: dict[tuple, dict[tuple[str, str], float]] = {
+        dense_key: {**{(label, t): 100 * dense[t] for label in labels for t in tasks},
+                    **{(label, "avg retention"): 100.0 for label in labels}}
     }
-    for (pathway, pool), group in pruned.groupby(["pathway", "pool"], sort=False):
+    for key, group in pruned.groupby(rows, sort=False):
+        key = key if isinstance(key, tuple) else (key,)
         entry = {}
-        for sparsity, cell in group.groupby("sparsity"):
+        for label, cell in group.groupby("label", sort=False):
             scores = cell.set_index("task")["score"]
             for t in tasks:
-                entry[(labels[sparsity], t)] = 100 * scores.get(t, float("nan"))
-            entry[(labels[sparsity], "avg retention")] = retention(scores, dense)
-        rows[(pathway, pool)] = entry
-    order = [(label, t) for label in labels.values() for t in [*tasks, "avg retention"]]
-    frame = pd.DataFrame.from_dict(rows, orient="index").reindex(columns=order)
-    frame.index = pd.MultiIndex.from_tuples(list(rows), names=["pathway", "pool"])
-    frame.columns = pd.MultiIndex.from_tuples(order, names=["sparsity", "task"])
+                entry[(label, t)] = 100 * scores.get(t, float("nan"))
+            entry[(label, "avg retention")] = retention(scores, dense)
+        table[key] = entry
+    order = [(label, t) for label in labels for t in [*tasks, "avg retention"]]
+    frame = pd.DataFrame.from_dict(table, orient="index").reindex(columns=order)
+    frame.index = pd.MultiIndex.from_tuples(list(table), names=rows)
+    frame.columns = pd.MultiIndex.from_tuples(order, names=["setting", "task"])
     return frame
+
+
+def table1(results: pd.DataFrame) -> pd.DataFrame:
+    """The sensitivity grid in Table 1's layout: a row per (pathway, pool)."""
+    return retention_table(results, ["pathway", "pool"])
+
+
+def table2(results: pd.DataFrame) -> pd.DataFrame:
+    """The method comparison in Table 2's layout: a row per method."""
+    return retention_table(results, ["method"])
 
 
 def _flat_header(frame: pd.DataFrame) -> list[str]:
     return [f"{a} {b}" for a, b in frame.columns]
 
 
+def _cells(frame: pd.DataFrame, digits: int) -> list[tuple[list[str], list[str]]]:
+    out = []
+    for key, row in frame.iterrows():
+        key = list(key) if isinstance(key, tuple) else [key]
+        out.append(([str(k) for k in key], ["" if pd.isna(v) else f"{v:.{digits}f}" for v in row]))
+    return out
+
+
 def to_markdown(frame: pd.DataFrame, digits: int = 2) -> str:
     """A GitHub markdown table; NaN cells are left empty."""
-    header = ["pathway", "pool", *_flat_header(frame)]
+    header = [*frame.index.names, *_flat_header(frame)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for (pathway, pool), row in frame.iterrows():
-        cells = ["" if pd.isna(v) else f"{v:.{digits}f}" for v in row]
-        lines.append("| " + " | ".join([pathway, pool, *cells]) + " |")
+    lines += ["| " + " | ".join(keys + values) + " |" for keys, values in _cells(frame, digits)]
     return "\n".join(lines) + "\n"
 
 
 def to_latex(frame: pd.DataFrame, digits: int = 2) -> str:
     """A LaTeX tabular (booktabs)."""
-    header = ["pathway", "pool", *_flat_header(frame)]
+    header = [*frame.index.names, *_flat_header(frame)]
     escape = lambda text: str(text).replace("%", r"\%").replace("_", r"\_")  # noqa: E731
-    lines = [r"\begin{tabular}{ll" + "r" * len(frame.columns) + "}", r"\toprule",
+    lines = [r"\begin{tabular}{" + "l" * frame.index.nlevels + "r" * len(frame.columns) + "}", r"\toprule",
              " & ".join(escape(h) for h in header) + r" \\", r"\midrule"]
-    for (pathway, pool), row in frame.iterrows():
-        cells = ["" if pd.isna(v) else f"{v:.{digits}f}" for v in row]
-        lines.append(" & ".join([escape(pathway), escape(pool), *cells]) + r" \\")
+    lines += [" & ".join([escape(k) for k in keys] + values) + r" \\" for keys, values in _cells(frame, digits)]
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
 
 
-def write_table1(results: pd.DataFrame, out: Path) -> str:
-    """Write ``table1.md``, ``table1.csv`` and ``table1.tex`` into ``out``; returns the markdown."""
+def write_table(frame: pd.DataFrame, out: Path, name: str) -> str:
+    """Write ``name``.md, .csv and .tex into ``out``; returns the markdown."""
     from probe.manifest import write_text_atomic
 
-    frame = table1(results)
     markdown = to_markdown(frame)
-    write_text_atomic(out / "table1.md", markdown)
+    write_text_atomic(out / f"{name}.md", markdown)
     flat = frame.copy()
     flat.columns = _flat_header(frame)
-    write_text_atomic(out / "table1.csv", flat.reset_index().to_csv(index=False))
-    write_text_atomic(out / "table1.tex", to_latex(frame))
+    write_text_atomic(out / f"{name}.csv", flat.reset_index().to_csv(index=False))
+    write_text_atomic(out / f"{name}.tex", to_latex(frame))
     return markdown
+
+
+def write_grid_table(results: pd.DataFrame, out: Path, grid: str) -> str:
+    """The table of a finished grid (``table1`` or ``table2``) written into ``out``."""
+    frame = table1(results) if grid == "table1" else table2(results)
+    return write_table(frame, out, grid)

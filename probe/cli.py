@@ -84,11 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("grid", help="the MoT sensitivity grid (Table 1): prune one pathway per cell, evaluate")
+    p = sub.add_parser("grid", help="an experiment grid: the MoT sensitivity grid (Table 1, the default) or "
+                                    "the method comparison (Table 2, grid: table2 in the config); every cell evaluated")
     p.add_argument("config", nargs="?", type=Path, default=None,
                    help="grid YAML (default: the reference model on the offline tasks)")
     p.add_argument("--quick", action="store_true",
                    help="8 calibration samples, 5 items per task, sparsity 0.5 only: a run of minutes")
+    p.add_argument("--grid", default=None, choices=["table1", "table2"], help="which grid (overrides the config)")
     p.add_argument("--out", type=Path, default=None, help="results folder (overrides the config)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=cmd_grid)
@@ -196,14 +198,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_grid(args: argparse.Namespace) -> int:
-    from analysis.tables import write_table1
+    from analysis.tables import write_grid_table
     from probe.grid import QUICK, GridConfig, run_grid
 
-    overrides = {"out": str(args.out) if args.out else None, **(QUICK if args.quick else {})}
+    overrides = {"out": str(args.out) if args.out else None, "grid": args.grid, **(QUICK if args.quick else {})}
     config = GridConfig.from_yaml(args.config, **overrides) if args.config else GridConfig(
         **{k: v for k, v in overrides.items() if v is not None})
     results = run_grid(config, show_progress=not args.no_progress)
-    print(write_table1(results, Path(config.out)))
+    print(write_grid_table(results, Path(config.out), config.grid))
     return 0
 
 

@@ -1,10 +1,15 @@
-"""The Table 1 sensitivity grid: prune one MoT pathway at a time, evaluate every cell, resume safely.
+"""Experiment grids, every cell evaluated, resumable, nothing lost.
 
-Cells: the dense model, then pathway x pool x sparsity, each pruned with Wanda statistics from its
-pool while the other pathway stays dense. Each finished cell appends its rows (one per task) to the
-results CSV through an atomic rewrite, so a killed run loses at most the cell in progress and a rerun
-skips finished cells. Masks of the ``text``- and ``visual``-pool cells of a pathway are kept (packed)
-so the IoU between them is recorded per linear (the paper's Fig. 1b).
+- ``table1`` (the sensitivity grid): the dense model, then pathway x pool x sparsity, each cell
+  pruning one MoT pathway with Wanda statistics from its pool while the other pathway stays dense.
+  Masks of the ``text``- and ``visual``-pool cells of a pathway are kept (packed) so the IoU between
+  them is recorded per linear (the paper's Fig. 1b).
+- ``table2`` (the method comparison): the dense model, then method x setting (a sparsity such as
+  ``0.5`` or an N:M pattern such as ``2:4``) on the whole model.
+
+Each finished cell appends its rows (one per task) to ``results.csv`` through an atomic rewrite and
+writes its pruning record to ``cells/``, so a killed run loses at most the cell in progress and a
+rerun skips finished cells.
 """
 
 from __future__ import annotations
@@ -20,18 +25,20 @@ import pandas as pd
 import torch
 import yaml
 
+from probe.atv import AtvSettings
 from probe.calibrate import capture_calibration
 from probe.data.calibration import CalibrationSpec, select
-from probe.engine import PruneConfig
+from probe.engine import PruneConfig, prune
 from probe.evaluation.harness import evaluate, primary_rows, resolve_tasks
 from probe.loading import LoadedModel, load_model
 from probe.manifest import package_versions, write_json_atomic, write_text_atomic
 from probe.mot import PATHWAYS, prune_pathway, to_mot
 from probe.pools import POOLS
-from probe.sparsity.masks import mask_iou
+from probe.sparsity.masks import mask_iou, parse_pattern
 from probe.vision_cache import VisionFeatureCache
 
-QUICK = {"nsamples": 8, "limit": 5, "sparsities": [0.5]}
+QUICK = {"nsamples": 8, "limit": 5, "sparsities": [0.5], "settings": ["0.5"]}
+GRIDS = ("table1", "table2")
 
 
 class GridConfigError(ValueError):
@@ -40,15 +47,20 @@ class GridConfigError(ValueError):
 
 @dataclass
 class GridConfig:
-    """Validated settings of a sensitivity grid."""
+    """Validated settings of a grid (``grid``: table1, the sensitivity grid, or table2, the methods)."""
 
+    grid: str = "table1"
     model: str = "reference"
     tasks: str = "offline"
     limit: int | None = 20  # items per task and cell; None for whole test splits
     sparsities: list[float] = field(default_factory=lambda: [0.5, 0.6])
     pathways: list[str] = field(default_factory=lambda: list(PATHWAYS))
     pools: list[str] = field(default_factory=lambda: list(POOLS))
-    method: str = "wanda"
+    method: str = "wanda"  # table1's scorer
+    methods: list[str] = field(default_factory=lambda: ["magnitude", "wanda", "sparsegpt", "tamp", "atv"])
+    settings: list[str] = field(default_factory=lambda: ["0.5", "0.6", "2:4", "4:8"])  # table2's columns
+    alpha: float = 1.0  # ATV
+    k_rule: str = "paper"  # ATV
     calib: str = "bundled"
     image_root: str | None = None
     calib_subset: str | None = None
@@ -58,9 +70,16 @@ class GridConfig:
     dtype: str = "float32"
     device: str = "cpu"
     max_pixels: int | None = None
-    out: str = "results/grid/reference"
+    out: str = ""  # default: results/grid/<grid>
 
     def __post_init__(self) -> None:
+        if self.grid not in GRIDS:
+            raise GridConfigError(f"unknown grid {self.grid!r}; choose from {', '.join(GRIDS)}")
+        if not self.out:
+            self.out = f"results/grid/{self.grid}"
+        for method in self.methods:
+            for setting in self.settings:
+                self.prune_config(method, *parse_setting(setting))
         for pathway in self.pathways:
             if pathway not in PATHWAYS:
                 raise GridConfigError(f"unknown pathway {pathway!r}; choose from {', '.join(PATHWAYS)}")
@@ -81,6 +100,11 @@ class GridConfig:
         data.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**data)
 
+    def prune_config(self, method: str, sparsity: float, pattern: str = "unstructured") -> PruneConfig:
+        """Pruning settings of a table2 cell."""
+        return PruneConfig(method=method, sparsity=sparsity, pattern=pattern,
+                           atv=AtvSettings(alpha=self.alpha, k_rule=self.k_rule, seed=self.seed))
+
     def calibration(self) -> CalibrationSpec:
         return CalibrationSpec.parse(self.calib, image_root=self.image_root, subset=self.calib_subset,
                                      nsamples=self.nsamples, seed=self.seed)
@@ -88,20 +112,51 @@ class GridConfig:
 
 @dataclass(frozen=True)
 class Cell:
-    """One grid cell; the dense cell has no pathway."""
+    """One grid cell: the dense model, a pruned MoT pathway (table1) or a pruned model (table2)."""
 
-    pathway: str = "dense"
+    pathway: str = "dense"  # dense, text, visual (table1) or all (table2)
     pool: str = "-"
     sparsity: float = 0.0
+    method: str = "-"
+    setting: str = "-"  # the column label: 50%, 2:4, ...
+    pattern: str = "unstructured"
 
     @property
     def cell_id(self) -> str:
-        return "dense" if self.pathway == "dense" else f"{self.pathway}/{self.pool}/{self.sparsity:g}"
+        if self.pathway == "dense":
+            return "dense"
+        if self.pathway == "all":
+            return f"{self.method}/{self.setting}"
+        return f"{self.pathway}/{self.pool}/{self.sparsity:g}"
+
+
+def parse_setting(setting: str | float) -> tuple[float, str]:
+    """A table2 column: a sparsity (``0.5``) or an N:M pattern (``2:4``) -> (sparsity, pattern)."""
+    text = str(setting)
+    if ":" in text:
+        return parse_pattern(text).sparsity, text
+    try:
+        return float(text), "unstructured"
+    except ValueError:
+        raise GridConfigError(f"grid setting {text!r} is neither a sparsity nor an N:M pattern") from None
+
+
+def setting_label(setting: str | float) -> str:
+    """``0.5`` -> ``50%``; N:M patterns stay as they are."""
+    sparsity, pattern = parse_setting(setting)
+    return pattern if pattern != "unstructured" else f"{sparsity:.0%}"
 
 
 def cells(config: GridConfig) -> list[Cell]:
-    """The dense cell first, then pathway x pool x sparsity."""
-    pruned = [Cell(p, q, s) for p, q, s in itertools.product(config.pathways, config.pools, config.sparsities)]
+    """The dense cell first, then the grid's pruned cells."""
+    if config.grid == "table2":
+        pruned = []
+        for method, setting in itertools.product(config.methods, config.settings):
+            sparsity, pattern = parse_setting(setting)
+            pruned.append(Cell("all", "-", sparsity, method, setting_label(setting), pattern))
+    else:
+        pruned = [Cell(p, q, s, config.method, setting_label(s))
+                  for p, q, s in itertools.product(config.pathways, config.pools, config.sparsities)]
     return [Cell(), *pruned]
 
 
@@ -134,6 +189,22 @@ def _load_masks(path: Path) -> dict[str, torch.Tensor]:
     return out
 
 
+def _check_same_settings(config: GridConfig, manifest: Path) -> None:
+    """A rerun may only resume results made with the same settings (the output folder aside)."""
+    if not manifest.is_file():
+        return
+    import json
+
+    before = json.loads(manifest.read_text()).get("config", {})
+    now = asdict(config)
+    changed = sorted(k for k in now if k != "out" and k in before and before[k] != now[k])
+    if changed:
+        raise GridConfigError(
+            f"{manifest.parent} holds results made with other settings ({', '.join(changed)}); "
+            "choose another output folder or remove it"
+        )
+
+
 def run_grid(config: GridConfig, show_progress: bool = True) -> pd.DataFrame:
     """Run (or resume) the grid; returns the results frame (one row per cell and task)."""
     out = Path(config.out)
@@ -141,6 +212,7 @@ def run_grid(config: GridConfig, show_progress: bool = True) -> pd.DataFrame:
     tasks = resolve_tasks(config.tasks)
     spec = config.calibration()
     selected = select(spec)  # all data checks before any model work
+    _check_same_settings(config, out / "manifest.json")
     done = set(_read_csv(results_path).get("cell", pd.Series(dtype=str)))
     todo = [c for c in cells(config) if c.cell_id not in done]
     write_json_atomic(out / "manifest.json", {"config": asdict(config), "tasks": tasks,
@@ -159,24 +231,35 @@ def run_grid(config: GridConfig, show_progress: bool = True) -> pd.DataFrame:
                                    vision_cache=cache)
     for cell in todo:
         model = copy.deepcopy(base.model)
-        masks: dict[str, torch.Tensor] = {}
-        if cell.pathway != "dense":
+        record: dict = {"cell": cell.cell_id}
+        if cell.pathway == "all":
+            prune_config = config.prune_config(cell.method, cell.sparsity, cell.pattern)
+            report = prune(model, base.adapter, copy.deepcopy(captured) if prune_config.needs_calibration else [],
+                           prune_config, show_progress=show_progress)
+            record.update(prune=asdict(prune_config), seconds=report.seconds, sparsity=report.sparsity,
+                          atv_blocks=report.pool_records)
+        elif cell.pathway != "dense":
             probe = to_mot(model, base.adapter, config.replicate_o_proj)
-            prune = PruneConfig(method=config.method, sparsity=cell.sparsity, pool=cell.pool)
-            prune_pathway(probe, copy.deepcopy(captured), prune, cell.pathway, show_progress=show_progress)
+            prune_config = PruneConfig(method=config.method, sparsity=cell.sparsity, pool=cell.pool)
+            report = prune_pathway(probe, copy.deepcopy(captured), prune_config, cell.pathway,
+                                   show_progress=show_progress)
+            masks = {}
             for b, layer in enumerate(base.adapter.decoder_layers(model)):
                 for name, routed in probe.routed_linears(layer).items():
                     masks[f"layers.{b}.{name}"] = (getattr(routed, cell.pathway).weight == 0).cpu()
             _save_masks(out / "masks" / f"{cell.pathway}-{cell.pool}-{cell.sparsity:g}.npz", masks)
+            record.update(prune=asdict(prune_config), pathway=cell.pathway, seconds=report.seconds)
         scores = evaluate(LoadedModel(model, base.processor, base.adapter, base.ref), tasks, config.limit,
                           vision_cache=cache, show_progress=show_progress, seed=config.seed)
         settings = {"cell": cell.cell_id, "pathway": cell.pathway, "pool": cell.pool, "sparsity": cell.sparsity,
-                    "method": config.method if cell.pathway != "dense" else "-", "model": config.model,
+                    "method": cell.method, "setting": cell.setting, "model": config.model,
                     "nsamples": config.nsamples, "seed": config.seed, "limit": config.limit}
         rows = [{**settings, **row} for row in primary_rows(scores).to_dict("records")]
+        write_json_atomic(out / "cells" / f"{cell.cell_id.replace('/', '_').replace(':', '-')}.json", record)
         _append_rows(results_path, rows)
         del model
-    _write_iou(config, out)
+    if config.grid == "table1":
+        _write_iou(config, out)
     return _read_csv(results_path)
 
 

@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from analysis.tables import retention, table1, to_latex, to_markdown
+from analysis.tables import retention, table1, table2, to_latex, to_markdown
 from probe import grid as grid_module
 from probe.grid import GridConfig, GridConfigError, cells, run_grid
 
@@ -81,3 +81,37 @@ def test_retention_and_table1_layout_against_hand_computed_values():
     assert "| text | text | 40.00 | 50.00 | 75.00 | 20.00 | 25.00 | 37.50 |" in md
     assert "| visual | mixed | 80.00 | 55.00 | 105.00 |  |  |  |" in md
     assert r"50\% avg retention" in to_latex(t) and to_latex(t).count(r"\\") == 4
+
+
+def test_method_grid_prunes_every_method_and_setting(tmp_path):
+    config = small_config(tmp_path, grid="table2", methods=["magnitude", "atv", "tamp"], settings=["0.5", "2:4"],
+                          tasks="digits")
+    results = run_grid(config, show_progress=False)
+    assert list(results.cell) == ["dense", "magnitude/50%", "magnitude/2:4", "atv/50%", "atv/2:4", "tamp/50%",
+                                  "tamp/2:4"]
+    import json
+
+    record = json.loads((tmp_path / "grid" / "cells" / "atv_2-4.json").read_text())
+    assert record["prune"]["pattern"] == "2:4" and record["atv_blocks"]
+    assert set(record["sparsity"].values()) == {0.5}
+    table = table2(results)
+    assert list(table.index) == [("dense",), ("magnitude",), ("atv",), ("tamp",)]
+    assert [c[0] for c in table.columns][::2] == ["50%", "2:4"]
+    with pytest.raises(GridConfigError, match="other settings.*methods"):
+        run_grid(small_config(tmp_path, grid="table2", methods=["wanda"], settings=["0.5", "2:4"], tasks="digits"),
+                 show_progress=False)
+    with pytest.raises(GridConfigError, match="neither"):
+        small_config(tmp_path, grid="table2", settings=["half"])
+
+
+def test_table2_layout_against_hand_computed_values():
+    rows = [("dense", "-", "-", "a", 0.8), ("dense", "-", "-", "b", 0.4),
+            ("all", "wanda", "50%", "a", 0.4), ("all", "wanda", "50%", "b", 0.4),
+            ("all", "wanda", "2:4", "a", 0.2), ("all", "wanda", "2:4", "b", 0.1),
+            ("all", "atv", "50%", "a", 0.8), ("all", "atv", "50%", "b", 0.2)]
+    frame = pd.DataFrame(rows, columns=["pathway", "method", "setting", "task", "score"])
+    t = table2(frame)
+    assert t.loc[("wanda",), ("50%", "avg retention")].item() == pytest.approx(75.0)
+    assert t.loc[("wanda",), ("2:4", "avg retention")].item() == pytest.approx(25.0)
+    assert t.loc[("atv",), ("50%", "avg retention")].item() == pytest.approx(75.0)
+    assert "| method | 50% a | 50% b | 50% avg retention | 2:4 a | 2:4 b | 2:4 avg retention |" in to_markdown(t)
