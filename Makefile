@@ -51,3 +51,4 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_prune.py
+	$(BIN)/python bench/bench_grid.py
