@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import io
 import itertools
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -100,10 +101,19 @@ class GridConfig:
         data.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**data)
 
-    def prune_config(self, method: str, sparsity: float, pattern: str = "unstructured") -> PruneConfig:
-        """Pruning settings of a table2 cell."""
-        return PruneConfig(method=method, sparsity=sparsity, pattern=pattern,
-                           atv=AtvSettings(alpha=self.alpha, k_rule=self.k_rule, seed=self.seed))
+    def prune_config(self, method: str, sparsity: float, pattern: str = "unstructured", fixed_total: int = 1
+                     ) -> PruneConfig:
+        """Pruning settings of a table2 cell; ``method`` may carry ATV settings, ``atv(alpha=2)``."""
+        name, overrides = parse_method_spec(method)
+        if overrides and name != "atv":
+            raise GridConfigError(f"only atv takes settings in a grid, got {method!r}")
+        unknown = set(overrides) - set(AtvSettings.__dataclass_fields__) - {"fixed_total"}
+        if unknown:
+            raise GridConfigError(f"unknown ATV setting(s) {', '.join(sorted(unknown))} in {method!r}")
+        settings = {"alpha": self.alpha, "k_rule": self.k_rule, "seed": self.seed, **overrides}
+        if settings.get("budget") == "fixed":
+            settings["fixed_total"] = fixed_total
+        return PruneConfig(method=name, sparsity=sparsity, pattern=pattern, atv=AtvSettings(**settings))
 
     def calibration(self) -> CalibrationSpec:
         return CalibrationSpec.parse(self.calib, image_root=self.image_root, subset=self.calib_subset,
@@ -128,6 +138,26 @@ class Cell:
         if self.pathway == "all":
             return f"{self.method}/{self.setting}"
         return f"{self.pathway}/{self.pool}/{self.sparsity:g}"
+
+
+def parse_method_spec(spec: str) -> tuple[str, dict]:
+    """``atv(alpha=2, signal=random)`` -> ("atv", {"alpha": 2.0, "signal": "random"}); ``wanda`` -> ("wanda", {})."""
+    text = str(spec).strip()
+    if "(" not in text:
+        return text, {}
+    if not text.endswith(")"):
+        raise GridConfigError(f"method {text!r}: settings go in parentheses, e.g. atv(alpha=2)")
+    name, _, inner = text[:-1].partition("(")
+    overrides: dict = {}
+    for part in filter(None, (p.strip() for p in inner.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise GridConfigError(f"method {text!r}: {part!r} is not key=value")
+        try:
+            overrides[key.strip()] = float(value)
+        except ValueError:
+            overrides[key.strip()] = value.strip()
+    return name.strip(), overrides
 
 
 def parse_setting(setting: str | float) -> tuple[float, str]:
@@ -189,6 +219,25 @@ def _load_masks(path: Path) -> dict[str, torch.Tensor]:
     return out
 
 
+def _record_path(out: Path, cell_id: str) -> Path:
+    """Where a cell's pruning record goes (a file name made of letters, digits, - and _)."""
+    return out / "cells" / (re.sub(r"[^A-Za-z0-9_-]+", "_", cell_id.replace(":", "-")).strip("_") + ".json")
+
+
+def _adaptive_total(out: Path, cell: Cell) -> int:
+    """For an ATV cell with ``budget=fixed``: the visual tokens the plain ``atv`` cell of the same setting
+    kept (it must come earlier in ``methods``)."""
+    if parse_method_spec(cell.method)[1].get("budget") != "fixed":
+        return 1
+    path = _record_path(out, f"atv/{cell.setting}")
+    if not path.is_file():
+        raise GridConfigError(f"{cell.cell_id} keeps as many visual tokens as the 'atv' cell of its setting: "
+                              "list plain atv before it in methods")
+    import json
+
+    return sum(int(b["visual_kept"]) for b in json.loads(path.read_text())["atv_blocks"])
+
+
 def _check_same_settings(config: GridConfig, manifest: Path) -> None:
     """A rerun may only resume results made with the same settings (the output folder aside)."""
     if not manifest.is_file():
@@ -233,7 +282,8 @@ def run_grid(config: GridConfig, show_progress: bool = True) -> pd.DataFrame:
         model = copy.deepcopy(base.model)
         record: dict = {"cell": cell.cell_id}
         if cell.pathway == "all":
-            prune_config = config.prune_config(cell.method, cell.sparsity, cell.pattern)
+            prune_config = config.prune_config(cell.method, cell.sparsity, cell.pattern,
+                                               _adaptive_total(out, cell))
             report = prune(model, base.adapter, copy.deepcopy(captured) if prune_config.needs_calibration else [],
                            prune_config, show_progress=show_progress)
             record.update(prune=asdict(prune_config), seconds=report.seconds, sparsity=report.sparsity,
@@ -255,7 +305,7 @@ def run_grid(config: GridConfig, show_progress: bool = True) -> pd.DataFrame:
                     "method": cell.method, "setting": cell.setting, "model": config.model,
                     "nsamples": config.nsamples, "seed": config.seed, "limit": config.limit}
         rows = [{**settings, **row} for row in primary_rows(scores).to_dict("records")]
-        write_json_atomic(out / "cells" / f"{cell.cell_id.replace('/', '_').replace(':', '-')}.json", record)
+        write_json_atomic(_record_path(out, cell.cell_id), record)
         _append_rows(results_path, rows)
         del model
     if config.grid == "table1":

@@ -115,3 +115,21 @@ def test_table2_layout_against_hand_computed_values():
     assert t.loc[("wanda",), ("2:4", "avg retention")].item() == pytest.approx(25.0)
     assert t.loc[("atv",), ("50%", "avg retention")].item() == pytest.approx(75.0)
     assert "| method | 50% a | 50% b | 50% avg retention | 2:4 a | 2:4 b | 2:4 avg retention |" in to_markdown(t)
+
+
+def test_ablation_cells_take_atv_settings_and_fixed_budgets_match_adaptive(tmp_path):
+    import json
+
+    config = small_config(tmp_path, grid="table2", tasks="digits", settings=["0.5"],
+                          methods=["atv", "atv(signal=random, budget=fixed)", "atv(alpha=0)"])
+    results = run_grid(config, show_progress=False)
+    assert list(results.cell) == ["dense", "atv/50%", "atv(signal=random, budget=fixed)/50%", "atv(alpha=0)/50%"]
+    records = {p.name: json.loads(p.read_text()) for p in (tmp_path / "grid" / "cells").glob("*.json")}
+    adaptive = records["atv_50.json"]["atv_blocks"]
+    fixed = records["atv_signal_random_budget_fixed_50.json"]
+    assert fixed["prune"]["atv"]["signal"] == "random"
+    assert sum(b["visual_kept"] for b in fixed["atv_blocks"]) == sum(b["visual_kept"] for b in adaptive)
+    assert {b["visual_kept"] for b in records["atv_alpha_0_50.json"]["atv_blocks"]} == {0}
+    for bad, match in (("wanda(alpha=2)", "only atv"), ("atv(beta=2)", "beta"), ("atv(alpha)", "key=value")):
+        with pytest.raises(GridConfigError, match=match):
+            small_config(tmp_path, grid="table2", methods=[bad])
