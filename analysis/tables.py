@@ -121,3 +121,19 @@ def write_grid_table(results: pd.DataFrame, out: Path, grid: str) -> str:
     """The table of a finished grid (``table1`` or ``table2``) written into ``out``."""
     frame = table1(results) if grid == "table1" else table2(results)
     return write_table(frame, out, grid)
+
+
+def side_by_side(ours: pd.DataFrame, paper: pd.DataFrame, rows: list[str]) -> pd.DataFrame:
+    """Average retention per row and setting, ours next to the paper's (``paper`` tidy, with rows keyed by
+    ``rows``, ``setting`` and ``task == "avg retention"``). Rows the paper lacks show NaN."""
+    frame = retention_table(ours, rows)
+    retained = frame.xs("avg retention", axis=1, level="task")
+    paper_avg = paper[paper.task == "avg retention"].set_index([*rows, "setting"])["score"]
+    out = {}
+    for setting in retained.columns:
+        out[(setting, "ours")] = retained[setting]
+        out[(setting, "paper")] = [paper_avg.get((*key, setting) if isinstance(key, tuple) else (key, setting),
+                                                 float("nan")) for key in retained.index]
+    result = pd.DataFrame(out, index=retained.index)
+    result.columns = pd.MultiIndex.from_tuples(list(out), names=["setting", "source"])
+    return result

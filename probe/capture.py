@@ -164,3 +164,20 @@ def replay(model: nn.Module, adapter: Adapter, sample: CapturedSample) -> torch.
 def activation_bytes(samples: list[CapturedSample]) -> int:
     """Memory the cached block inputs take (one hidden-state buffer per sample)."""
     return sum(s.hidden.numel() * s.hidden.element_size() for s in samples)
+
+
+class BlockRangeError(ValueError):
+    """A decoder block index the model does not have."""
+
+
+@torch.no_grad()
+def hidden_at(model: nn.Module, adapter: Adapter, sample: CapturedSample, block: int) -> torch.Tensor:
+    """The hidden states (seq, hidden) entering decoder block ``block`` for one captured sample."""
+    layers = adapter.decoder_layers(model)
+    if not 0 <= block < len(layers):
+        raise BlockRangeError(f"block {block} out of range: the model has {len(layers)} decoder blocks")
+    device = next(layers[0].parameters()).device
+    hidden = sample.hidden.to(device)
+    for layer, call in zip(list(layers)[:block], sample.calls):
+        hidden = run_block(layer, hidden, call)
+    return hidden[0]

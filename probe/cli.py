@@ -95,6 +95,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=cmd_grid)
 
+    p = sub.add_parser("plot", help="the paper's figures from stored results (PNG and PDF)")
+    p.add_argument("figure", choices=["iou", "alpha", "text-ratio", "drift", "tsne"],
+                   help="iou (Fig. 1b, from a table1 grid), alpha (Fig. 4) and text-ratio (Fig. 5) (from a table2 grid "
+                        "of atv(alpha=...) / atv(text_ratio=...) cells), drift (Fig. A6, from an ATV run or grid cell "
+                        "record), tsne (Fig. 1a, computed from a model)")
+    p.add_argument("source", nargs="?", default=None,
+                   help="grid folder, ATV run folder or cell record (.json); for tsne a model (default: reference)")
+    p.add_argument("--out", type=Path, default=None, help="output file stem (default: beside the source)")
+    p.add_argument("--block", type=int, default=8, help="tsne: the block whose input activations are shown")
+    p.add_argument("--nsamples", type=int, default=8, help="tsne: calibration samples (bundled set)")
+    p.set_defaults(func=cmd_plot)
+
     p = sub.add_parser("families", help="list the supported model families")
     p.set_defaults(func=lambda args: print("\n".join(supported_families())))
     return parser
@@ -206,6 +218,54 @@ def cmd_grid(args: argparse.Namespace) -> int:
         **{k: v for k, v in overrides.items() if v is not None})
     results = run_grid(config, show_progress=not args.no_progress)
     print(write_grid_table(results, Path(config.out), config.grid))
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from analysis import figures
+    from analysis.results import ResultsError, load_atv_blocks, load_grid
+
+    name = args.figure.replace("-", "_")
+    if args.figure == "tsne":
+        return _plot_tsne(args)
+    if args.source is None:
+        raise ResultsError(f"probe plot {args.figure} needs a source (a grid folder or run)")
+    source = Path(args.source)
+    out = args.out or (source.parent if source.suffix == ".json" else source) / "figures" / name
+    if args.figure == "iou":
+        path = source / "mask_iou.csv"
+        if not path.is_file():
+            raise ResultsError(f"no mask IoU at {path} (a table1 grid writes it)")
+        figures.plot_mask_iou(pd.read_csv(path), out)
+    elif args.figure in ("alpha", "text-ratio"):
+        plot = figures.plot_alpha if args.figure == "alpha" else figures.plot_text_ratio
+        plot(load_grid(source), out)
+    else:
+        figures.plot_drift(load_atv_blocks(source), out)
+    print(f"wrote {out.with_suffix('.png')} and {out.with_suffix('.pdf')}")
+    return 0
+
+
+def _plot_tsne(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from analysis import figures
+    from probe.calibrate import capture_calibration
+    from probe.capture import hidden_at
+    from probe.data.calibration import CalibrationSpec
+    from probe.loading import load_model
+
+    loaded = load_model(args.source or DEFAULT_MODEL)
+    samples = capture_calibration(loaded, CalibrationSpec(nsamples=args.nsamples), show_progress=False)
+    hidden = [hidden_at(loaded.model, loaded.adapter, s, args.block).float() for s in samples]
+    activations = torch.cat(hidden).cpu().numpy()
+    visual = np.concatenate([s.visual_mask.cpu().numpy() for s in samples])
+    out = args.out or Path("runs") / "figures" / f"tsne_block{args.block}"
+    figures.plot_tsne(activations, visual, out)
+    print(f"wrote {out.with_suffix('.png')} and {out.with_suffix('.pdf')}")
     return 0
 
 

@@ -1,5 +1,7 @@
 """The errors that mean bad input (reported to a CLI user as one line, not a traceback)."""
 
+from analysis.results import ResultsError
+from probe.capture import BlockRangeError
 from probe.data.calibration import CalibrationError
 from probe.data.offline import OfflineDataError
 from probe.engine import PruneConfigError
@@ -25,5 +27,7 @@ USER_ERRORS = (
     HubUnavailableError,
     UnsupportedRequestError,
     GridConfigError,
+    ResultsError,
+    BlockRangeError,
     FileNotFoundError,
 )

@@ -1,0 +1,70 @@
+"""Load stored results into pandas: our grids, pruning records, and the paper's tables.
+
+    results = load_grid("results/grid/table2")       # one row per cell and task, every setting a column
+    paper = load_paper("table2")                     # the paper's Table 2, tidy
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+PAPER_DIR = Path(__file__).resolve().parent.parent / "results" / "paper"
+# hub ids of the paper's models -> the model names in results/paper/*.csv
+PAPER_MODELS = {
+    "llava-hf/llama3-llava-next-8b-hf": "llava-next-8b",
+    "Qwen/Qwen2-VL-7B-Instruct": "qwen2-vl-7b",
+    "llava-hf/llava-onevision-qwen2-7b-ov-hf": "llava-onevision-7b",
+    "Qwen/Qwen2.5-VL-7B-Instruct": "qwen2.5-vl-7b",
+}
+
+
+class ResultsError(FileNotFoundError):
+    """A results folder or table that is not there."""
+
+
+def load_grid(folder: str | Path) -> pd.DataFrame:
+    """A grid's ``results.csv``: one row per cell and task."""
+    path = Path(folder) / "results.csv"
+    if not path.is_file():
+        raise ResultsError(f"no grid results at {path}")
+    return pd.read_csv(path, keep_default_na=False, na_values=[""])
+
+
+def load_cell_records(folder: str | Path) -> dict[str, dict]:
+    """The pruning record of every finished cell of a grid, by cell id."""
+    records = {}
+    for path in sorted((Path(folder) / "cells").glob("*.json")):
+        record = json.loads(path.read_text())
+        records[record["cell"]] = record
+    return records
+
+
+def load_atv_blocks(source: str | Path) -> pd.DataFrame:
+    """Per-block ATV records (mean drift, K, visual tokens kept) from a pruned checkpoint's
+    ``manifest.json``, a grid cell record, or a folder holding either."""
+    path = Path(source)
+    if path.is_dir():
+        path = path / "manifest.json"
+    if not path.is_file():
+        raise ResultsError(f"no pruning record at {path}")
+    blocks = json.loads(path.read_text()).get("atv_blocks") or []
+    if not blocks:
+        raise ResultsError(f"{path} holds no ATV block records (not an ATV run)")
+    return pd.DataFrame(blocks)
+
+
+def load_paper(table: str) -> pd.DataFrame:
+    """One of the paper's tables (``table1``, ``table2``, ``table3``, ``table4``, ``table_a5``, ``table_a6``)."""
+    path = PAPER_DIR / f"{table}.csv"
+    if not path.is_file():
+        known = ", ".join(p.stem for p in sorted(PAPER_DIR.glob("*.csv")))
+        raise ResultsError(f"no paper table {table!r}; known: {known}")
+    return pd.read_csv(path, keep_default_na=False, na_values=[""])
+
+
+def paper_model(model: str) -> str | None:
+    """The paper's name for a model id, if the paper reports it."""
+    return PAPER_MODELS.get(model)

@@ -1,0 +1,94 @@
+"""Analysis: figures from small hand-built result frames, side-by-side tables, paper tables, plot CLI."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis import figures
+from analysis.results import ResultsError, load_atv_blocks, load_paper
+from analysis.tables import side_by_side
+
+
+def method_results(specs_and_scores):
+    rows = [("dense", "-", "-", "a", 0.8), ("dense", "-", "-", "b", 0.4)]
+    for spec, setting, a, b in specs_and_scores:
+        rows += [("all", spec, setting, "a", a), ("all", spec, setting, "b", b)]
+    return pd.DataFrame(rows, columns=["pathway", "method", "setting", "task", "score"])
+
+
+def labels(fig):
+    return [(ax.get_xlabel(), ax.get_ylabel()) for ax in fig.axes]
+
+
+def test_alpha_and_text_ratio_figures(tmp_path):
+    results = method_results([("atv(alpha=0)", "50%", 0.4, 0.4), ("atv", "50%", 0.8, 0.4),
+                              ("atv(alpha=4)", "50%", 0.6, 0.2), ("wanda", "50%", 0.1, 0.1)])
+    fig = figures.plot_alpha(results, tmp_path / "alpha")
+    assert (tmp_path / "alpha.png").stat().st_size > 0 and (tmp_path / "alpha.pdf").stat().st_size > 0
+    assert labels(fig) == [("alpha", "average retention (%)")]
+    x, y = fig.axes[0].lines[0].get_data()
+    assert list(x) == [0.0, 1.0, 4.0] and list(y) == pytest.approx([75.0, 100.0, 62.5])  # wanda left out
+    ratios = method_results([("atv(text_ratio=0.5)", "50%", 0.4, 0.2), ("atv", "50%", 0.8, 0.4)])
+    fig = figures.plot_text_ratio(ratios, tmp_path / "ratio")
+    assert labels(fig) == [("retained text-token ratio", "average retention (%)")]
+    assert list(fig.axes[0].lines[0].get_data()[1]) == pytest.approx([50.0, 100.0])
+
+
+def test_iou_drift_and_tsne_figures(tmp_path):
+    iou = pd.DataFrame({"pathway": ["text"] * 3 + ["visual"] * 3, "sparsity": [0.5] * 6, "linear": list("abcdef"),
+                        "iou": [0.5, 0.6, 0.7, 0.2, 0.3, 0.9]})
+    fig = figures.plot_mask_iou(iou, tmp_path / "iou")
+    assert labels(fig) == [("mask IoU (text pool vs visual pool)", "linears")]
+    assert sum(p.get_height() for p in fig.axes[0].patches) == 6
+    blocks = pd.DataFrame({"block": [0, 1, 2], "mean_drift": [0.1, 0.3, 0.2], "k_mean": [3.0, 9.0, 6.0]})
+    fig = figures.plot_drift(blocks, tmp_path / "drift")
+    assert labels(fig) == [("block", "mean visual drift s̄"), ("", "mean visual tokens kept K")]
+    assert [p.get_height() for p in fig.axes[1].patches] == [3.0, 9.0, 6.0]
+    rng = np.random.RandomState(0)
+    activations = np.concatenate([rng.randn(20, 8), rng.randn(20, 8) + 5])
+    visual = np.array([False] * 20 + [True] * 20)
+    fig = figures.plot_tsne(activations, visual, tmp_path / "tsne")
+    assert labels(fig) == [("t-SNE 1", "t-SNE 2")] and (tmp_path / "tsne.pdf").is_file()
+
+
+def test_side_by_side_with_the_papers_table2():
+    paper = load_paper("table2")
+    paper = paper[paper.model == "llava-next-8b"]
+    ours = method_results([("wanda", "50%", 0.4, 0.4), ("atv", "50%", 0.8, 0.2), ("magnitude", "50%", 0.2, 0.2)])
+    table = side_by_side(ours, paper, ["method"])
+    assert table.loc[("wanda",), ("50%", "ours")].item() == pytest.approx(75.0)
+    assert table.loc[("wanda",), ("50%", "paper")].item() == pytest.approx(88.36)
+    assert table.loc[("atv",), ("50%", "paper")].item() == pytest.approx(94.00)
+    assert np.isnan(table.loc[("magnitude",), ("50%", "paper")].item())
+
+
+def test_paper_tables_agree_with_the_spec():
+    t1 = load_paper("table1")
+    row = t1[(t1.pathway == "text") & (t1.pool == "visual") & (t1.setting == "60%")].set_index("task")["score"]
+    assert row["scienceqa_img"] == 11.11 and row["avg retention"] == 50.92
+    dense = t1[t1.pathway == "dense"].set_index("task")["score"]
+    # the paper's retention is the mean of pruned / dense over the three benchmarks
+    assert (row.drop("avg retention") / dense.drop("avg retention")).mean() * 100 == pytest.approx(50.92, abs=0.01)
+    assert set(load_paper("table4").method) == {"wanda", "sparsegpt", "tamp", "atv"}
+    with pytest.raises(ResultsError, match="table9"):
+        load_paper("table9")
+
+
+def test_plot_cli(tmp_path):
+    from probe.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "manifest.json").write_text(json.dumps({"atv_blocks": [
+        {"block": 0, "mean_drift": 0.1, "k_mean": 2.0}, {"block": 1, "mean_drift": 0.2, "k_mean": 4.0}]}))
+    assert main(["plot", "drift", str(run)]) == 0
+    assert (run / "figures" / "drift.png").is_file() and (run / "figures" / "drift.pdf").is_file()
+    assert main(["plot", "iou", str(tmp_path)]) == 2  # no mask_iou.csv there
+    with pytest.raises(ResultsError, match="not an ATV run"):
+        (tmp_path / "plain").mkdir()
+        (tmp_path / "plain" / "manifest.json").write_text("{}")
+        load_atv_blocks(tmp_path / "plain")
+    assert main(["plot", "tsne", "tiny:llava", "--block", "1", "--nsamples", "2", "--out", str(tmp_path / "t")]) == 0
+    assert (tmp_path / "t.png").is_file()
