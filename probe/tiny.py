@@ -41,7 +41,7 @@ TEXT_BASE = dict(
 )
 
 
-def _tokenizer(specials: dict[str, int], vocab_size: int, **attrs: str) -> tf.PreTrainedTokenizerFast:
+def word_tokenizer(specials: dict[str, int], vocab_size: int, **attrs: str) -> tf.PreTrainedTokenizerFast:
     """A whitespace word-level tokenizer whose special tokens sit at the given ids."""
     vocab: dict[str, int] = {"<unk>": 0, "<pad>": 1, "<s>": 2, "</s>": 3, ";": 4, ":": 5}
     for word in WORDS:
@@ -90,7 +90,7 @@ def _llava() -> TinyLVLM:
         vision_feature_select_strategy="default", vision_feature_layer=-1,
     )
     model = tf.LlavaForConditionalGeneration(cfg)
-    tok = _tokenizer({"<image>": IMG}, V, image_token="<image>")
+    tok = word_tokenizer({"<image>": IMG}, V, image_token="<image>")
     ip = tf.CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     proc = tf.LlavaProcessor(
         image_processor=ip, tokenizer=tok, patch_size=8, vision_feature_select_strategy="default",
@@ -111,7 +111,7 @@ def _llava_next() -> TinyLVLM:
         image_grid_pinpoints=grid, vision_feature_select_strategy="default", vision_feature_layer=-1,
     )
     model = tf.LlavaNextForConditionalGeneration(cfg)
-    tok = _tokenizer({"<image>": IMG}, V, image_token="<image>")
+    tok = word_tokenizer({"<image>": IMG}, V, image_token="<image>")
     ip = tf.LlavaNextImageProcessorPil(
         size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, image_grid_pinpoints=grid,
     )
@@ -135,7 +135,7 @@ def _llava_onevision() -> TinyLVLM:
         vision_feature_layer=-1,
     )
     model = tf.LlavaOnevisionForConditionalGeneration(cfg)
-    tok = _tokenizer({"<image>": IMG, "<video>": VID}, V, image_token="<image>", video_token="<video>")
+    tok = word_tokenizer({"<image>": IMG, "<video>": VID}, V, image_token="<image>", video_token="<video>")
     ip = tf.LlavaOnevisionImageProcessorPil(size={"height": 32, "width": 32}, image_grid_pinpoints=grid)
     with processor_type_checks_tolerate_none():
         proc = tf.LlavaOnevisionProcessor(
@@ -176,7 +176,7 @@ def _qwen_vl(kind: str) -> Callable[[], TinyLVLM]:
             cfg = tf.Qwen3VLConfig(vision_config=vision, text_config=text, **ids)
             model = tf.Qwen3VLForConditionalGeneration(cfg)
             ip_cls, proc_cls = tf.Qwen2VLImageProcessorPil, tf.Qwen3VLProcessor
-        tok = _tokenizer(
+        tok = word_tokenizer(
             {"<|image_pad|>": 150, "<|video_pad|>": 151, "<|vision_start|>": 152, "<|vision_end|>": 153}, V,
             image_token="<|image_pad|>", video_token="<|video_pad|>",
             vision_start_token="<|vision_start|>", vision_end_token="<|vision_end|>",
@@ -205,7 +205,7 @@ def _idefics3(kind: str) -> Callable[[], TinyLVLM]:
         cfg = cfg_cls(vision_config=vision, text_config=dict(TEXT_BASE, model_type="llama", vocab_size=V),
                       image_token_id=IMG, scale_factor=2)
         model = model_cls(cfg)
-        tok = _tokenizer(
+        tok = word_tokenizer(
             {"<image>": IMG, "<fake_token_around_image>": FAKE, "<global-img>": GLOB, "<end_of_utterance>": EOU},
             V, image_token="<image>",
         )
@@ -225,7 +225,7 @@ def _gemma3() -> TinyLVLM:
     cfg = tf.Gemma3Config(vision_config=vision, text_config=text, boi_token_index=BOI, eoi_token_index=EOI,
                           image_token_index=IMG, mm_tokens_per_image=4)
     model = tf.Gemma3ForConditionalGeneration(cfg)
-    tok = _tokenizer({"<start_of_image>": BOI, "<end_of_image>": EOI, "<image_soft_token>": IMG}, V,
+    tok = word_tokenizer({"<start_of_image>": BOI, "<end_of_image>": EOI, "<image_soft_token>": IMG}, V,
                      boi_token="<start_of_image>", eoi_token="<end_of_image>", image_token="<image_soft_token>")
     ip = tf.Gemma3ImageProcessorPil(size={"height": 32, "width": 32})
     proc = tf.Gemma3Processor(image_processor=ip, tokenizer=tok, image_seq_length=4, chat_template=CHAT_TEMPLATE)
@@ -239,7 +239,7 @@ def _internvl() -> TinyLVLM:
     cfg = tf.InternVLConfig(vision_config=vision, text_config=dict(TEXT_BASE, model_type="qwen2", vocab_size=V),
                             image_token_id=CTX, image_seq_length=4, downsample_ratio=0.5)
     model = tf.InternVLForConditionalGeneration(cfg)
-    tok = _tokenizer({"<IMG_CONTEXT>": CTX, "<img>": START, "</img>": END, "<video>": VID}, V,
+    tok = word_tokenizer({"<IMG_CONTEXT>": CTX, "<img>": START, "</img>": END, "<video>": VID}, V,
                      context_image_token="<IMG_CONTEXT>", start_image_token="<img>", end_image_token="</img>",
                      video_token="<video>")
     ip = tf.GotOcr2ImageProcessorPil(size={"height": 32, "width": 32}, crop_to_patches=False)
