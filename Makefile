@@ -9,7 +9,7 @@ LMMS_EVAL_SPEC ?= lmms-eval==0.7.3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.probe-installed
 
-.PHONY: setup demo test lint bench offline-data
+.PHONY: setup demo test lint bench offline-data results
 
 setup: $(STAMP)
 
@@ -52,3 +52,14 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench_prune.py
 	$(BIN)/python bench/bench_grid.py
+
+# Our stored results on the reference model: dense scores, Table 1, Table 2, the ATV ablations, figures
+results: $(STAMP)
+	$(BIN)/python -m probe.reference.report
+	$(BIN)/probe grid configs/table1_offline.yaml --no-progress
+	$(BIN)/probe grid configs/table2_offline.yaml --no-progress
+	$(BIN)/probe grid configs/ablations_offline.yaml --no-progress
+	$(BIN)/probe plot iou results/grid/table1
+	$(BIN)/probe plot alpha results/grid/ablations
+	$(BIN)/probe plot text-ratio results/grid/ablations
+	$(BIN)/probe plot drift results/grid/table2/cells/atv_50.json

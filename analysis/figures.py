@@ -55,13 +55,15 @@ def _retention_by(results: pd.DataFrame, key: pd.Series) -> pd.DataFrame:
 
 
 def _atv_setting(methods: pd.Series, name: str, default: float) -> pd.Series:
-    """The value of one ATV setting in method specs such as ``atv(alpha=2)`` (NaN for other methods)."""
+    """The value of one ATV setting in method specs such as ``atv(alpha=2)``; NaN for other methods and
+    for ATV cells that change anything else (their point belongs to another ablation)."""
     from probe.grid import parse_method_spec
 
     values = []
     for spec in methods:
         method, overrides = parse_method_spec(str(spec))
-        values.append(float(overrides.get(name, default)) if method == "atv" else float("nan"))
+        only_this = method == "atv" and set(overrides) <= {name}
+        values.append(float(overrides.get(name, default)) if only_this else float("nan"))
     return pd.Series(values, index=methods.index)
 
 

@@ -24,12 +24,13 @@ def labels(fig):
 
 def test_alpha_and_text_ratio_figures(tmp_path):
     results = method_results([("atv(alpha=0)", "50%", 0.4, 0.4), ("atv", "50%", 0.8, 0.4),
-                              ("atv(alpha=4)", "50%", 0.6, 0.2), ("wanda", "50%", 0.1, 0.1)])
+                              ("atv(alpha=4)", "50%", 0.6, 0.2), ("wanda", "50%", 0.1, 0.1),
+                              ("atv(signal=random)", "50%", 0.0, 0.0)])
     fig = figures.plot_alpha(results, tmp_path / "alpha")
     assert (tmp_path / "alpha.png").stat().st_size > 0 and (tmp_path / "alpha.pdf").stat().st_size > 0
     assert labels(fig) == [("alpha", "average retention (%)")]
     x, y = fig.axes[0].lines[0].get_data()
-    assert list(x) == [0.0, 1.0, 4.0] and list(y) == pytest.approx([75.0, 100.0, 62.5])  # wanda left out
+    assert list(x) == [0.0, 1.0, 4.0] and list(y) == pytest.approx([75.0, 100.0, 62.5])  # wanda and the random-signal cell left out
     ratios = method_results([("atv(text_ratio=0.5)", "50%", 0.4, 0.2), ("atv", "50%", 0.8, 0.4)])
     fig = figures.plot_text_ratio(ratios, tmp_path / "ratio")
     assert labels(fig) == [("retained text-token ratio", "average retention (%)")]
