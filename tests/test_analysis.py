@@ -30,7 +30,8 @@ def test_alpha_and_text_ratio_figures(tmp_path):
     assert (tmp_path / "alpha.png").stat().st_size > 0 and (tmp_path / "alpha.pdf").stat().st_size > 0
     assert labels(fig) == [("alpha", "average retention (%)")]
     x, y = fig.axes[0].lines[0].get_data()
-    assert list(x) == [0.0, 1.0, 4.0] and list(y) == pytest.approx([75.0, 100.0, 62.5])  # wanda and the random-signal cell left out
+    # wanda and the random-signal cell are left out
+    assert list(x) == [0.0, 1.0, 4.0] and list(y) == pytest.approx([75.0, 100.0, 62.5])
     ratios = method_results([("atv(text_ratio=0.5)", "50%", 0.4, 0.2), ("atv", "50%", 0.8, 0.4)])
     fig = figures.plot_text_ratio(ratios, tmp_path / "ratio")
     assert labels(fig) == [("retained text-token ratio", "average retention (%)")]
