@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from probe.manifest import RecordError, read_atv_blocks
+
 PAPER_DIR = Path(__file__).resolve().parent.parent / "results" / "paper"
 # hub ids of the paper's models -> the model names in results/paper/*.csv
 PAPER_MODELS = {
@@ -21,7 +23,7 @@ PAPER_MODELS = {
 }
 
 
-class ResultsError(FileNotFoundError):
+class ResultsError(RecordError):
     """A results folder or table that is not there."""
 
 
@@ -44,16 +46,8 @@ def load_cell_records(folder: str | Path) -> dict[str, dict]:
 
 def load_atv_blocks(source: str | Path) -> pd.DataFrame:
     """Per-block ATV records (mean drift, K, visual tokens kept) from a pruned checkpoint's
-    ``manifest.json``, a grid cell record, or a folder holding either."""
-    path = Path(source)
-    if path.is_dir():
-        path = path / "manifest.json"
-    if not path.is_file():
-        raise ResultsError(f"no pruning record at {path}")
-    blocks = json.loads(path.read_text()).get("atv_blocks") or []
-    if not blocks:
-        raise ResultsError(f"{path} holds no ATV block records (not an ATV run)")
-    return pd.DataFrame(blocks)
+    ``manifest.json``, a grid cell record, or a folder holding a manifest."""
+    return pd.DataFrame(read_atv_blocks(Path(source)))
 
 
 def load_paper(table: str) -> pd.DataFrame:

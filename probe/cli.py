@@ -114,15 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def kept_visual_total(run: Path) -> int:
     """Visual tokens an ATV run kept over all blocks and samples, from its manifest."""
-    import json
+    from probe.manifest import read_atv_blocks
 
-    manifest = run / "manifest.json"
-    if not manifest.is_file():
-        raise FileNotFoundError(f"no manifest.json in {run}")
-    blocks = json.loads(manifest.read_text()).get("atv_blocks") or []
-    if not blocks:
-        raise FileNotFoundError(f"{manifest} records no ATV blocks (not an ATV run)")
-    return sum(int(b["visual_kept"]) for b in blocks)
+    return sum(int(block["visual_kept"]) for block in read_atv_blocks(run))
 
 
 def cmd_prune(args: argparse.Namespace) -> int:

@@ -1,6 +1,5 @@
 """The errors that mean bad input (reported to a CLI user as one line, not a traceback)."""
 
-from analysis.results import ResultsError
 from probe.capture import BlockRangeError
 from probe.data.calibration import CalibrationError
 from probe.data.offline import OfflineDataError
@@ -8,6 +7,7 @@ from probe.engine import PruneConfigError
 from probe.evaluation.harness import HubUnavailableError, UnknownTaskError, UnsupportedRequestError
 from probe.grid import GridConfigError
 from probe.loading import ModelLoadError
+from probe.manifest import RecordError
 from probe.models.base import InvalidInputsError, UnknownModelFamilyError
 from probe.pools import PoolError
 from probe.reference.build import ReferenceModelError
@@ -27,7 +27,7 @@ USER_ERRORS = (
     HubUnavailableError,
     UnsupportedRequestError,
     GridConfigError,
-    ResultsError,
+    RecordError,
     BlockRangeError,
     FileNotFoundError,
 )

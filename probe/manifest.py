@@ -52,3 +52,19 @@ def write_dir_atomic(out: Path, fill: Callable[[Path], None]) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+class RecordError(FileNotFoundError):
+    """A pruning record (manifest or grid cell record) that is missing or lacks what is asked of it."""
+
+
+def read_atv_blocks(source: Path) -> list[dict]:
+    """Per-block ATV records from a pruned checkpoint's ``manifest.json``, a grid cell record (.json), or
+    a folder holding a manifest."""
+    path = source / "manifest.json" if source.is_dir() else source
+    if not path.is_file():
+        raise RecordError(f"no pruning record at {path}")
+    blocks = json.loads(path.read_text()).get("atv_blocks") or []
+    if not blocks:
+        raise RecordError(f"{path} holds no ATV block records (not an ATV run)")
+    return blocks

@@ -9,6 +9,7 @@ import pytest
 from analysis import figures
 from analysis.results import ResultsError, load_atv_blocks, load_paper
 from analysis.tables import side_by_side
+from probe.manifest import RecordError
 
 
 def method_results(specs_and_scores):
@@ -88,7 +89,7 @@ def test_plot_cli(tmp_path):
     assert main(["plot", "drift", str(run)]) == 0
     assert (run / "figures" / "drift.png").is_file() and (run / "figures" / "drift.pdf").is_file()
     assert main(["plot", "iou", str(tmp_path)]) == 2  # no mask_iou.csv there
-    with pytest.raises(ResultsError, match="not an ATV run"):
+    with pytest.raises(RecordError, match="not an ATV run"):
         (tmp_path / "plain").mkdir()
         (tmp_path / "plain" / "manifest.json").write_text("{}")
         load_atv_blocks(tmp_path / "plain")
