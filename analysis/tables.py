@@ -4,6 +4,7 @@ Retention of a pruned model = mean over tasks of (pruned score / dense score), i
 
 - :func:`table1`: a row per (pathway, pool), the sensitivity grid (the paper's Table 1);
 - :func:`table2`: a row per method, the method comparison (the paper's Table 2);
+- :func:`table3`: a row per (selection signal, adaptive budget), ATV's ablation (the paper's Table 3);
 
 each with, per setting (50%, 60%, 2:4, ...), the task scores in % and the average retention.
 """
@@ -73,6 +74,23 @@ def table2(results: pd.DataFrame) -> pd.DataFrame:
     return retention_table(results, ["method"])
 
 
+def table3(results: pd.DataFrame) -> pd.DataFrame:
+    """The selection-signal ablation in Table 3's layout: a row per (signal, adaptive budget), from ATV
+    cells such as ``atv``, ``atv(budget=fixed)``, ``atv(signal=random, budget=fixed)``,
+    ``atv(signal=abs)``; cells that change other ATV settings are left out."""
+    from probe.grid import parse_method_spec
+
+    signals, adaptive = [], []
+    for spec in results.method.astype(str):
+        name, overrides = parse_method_spec(spec)
+        keep = name == "atv" and set(overrides) <= {"signal", "budget"}
+        signals.append(str(overrides.get("signal", "drift")) if keep else None)
+        adaptive.append(("no" if overrides.get("budget") == "fixed" else "yes") if keep else None)
+    frame = results.assign(signal=signals, adaptive=adaptive)
+    frame.loc[frame.pathway == "dense", ["signal", "adaptive"]] = ["dense", "-"]
+    return retention_table(frame.dropna(subset=["signal"]), ["signal", "adaptive"])
+
+
 def _flat_header(frame: pd.DataFrame) -> list[str]:
     return [f"{a} {b}" for a, b in frame.columns]
 
@@ -118,9 +136,15 @@ def write_table(frame: pd.DataFrame, out: Path, name: str) -> str:
 
 
 def write_grid_table(results: pd.DataFrame, out: Path, grid: str) -> str:
-    """The table of a finished grid (``table1`` or ``table2``) written into ``out``."""
-    frame = table1(results) if grid == "table1" else table2(results)
-    return write_table(frame, out, grid)
+    """The table of a finished grid (``table1`` or ``table2``) written into ``out``; a method grid with
+    ATV selection-signal cells also gets ``table3``."""
+    if grid == "table1":
+        return write_table(table1(results), out, "table1")
+    markdown = write_table(table2(results), out, "table2")
+    signals = table3(results)
+    if len(signals) > 2:  # the dense row and more than one ATV variant
+        markdown += "\n" + write_table(signals, out, "table3")
+    return markdown
 
 
 def side_by_side(ours: pd.DataFrame, paper: pd.DataFrame, rows: list[str]) -> pd.DataFrame:

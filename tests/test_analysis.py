@@ -95,3 +95,17 @@ def test_plot_cli(tmp_path):
         load_atv_blocks(tmp_path / "plain")
     assert main(["plot", "tsne", "tiny:llava", "--block", "1", "--nsamples", "2", "--out", str(tmp_path / "t")]) == 0
     assert (tmp_path / "t.png").is_file()
+
+
+def test_table3_layout_from_ablation_cells():
+    from analysis.tables import table3
+
+    results = method_results([("atv", "50%", 0.8, 0.4), ("atv(budget=fixed)", "50%", 0.4, 0.4),
+                              ("atv(signal=random, budget=fixed)", "50%", 0.4, 0.2),
+                              ("atv(signal=abs)", "50%", 0.8, 0.2),
+                              ("atv(alpha=2)", "50%", 0.0, 0.0), ("wanda", "50%", 0.0, 0.0)])
+    t = table3(results)
+    assert list(t.index) == [("dense", "-"), ("drift", "yes"), ("drift", "no"), ("random", "no"), ("abs", "yes")]
+    assert t.loc[("drift", "no"), ("50%", "avg retention")] == pytest.approx(75.0)
+    assert t.loc[("random", "no"), ("50%", "avg retention")] == pytest.approx(50.0)
+    assert t.loc[("abs", "yes"), ("50%", "a")] == pytest.approx(80.0)

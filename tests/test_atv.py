@@ -272,3 +272,25 @@ def test_fixed_budget_keeps_the_adaptive_total_evenly_over_blocks(base):
     assert sum(kept) == total and max(kept) - min(kept) <= 1
     with pytest.raises(PoolError, match="fixed_total"):
         AtvSettings(budget="fixed")
+
+
+def test_atv_pool_feeds_sparsegpt(base):
+    """The extension: SparseGPT's Hessian over ATV's tokens; alpha = 0 equals SparseGPT over the text pool."""
+    model, adapter, samples = fresh(base)
+    report = prune(model, adapter, samples, PruneConfig(method="sparsegpt", pool="atv", atv=AtvSettings(alpha=0.0)),
+                   show_progress=False)
+    plain, _, samples = fresh(base)
+    prune(plain, adapter, samples, PruneConfig(method="sparsegpt", pool="text"), show_progress=False)
+    ours, theirs = masks_of(model, adapter), masks_of(plain, adapter)
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours) and report.pool_records
+
+
+def test_shipped_grid_configs_are_valid():
+    from pathlib import Path
+
+    from probe.grid import GridConfig, cells
+
+    configs = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+    assert len(configs) >= 5
+    for path in configs:
+        assert len(cells(GridConfig.from_yaml(path))) > 1, path.name
