@@ -185,3 +185,13 @@ def test_pruned_checkpoint_runs_in_lmms_evals_stock_llava_wrapper(tmp_path):
                               bootstrap_iters=0)
     table = tidy_results(results)
     assert table.set_index("metric").loc["exact_match", "n"] == 2
+
+
+def test_lmms_eval_finds_the_probe_model_by_name():
+    """lmms-eval's own registry (what `lmms-eval --model probe` uses) resolves the entry point."""
+    from lmms_eval.models import get_model
+
+    cls = get_model("probe")
+    assert cls is ProbeLVLM
+    model = cls.create_from_arg_string("pretrained=tiny:llava,dtype=float32", {"batch_size": 1, "device": "cpu"})
+    assert model.loaded.model.config.model_type == "llava"
