@@ -40,6 +40,7 @@ from probe.vision_cache import VisionFeatureCache
 
 QUICK = {"nsamples": 8, "limit": 5, "sparsities": [0.5], "settings": ["0.5"]}
 GRIDS = ("table1", "table2")
+IOU_POOLS = ("text", "visual")  # Fig. 1b compares the masks of these two pools
 
 
 class GridConfigError(ValueError):
@@ -291,11 +292,12 @@ def run_grid(config: GridConfig, show_progress: bool = True) -> pd.DataFrame:
             prune_config = PruneConfig(method=config.method, sparsity=cell.sparsity, pool=cell.pool)
             report = prune_pathway(probe, copy.deepcopy(captured), prune_config, cell.pathway,
                                    show_progress=show_progress)
-            masks = {}
-            for b, layer in enumerate(base.adapter.decoder_layers(model)):
-                for name, routed in probe.routed_linears(layer).items():
-                    masks[f"layers.{b}.{name}"] = (getattr(routed, cell.pathway).weight == 0).cpu()
-            _save_masks(out / "masks" / f"{cell.pathway}-{cell.pool}-{cell.sparsity:g}.npz", masks)
+            if cell.pool in IOU_POOLS:  # kept until both are there for the IoU (large: git ignores them)
+                masks = {}
+                for b, layer in enumerate(base.adapter.decoder_layers(model)):
+                    for name, routed in probe.routed_linears(layer).items():
+                        masks[f"layers.{b}.{name}"] = (getattr(routed, cell.pathway).weight == 0).cpu()
+                _save_masks(out / "masks" / f"{cell.pathway}-{cell.pool}-{cell.sparsity:g}.npz", masks)
             record.update(prune=asdict(prune_config), pathway=cell.pathway, seconds=report.seconds)
         scores = evaluate(LoadedModel(model, base.processor, base.adapter, base.ref), tasks, config.limit,
                           vision_cache=cache, show_progress=show_progress, seed=config.seed)
@@ -315,7 +317,7 @@ def _write_iou(config: GridConfig, out: Path) -> None:
     """IoU per linear between the text-pool and visual-pool masks of the same pathway and sparsity."""
     rows = []
     for pathway, sparsity in itertools.product(config.pathways, config.sparsities):
-        paths = [out / "masks" / f"{pathway}-{pool}-{sparsity:g}.npz" for pool in ("text", "visual")]
+        paths = [out / "masks" / f"{pathway}-{pool}-{sparsity:g}.npz" for pool in IOU_POOLS]
         if not all(p.is_file() for p in paths):
             continue
         text, visual = (_load_masks(p) for p in paths)
