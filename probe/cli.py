@@ -227,7 +227,11 @@ def cmd_plot(args: argparse.Namespace) -> int:
     if args.source is None:
         raise ResultsError(f"probe plot {args.figure} needs a source (a grid folder or run)")
     source = Path(args.source)
-    out = args.out or (source.parent if source.suffix == ".json" else source) / "figures" / name
+    if source.suffix == ".json":  # a grid cell record: the figure goes to the grid's figures/
+        grid = source.parent.parent if source.parent.name == "cells" else source.parent
+        out = args.out or grid / "figures" / f"{name}_{source.stem}"
+    else:
+        out = args.out or source / "figures" / name
     if args.figure == "iou":
         path = source / "mask_iou.csv"
         if not path.is_file():
