@@ -89,9 +89,11 @@ def test_method_grid_prunes_every_method_and_setting(tmp_path):
     results = run_grid(config, show_progress=False)
     assert list(results.cell) == ["dense", "magnitude/50%", "magnitude/2:4", "atv/50%", "atv/2:4", "tamp/50%",
                                   "tamp/2:4"]
-    import json
+    from analysis.results import load_cell_records
 
-    record = json.loads((tmp_path / "grid" / "cells" / "atv_2-4.json").read_text())
+    records = load_cell_records(tmp_path / "grid")
+    assert set(records) == set(results.cell)
+    record = records["atv/2:4"]
     assert record["prune"]["pattern"] == "2:4" and record["atv_blocks"]
     assert set(record["sparsity"].values()) == {0.5}
     table = table2(results)

@@ -8,7 +8,8 @@
   loaders' docstrings) fits the image, answered with a letter. Test only.
 
 Nothing here is generated ground truth: every answer is the label or description the data ships with.
-Where the Debian package is missing (no root for apt), :func:`available_tasks` leaves Fashion-MNIST out.
+Where the Debian package is missing (no root for apt), the task files leave Fashion-MNIST out
+(:func:`probe.evaluation.task_files.task_data_available`).
 """
 
 from __future__ import annotations
@@ -142,19 +143,6 @@ TASK_BUILDERS: dict[str, Callable[..., list[VQAItem]]] = {
     "digits": digits,
     "skimage_photos": skimage_photos,
 }
-CHANCE = {"fashion_mnist": 0.1, "digits": 0.1, "skimage_photos": 0.25}
-
-
-def available_tasks() -> list[str]:
-    """Offline visual tasks that can be built on this machine."""
-    return [t for t in TASK_BUILDERS if t != "fashion_mnist" or fashion_mnist_available()]
-
-
-def task_items(task: str, split: str) -> list[VQAItem]:
-    """The items of one offline task's split."""
-    if task not in TASK_BUILDERS:
-        raise OfflineDataError(f"unknown offline task {task!r}; available: {', '.join(TASK_BUILDERS)}")
-    return TASK_BUILDERS[task](split)
 
 
 def projector_training_items() -> list[VQAItem]:
