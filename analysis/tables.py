@@ -135,15 +135,25 @@ def write_table(frame: pd.DataFrame, out: Path, name: str) -> str:
     return markdown
 
 
-def write_grid_table(results: pd.DataFrame, out: Path, grid: str) -> str:
+def write_grid_table(results: pd.DataFrame, out: Path, grid: str, model: str | None = None) -> str:
     """The table of a finished grid (``table1`` or ``table2``) written into ``out``; a method grid with
-    ATV selection-signal cells also gets ``table3``."""
+    ATV selection-signal cells also gets ``table3``. When the paper reports ``model``, the average
+    retentions next to the paper's go to ``<grid>_vs_paper``."""
+    from analysis.results import load_paper, paper_model
+
+    rows = ["pathway", "pool"] if grid == "table1" else ["method"]
     if grid == "table1":
-        return write_table(table1(results), out, "table1")
-    markdown = write_table(table2(results), out, "table2")
-    signals = table3(results)
-    if len(signals) > 2:  # the dense row and more than one ATV variant
-        markdown += "\n" + write_table(signals, out, "table3")
+        markdown = write_table(table1(results), out, "table1")
+    else:
+        markdown = write_table(table2(results), out, "table2")
+        signals = table3(results)
+        if len(signals) > 2:  # the dense row and more than one ATV variant
+            markdown += "\n" + write_table(signals, out, "table3")
+    name = paper_model(model) if model else None
+    if name:
+        paper = load_paper(grid)
+        compared = side_by_side(results, paper[paper.model == name], rows)
+        markdown += "\n" + write_table(compared, out, f"{grid}_vs_paper")
     return markdown
 
 

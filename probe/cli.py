@@ -211,7 +211,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
     config = GridConfig.from_yaml(args.config, **overrides) if args.config else GridConfig(
         **{k: v for k, v in overrides.items() if v is not None})
     results = run_grid(config, show_progress=not args.no_progress)
-    print(write_grid_table(results, Path(config.out), config.grid))
+    print(write_grid_table(results, Path(config.out), config.grid, config.model))
     return 0
 
 

@@ -109,3 +109,15 @@ def test_table3_layout_from_ablation_cells():
     assert t.loc[("drift", "no"), ("50%", "avg retention")] == pytest.approx(75.0)
     assert t.loc[("random", "no"), ("50%", "avg retention")] == pytest.approx(50.0)
     assert t.loc[("abs", "yes"), ("50%", "a")] == pytest.approx(80.0)
+
+
+def test_grid_tables_go_next_to_the_papers_when_the_model_matches(tmp_path):
+    from analysis.tables import write_grid_table
+
+    ours = method_results([("wanda", "50%", 0.4, 0.4), ("atv", "50%", 0.8, 0.2)])
+    write_grid_table(ours, tmp_path, "table2", "some/other-model")
+    assert not (tmp_path / "table2_vs_paper.md").exists()
+    markdown = write_grid_table(ours, tmp_path, "table2", "llava-hf/llama3-llava-next-8b-hf")
+    compared = (tmp_path / "table2_vs_paper.md").read_text()
+    assert "| method | 50% ours | 50% paper |" in compared and "| wanda | 75.00 | 88.36 |" in compared
+    assert compared in markdown
