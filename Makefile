@@ -23,6 +23,8 @@ $(STAMP): pyproject.toml
 	# needs is in pyproject.toml. decord lets its stock wrappers (llava_hf, ...) import.
 	$(BIN)/python -m pip install -q --no-deps "$(LMMS_EVAL_SPEC)"
 	$(BIN)/python -m pip install -q --no-deps decord || echo "decord has no wheel here: lmms-eval's stock wrappers cannot be imported (the probe wrapper works)"
+	# qwen-vl-utils feeds images to lmms-eval's qwen2_vl / qwen2_5_vl wrappers (its video readers need torchvision)
+	$(BIN)/python -m pip install -q --no-deps qwen-vl-utils==0.0.14
 	@$(MAKE) --no-print-directory offline-data
 	$(BIN)/python -m probe.evaluation.task_files
 	touch $(STAMP)

@@ -195,3 +195,68 @@ def test_lmms_eval_finds_the_probe_model_by_name():
     assert cls is ProbeLVLM
     model = cls.create_from_arg_string("pretrained=tiny:llava,dtype=float32", {"batch_size": 1, "device": "cpu"})
     assert model.loaded.model.config.model_type == "llava"
+
+
+def _import_qwen_vl_utils_with_image_path_only():
+    """qwen-vl-utils imports torchvision at module level for its video readers only; its image path is
+    PIL. Without torchvision (no CPU build here) a stand-in covers that import and is removed again, so
+    transformers never sees it."""
+    import importlib
+    import sys
+    import types
+
+    if "qwen_vl_utils" not in sys.modules:
+        standin = types.ModuleType("torchvision")
+        standin.__version__ = "0.0"
+        standin.io = types.ModuleType("torchvision.io")
+        standin.transforms = types.ModuleType("torchvision.transforms")
+        standin.transforms.InterpolationMode = None
+        names = ("torchvision", "torchvision.io", "torchvision.transforms")
+        added = [n for n in names if n not in sys.modules]
+        sys.modules.update({n: m for n, m in zip(names, (standin, standin.io, standin.transforms)) if n in added})
+        try:
+            importlib.import_module("qwen_vl_utils")
+        finally:
+            for name in added:
+                del sys.modules[name]
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+def test_pruned_qwen_checkpoint_runs_in_lmms_evals_stock_qwen_wrappers(family, tmp_path, monkeypatch):
+    """`probe prune` checkpoints of the Qwen families load and score in lmms-eval's own `qwen2_vl` and
+    `qwen2_5_vl` wrappers (their image path: qwen-vl-utils' data-URL decoding and resizing).
+
+    Qwen's video processors need torchvision, so here the wrapper's processor comes from
+    :func:`probe.models.compat.load_processor`, which leaves the video part out."""
+    import importlib
+    import types
+
+    from lmms_eval.evaluator import simple_evaluate
+    from lmms_eval.tasks import TaskManager
+
+    from probe.cli import main
+    from probe.models.compat import load_processor
+
+    _import_qwen_vl_utils_with_image_path_only()
+    module = importlib.import_module(f"lmms_eval.models.simple.{family}")
+    if not module._has_qwen_vl:
+        module = importlib.reload(module)
+    wrapper_class = {"qwen2_vl": "Qwen2_VL", "qwen2_5_vl": "Qwen2_5_VL"}[family]
+    monkeypatch.setattr(module, "AutoProcessor",
+                        types.SimpleNamespace(from_pretrained=lambda ref, **pixels: load_processor(str(ref))))
+
+    out = tmp_path / "pruned"
+    assert main(["prune", f"tiny:{family}", "--method", "wanda", "--sparsity", "0.5", "--pattern", "2:4",
+                 "--nsamples", "2", "--out", str(out), "--no-progress"]) == 0
+    stock = getattr(module, wrapper_class)(pretrained=str(out), device="cpu", device_map="cpu",
+                                           max_pixels=64 * 64, min_pixels=28 * 28)
+    for layer in stock.model.model.language_model.layers:
+        groups = (layer.mlp.gate_proj.weight == 0).reshape(-1, 4).sum(-1)
+        assert (groups >= 2).all()
+    manager = TaskManager("WARNING", include_path=str(ensure_task_files()), include_defaults=False)
+    results = simple_evaluate(model=stock, tasks=["digits"], limit=2, task_manager=manager, log_samples=True,
+                              bootstrap_iters=0, gen_kwargs="max_new_tokens=3")
+    table = tidy_results(results)
+    assert table.set_index("metric").loc["exact_match", "n"] == 2
+    responses = [s["resps"] for s in results["samples"]["digits"]]
+    assert len(responses) == 2 and all(isinstance(r[0][0], str) for r in responses)
