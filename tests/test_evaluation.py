@@ -199,26 +199,29 @@ def test_lmms_eval_finds_the_probe_model_by_name():
 
 def _import_qwen_vl_utils_with_image_path_only():
     """qwen-vl-utils imports torchvision at module level for its video readers only; its image path is
-    PIL. Without torchvision (no CPU build here) a stand-in covers that import and is removed again, so
-    transformers never sees it."""
+    PIL. Where torchvision is missing (no CPU build here) a stand-in covers that import and is removed
+    again, so transformers never sees it."""
     import importlib
     import sys
     import types
 
-    if "qwen_vl_utils" not in sys.modules:
-        standin = types.ModuleType("torchvision")
-        standin.__version__ = "0.0"
-        standin.io = types.ModuleType("torchvision.io")
-        standin.transforms = types.ModuleType("torchvision.transforms")
-        standin.transforms.InterpolationMode = None
-        names = ("torchvision", "torchvision.io", "torchvision.transforms")
-        added = [n for n in names if n not in sys.modules]
-        sys.modules.update({n: m for n, m in zip(names, (standin, standin.io, standin.transforms)) if n in added})
-        try:
-            importlib.import_module("qwen_vl_utils")
-        finally:
-            for name in added:
-                del sys.modules[name]
+    from probe.models.compat import torchvision_available
+
+    if "qwen_vl_utils" in sys.modules or torchvision_available():
+        importlib.import_module("qwen_vl_utils")
+        return
+    standin = types.ModuleType("torchvision")
+    standin.__version__ = "0.0"
+    standin.io = types.ModuleType("torchvision.io")
+    standin.transforms = types.ModuleType("torchvision.transforms")
+    standin.transforms.InterpolationMode = None
+    modules = {"torchvision": standin, "torchvision.io": standin.io, "torchvision.transforms": standin.transforms}
+    sys.modules.update(modules)
+    try:
+        importlib.import_module("qwen_vl_utils")
+    finally:
+        for name in modules:
+            del sys.modules[name]
 
 
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
