@@ -128,7 +128,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from probe.engine import PruneConfig, prune
     from probe.loading import load_model, parse_dtype
     from probe.manifest import package_versions, write_dir_atomic, write_json_atomic
-    from probe.models.compat import save_processor
+    from probe.models.compat import copy_left_out_processor_files, save_processor
     from probe.sparsity.masks import parse_pattern
 
     pattern = parse_pattern(args.pattern)
@@ -174,6 +174,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     def fill(folder: Path) -> None:
         loaded.model.save_pretrained(folder)
         save_processor(loaded.processor, folder)
+        if loaded.from_checkpoint:
+            copy_left_out_processor_files(loaded.ref, folder)
         write_json_atomic(folder / "manifest.json", manifest)
 
     write_dir_atomic(args.out, fill)

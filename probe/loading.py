@@ -32,6 +32,11 @@ class LoadedModel:
     adapter: Adapter
     ref: str
 
+    @property
+    def from_checkpoint(self) -> bool:
+        """Whether ``ref`` names a checkpoint (local folder or hub id) rather than a built-in model."""
+        return not self.ref.startswith(TINY_PREFIX) and self.ref != REFERENCE_REF
+
 
 def parse_dtype(name: str) -> torch.dtype:
     """``float32``/``bfloat16``/``float16`` (or fp32/bf16/fp16)."""

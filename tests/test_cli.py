@@ -38,3 +38,26 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys):
         assert main(argv + ["--out", str(tmp_path / "o"), "--no-progress"]) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_prune_keeps_the_source_video_processor_config_it_could_not_load(tmp_path):
+    """Without torchvision the video processor is left out of the loaded processor; the pruned
+    checkpoint still carries the source's config file, byte for byte, when the source has one."""
+    from probe.models.compat import save_processor
+    from probe.tiny import tiny_lvlm
+
+    source = tmp_path / "source"
+    tiny = tiny_lvlm("qwen2_vl")
+    tiny.model.save_pretrained(source)
+    save_processor(tiny.processor, source)
+    config = {"video_processor_type": "Qwen2VLVideoProcessor", "patch_size": 4, "merge_size": 2,
+              "temporal_patch_size": 2, "min_pixels": 256, "max_pixels": 2304}
+    (source / "video_preprocessor_config.json").write_text(json.dumps(config, indent=2))
+    out = tmp_path / "pruned"
+    assert main(["prune", str(source), "--method", "magnitude", "--out", str(out), "--no-progress"]) == 0
+    copied = out / "video_preprocessor_config.json"
+    assert copied.read_bytes() == (source / "video_preprocessor_config.json").read_bytes()
+
+    bare = tmp_path / "bare"
+    assert main(["prune", "tiny:qwen2_vl", "--method", "magnitude", "--out", str(bare), "--no-progress"]) == 0
+    assert not (bare / "video_preprocessor_config.json").exists()

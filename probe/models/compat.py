@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 from transformers import processing_utils
 
@@ -38,6 +40,27 @@ def save_processor(processor, folder) -> None:  # noqa: ANN001
         processor.save_pretrained(folder)
     finally:
         del processor.get_attributes
+
+
+def copy_left_out_processor_files(source: str, folder: Path) -> list[str]:
+    """Copy ``source``'s video processor config into ``folder`` where the saved processor lacks it.
+
+    Without torchvision :func:`load_processor` leaves the video part out, so ``save_pretrained`` cannot
+    write it; copying the file keeps a checkpoint written here whole for machines that have torchvision
+    (lmms-eval's Qwen wrappers load the full processor). ``source`` is a local folder or a hub id;
+    returns the names copied.
+    """
+    from transformers.utils import VIDEO_PROCESSOR_NAME, cached_file
+
+    folder = Path(folder)
+    if (folder / VIDEO_PROCESSOR_NAME).exists():
+        return []
+    found = cached_file(source, VIDEO_PROCESSOR_NAME, _raise_exceptions_for_missing_entries=False,
+                        _raise_exceptions_for_connection_errors=False)
+    if found is None:
+        return []
+    shutil.copyfile(found, folder / VIDEO_PROCESSOR_NAME)
+    return [VIDEO_PROCESSOR_NAME]
 
 
 def torchvision_available() -> bool:
