@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import io
 import itertools
+import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ from probe.calibrate import capture_calibration
 from probe.data.calibration import CalibrationSpec, select
 from probe.engine import PruneConfig, prune
 from probe.evaluation.harness import evaluate, primary_rows, resolve_tasks
-from probe.loading import LoadedModel, load_model
+from probe.loading import LoadedModel, load_model, parse_dtype
 from probe.manifest import package_versions, read_atv_blocks, write_json_atomic, write_text_atomic
 from probe.mot import PATHWAYS, prune_pathway, to_mot
 from probe.pools import POOLS
@@ -241,8 +242,6 @@ def _check_same_settings(config: GridConfig, manifest: Path) -> None:
     """A rerun may only resume results made with the same settings (the output folder aside)."""
     if not manifest.is_file():
         return
-    import json
-
     before = json.loads(manifest.read_text()).get("config", {})
     now = asdict(config)
     changed = sorted(k for k in now if k != "out" and k in before and before[k] != now[k])
@@ -268,8 +267,6 @@ def run_grid(config: GridConfig, show_progress: bool = True) -> pd.DataFrame:
                                               "versions": package_versions()})
     if not todo:
         return _read_csv(results_path)
-
-    from probe.loading import parse_dtype
 
     dtype = parse_dtype(config.dtype)
     cache = VisionFeatureCache()
