@@ -10,6 +10,7 @@ of the image tensors (pixels and any size/grid arguments), not their identity.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import hashlib
 from collections.abc import Iterator
@@ -36,14 +37,16 @@ def _digest(value: Any, h: hashlib._Hash) -> None:
 
 
 def _move(value: Any, device: torch.device | str) -> Any:
+    """``value`` with its tensors on ``device``; containers are new, ``value`` itself is left as it is."""
     if isinstance(value, torch.Tensor):
         return value.to(device)
     if isinstance(value, (list, tuple)):
         return type(value)(_move(v, device) for v in value)
     if hasattr(value, "keys") and hasattr(value, "__setitem__"):  # ModelOutput and dict
+        moved = copy.copy(value)
         for k in list(value.keys()):
-            value[k] = _move(value[k], device)
-        return value
+            moved[k] = _move(value[k], device)
+        return moved
     return value
 
 

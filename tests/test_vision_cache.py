@@ -54,3 +54,35 @@ def test_evaluation_and_capture_share_a_cache():
     uncached = capture_calibration(loaded, spec, show_progress=False)
     cached = capture_calibration(loaded, spec, show_progress=False, vision_cache=cache)
     assert all(torch.equal(a.hidden, b.hidden) for a, b in zip(uncached, cached)) and len(cache) == 7
+
+
+def test_cache_hands_out_copies_and_never_alters_its_store():
+    """Moving a hit to the model's device must not move or alter the stored entry."""
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    calls = []
+
+    class Inner(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
+
+        def get_image_features(self, pixel_values):
+            calls.append(1)
+            return BaseModelOutputWithPooling(last_hidden_state=pixel_values * 2, pooler_output=pixel_values.sum())
+
+    class Outer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = Inner()
+
+    model, pixels = Outer(), torch.arange(4.0)
+    cache = VisionFeatureCache(store_device="cpu")
+    with cache.attached(model):
+        first = model.model.get_image_features(pixels)
+        first["last_hidden_state"] = torch.full((4,), -1.0)  # a caller changing its result
+        second = model.model.get_image_features(pixels)
+    assert len(calls) == 1 and cache.hits == 1
+    assert torch.equal(second.last_hidden_state, torch.arange(4.0) * 2)
+    stored = next(iter(cache._store.values()))
+    assert stored is not second and torch.equal(stored.last_hidden_state, torch.arange(4.0) * 2)
