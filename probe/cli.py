@@ -186,6 +186,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     import pandas as pd
 
+    from analysis.results import ResultsError
     from analysis.tables import retention
     from probe.evaluation.harness import evaluate, primary_scores, resolve_tasks
     from probe.loading import load_model, parse_dtype
@@ -193,7 +194,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     tasks = resolve_tasks(args.tasks)  # every task checked before the model loads
     if args.dense is not None and not args.dense.is_file():
-        raise FileNotFoundError(f"dense scores not found: {args.dense}")
+        raise ResultsError(f"dense scores not found: {args.dense}")
     loaded = load_model(args.model, dtype=parse_dtype(args.dtype), device=args.device, max_pixels=args.max_pixels)
     table = evaluate(loaded, tasks, args.limit, show_progress=not args.no_progress, seed=args.seed)
     print(table.to_string(index=False))

@@ -29,5 +29,4 @@ USER_ERRORS = (
     GridConfigError,
     RecordError,
     BlockRangeError,
-    FileNotFoundError,
 )
