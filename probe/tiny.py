@@ -14,6 +14,7 @@ import torch
 import transformers as tf
 from tokenizers import Tokenizer, models, pre_tokenizers
 
+from probe.models.base import UnknownModelFamilyError
 from probe.models.compat import processor_type_checks_tolerate_none
 
 WORDS = (
@@ -279,7 +280,7 @@ IMAGE_PLACEHOLDERS = {
 def tiny_lvlm(family: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> TinyLVLM:
     """Build a tiny randomly initialised model of ``family`` with a working processor."""
     if family not in BUILDERS:
-        raise KeyError(f"no tiny model for {family!r}; available: {sorted(BUILDERS)}")
+        raise UnknownModelFamilyError(f"no tiny model for {family!r}; available: {', '.join(sorted(BUILDERS))}")
     torch.manual_seed(seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

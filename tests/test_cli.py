@@ -31,6 +31,7 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys):
         (["prune", "--method", "prune-everything"], "unknown method"),
         (["prune", "--pool", "audio"], "unknown pool"),
         (["prune", str(tmp_path / "missing")], "not found"),
+        (["prune", "tiny:nosuchfamily"], "no tiny model for 'nosuchfamily'"),
         (["prune", "--calib", str(tmp_path / "none.json")], "not found"),
         (["prune", "--nsamples", "5000"], "only"),
     ]
