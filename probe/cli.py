@@ -112,13 +112,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def kept_visual_total(run: Path) -> int:
-    """Visual tokens an ATV run kept over all blocks and samples, from its manifest."""
-    from probe.manifest import read_atv_blocks
-
-    return sum(int(block["visual_kept"]) for block in read_atv_blocks(run))
-
-
 def cmd_prune(args: argparse.Namespace) -> int:
     import torch
 
@@ -127,7 +120,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from probe.data.calibration import CalibrationSpec, select
     from probe.engine import PruneConfig, prune
     from probe.loading import load_model, parse_dtype
-    from probe.manifest import package_versions, write_dir_atomic, write_json_atomic
+    from probe.manifest import kept_visual_total, package_versions, write_dir_atomic, write_json_atomic
     from probe.models.compat import copy_left_out_processor_files, save_processor
     from probe.sparsity.masks import parse_pattern
 

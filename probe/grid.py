@@ -33,7 +33,7 @@ from probe.data.calibration import CalibrationSpec, select
 from probe.engine import PruneConfig, prune
 from probe.evaluation.harness import evaluate, primary_rows, resolve_tasks
 from probe.loading import LoadedModel, load_model, parse_dtype
-from probe.manifest import package_versions, read_atv_blocks, write_json_atomic, write_text_atomic
+from probe.manifest import kept_visual_total, package_versions, write_json_atomic, write_text_atomic
 from probe.mot import PATHWAYS, prune_pathway, to_mot
 from probe.pools import POOLS
 from probe.sparsity.masks import mask_iou, parse_pattern
@@ -235,7 +235,7 @@ def _adaptive_total(out: Path, cell: Cell) -> int:
     if not path.is_file():
         raise GridConfigError(f"{cell.cell_id} keeps as many visual tokens as the 'atv' cell of its setting: "
                               "list plain atv before it in methods")
-    return sum(int(block["visual_kept"]) for block in read_atv_blocks(path))
+    return kept_visual_total(path)
 
 
 def _check_same_settings(config: GridConfig, manifest: Path) -> None:

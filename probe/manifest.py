@@ -68,3 +68,8 @@ def read_atv_blocks(source: Path) -> list[dict]:
     if not blocks:
         raise RecordError(f"{path} holds no ATV block records (not an ATV run)")
     return blocks
+
+
+def kept_visual_total(source: Path) -> int:
+    """Visual tokens an ATV run kept over all blocks and samples (see :func:`read_atv_blocks`)."""
+    return sum(int(block["visual_kept"]) for block in read_atv_blocks(source))
