@@ -32,6 +32,7 @@ from transformers import (
     LlavaProcessor,
 )
 
+from probe.errors import ProbeError
 from probe.reference.vision import EfficientNetLiteVisionConfig, pretrained_efficientnet_state
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -41,6 +42,8 @@ IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 PROJECTOR_FILE = Path(__file__).with_name("projector.safetensors")
 BUILD_STAMP = "probe_reference.json"
+# Raised whenever the assembly changes what a cached folder holds, so caches of older builds are rebuilt.
+BUILD_VERSION = 2
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
@@ -52,7 +55,7 @@ CHAT_TEMPLATE = (
 )
 
 
-class ReferenceModelError(RuntimeError):
+class ReferenceModelError(ProbeError):
     """The reference model cannot be built (a package is missing, or no trained projector)."""
 
 
@@ -99,6 +102,10 @@ def build_reference(
     language_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF_FILE, dtype=torch.float32)
 
     text_config = language_model.config
+    # the weights were dequantised to float on load: the assembled model is a plain float model, and a
+    # leftover GGUF quantization config would make every copy of it refuse save_pretrained
+    if hasattr(text_config, "quantization_config"):
+        del text_config.quantization_config
     old_vocab = text_config.vocab_size
     text_config.vocab_size = len(tokenizer)
     config = LlavaConfig(
@@ -145,9 +152,14 @@ def projector_digest() -> str:
     return hashlib.sha256(PROJECTOR_FILE.read_bytes()).hexdigest()
 
 
+def build_stamp() -> dict[str, str | int]:
+    """What identifies an assembled model: the build version, the projector and the GGUF file."""
+    return {"build_version": BUILD_VERSION, "projector_sha256": projector_digest(), "gguf_file": GGUF_FILE}
+
+
 def load_reference(folder: Path | None = None, dtype: torch.dtype = torch.float32):  # noqa: ANN201
     """The reference (model, processor) from ``folder``, assembled and saved there first if the folder
-    is empty or holds a model built with another projector."""
+    is empty or holds a model of another build (another build version, projector or GGUF file)."""
     from transformers import AutoProcessor
 
     from probe.manifest import write_dir_atomic, write_json_atomic
@@ -158,16 +170,16 @@ def load_reference(folder: Path | None = None, dtype: torch.dtype = torch.float3
         raise ReferenceModelError(
             f"no trained projector at {PROJECTOR_FILE}; train one with `python -m probe.reference.train`"
         )
-    stamp = folder / BUILD_STAMP
-    digest = projector_digest()
-    current = json.loads(stamp.read_text()).get("projector_sha256") if stamp.is_file() else None
-    if current != digest:
+    stamp_path = folder / BUILD_STAMP
+    stamp = build_stamp()
+    current = json.loads(stamp_path.read_text()) if stamp_path.is_file() else None
+    if current != stamp:
         model, processor = build_reference()
 
         def fill(tmp: Path) -> None:
             model.save_pretrained(tmp)
             save_processor(processor, tmp)
-            write_json_atomic(tmp / BUILD_STAMP, {"projector_sha256": digest, "gguf_file": GGUF_FILE})
+            write_json_atomic(tmp / BUILD_STAMP, stamp)
 
         write_dir_atomic(folder, fill)
     model = LlavaForConditionalGeneration.from_pretrained(folder, dtype=dtype).eval()
