@@ -116,3 +116,65 @@ def test_projector_training_is_deterministic_for_a_seed(reference):
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
     assert not torch.equal(states[0]["linear_1.weight"], model.model.multi_modal_projector.linear_1.weight)
     assert summaries[0]["first_loss"] == summaries[1]["first_loss"] and summaries[0]["steps"] == 2
+
+
+def test_reference_built_into_an_empty_folder_prunes_saves_and_reloads(reference, tmp_path, monkeypatch):
+    """A new user's first `probe prune reference --out`: the model is assembled into an empty cache,
+    pruned, saved and reloaded. The assembled model is a plain float model (no GGUF quantization
+    config, which would refuse to save); pruned linears are the dense weights with half of each row
+    zeroed, everything else is bit-identical to the in-memory assembly."""
+    import json
+
+    from probe.cli import main
+
+    monkeypatch.setenv("PROBE_REFERENCE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "pruned"
+    assert main(["prune", "reference", "--method", "wanda", "--nsamples", "2", "--out", str(out),
+                 "--no-progress"]) == 0
+    for folder in (tmp_path / "cache", out):
+        assert "quantization_config" not in json.dumps(json.loads((folder / "config.json").read_text()))
+    dense, _ = reference
+    pruned = LlavaForConditionalGeneration.from_pretrained(out)
+    dense_state, pruned_state = dense.state_dict(), pruned.state_dict()
+    assert dense_state.keys() == pruned_state.keys()
+    prunable = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    checked = 0
+    for name, weight in pruned_state.items():
+        if ".language_model.layers." in name and name.endswith(tuple(f"{p}.weight" for p in prunable)):
+            kept = weight != 0
+            assert torch.equal(weight[kept], dense_state[name][kept])
+            assert (kept.sum(1) == weight.shape[1] // 2).all()  # Wanda: half of every row
+            checked += 1
+        else:
+            assert torch.equal(weight, dense_state[name]), name
+    assert checked == 7 * dense.config.text_config.num_hidden_layers
+    # the pruned checkpoint saves again (a reloaded model keeps no state that refuses to serialise)
+    pruned.save_pretrained(tmp_path / "again")
+
+
+def test_cache_of_an_older_build_is_rebuilt(tmp_path, monkeypatch):
+    """A cache whose stamp lacks the current build version (e.g. one that kept the GGUF quantization
+    config) is assembled again, not reused."""
+    import json
+
+    from probe.reference import build
+    from probe.tiny import tiny_lvlm
+
+    builds = []
+
+    def fake_build():
+        builds.append(1)
+        tiny = tiny_lvlm("llava")
+        return tiny.model, tiny.processor
+
+    monkeypatch.setattr(build, "build_reference", fake_build)
+    folder = tmp_path / "ref"
+    build.load_reference(folder)
+    stamp = json.loads((folder / build.BUILD_STAMP).read_text())
+    assert stamp["build_version"] == build.BUILD_VERSION and len(builds) == 1
+    del stamp["build_version"]  # what an older build wrote
+    (folder / build.BUILD_STAMP).write_text(json.dumps(stamp))
+    build.load_reference(folder)
+    assert len(builds) == 2
+    build.load_reference(folder)
+    assert len(builds) == 2
