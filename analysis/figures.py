@@ -19,6 +19,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from analysis.results import ResultsError  # noqa: E402
 from analysis.tables import retention  # noqa: E402
 
 
@@ -45,12 +46,17 @@ def plot_mask_iou(iou: pd.DataFrame, out: Path) -> Figure:
     return fig
 
 
-def _retention_by(results: pd.DataFrame, key: pd.Series) -> pd.DataFrame:
-    """Average retention of every pruned cell, with ``key`` (one value per row of ``results``)."""
+def _retention_by(results: pd.DataFrame, key: pd.Series, what: str) -> pd.DataFrame:
+    """Average retention of every pruned cell, with ``key`` (one value per row of ``results``); ``what``
+    names the cells a figure needs, for the error when the grid has none."""
     dense = results[results.pathway == "dense"].set_index("task")["score"]
+    if dense.empty:
+        raise ResultsError("the grid holds no dense cell to compute retention against")
     pruned = results[results.pathway != "dense"].assign(key=key)
     rows = [{"key": k, "setting": s, "retention": retention(g.set_index("task")["score"], dense)}
             for (k, s), g in pruned.dropna(subset=["key"]).groupby(["key", "setting"])]
+    if not rows:
+        raise ResultsError(f"the grid holds no {what} cells (a table2 grid of ATV variants has them)")
     return pd.DataFrame(rows).sort_values("key")
 
 
@@ -80,12 +86,13 @@ def _line_plot(table: pd.DataFrame, xlabel: str, out: Path) -> Figure:
 
 def plot_alpha(results: pd.DataFrame, out: Path) -> Figure:
     """Average retention against alpha, from a grid whose methods are ``atv(alpha=...)`` cells."""
-    return _line_plot(_retention_by(results, _atv_setting(results.method, "alpha", 1.0)), "alpha", out)
+    table = _retention_by(results, _atv_setting(results.method, "alpha", 1.0), "atv(alpha=...)")
+    return _line_plot(table, "alpha", out)
 
 
 def plot_text_ratio(results: pd.DataFrame, out: Path) -> Figure:
     """Average retention against the retained text ratio, from ``atv(text_ratio=...)`` cells."""
-    table = _retention_by(results, _atv_setting(results.method, "text_ratio", 1.0))
+    table = _retention_by(results, _atv_setting(results.method, "text_ratio", 1.0), "atv(text_ratio=...)")
     return _line_plot(table, "retained text-token ratio", out)
 
 

@@ -35,6 +35,26 @@ def load_grid(folder: str | Path) -> pd.DataFrame:
     return pd.read_csv(path, keep_default_na=False, na_values=[""])
 
 
+SCORE_COLUMNS = ("task", "metric", "score", "n")
+
+
+def load_scores(path: str | Path) -> pd.DataFrame:
+    """A tidy scores CSV written by ``probe eval --out`` (columns task, metric, score, n), checked."""
+    path = Path(path)
+    if not path.is_file():
+        raise ResultsError(f"scores not found: {path}")
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise ResultsError(f"{path} is not a CSV of scores ({str(exc).splitlines()[0]})") from None
+    missing = [c for c in SCORE_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ResultsError(f"{path} lacks the column(s) {', '.join(missing)} of a scores CSV (probe eval --out)")
+    if not pd.api.types.is_numeric_dtype(frame["score"]):
+        raise ResultsError(f"{path}: the score column is not numeric")
+    return frame
+
+
 def load_cell_records(folder: str | Path) -> dict[str, dict]:
     """The pruning record of every finished cell of a grid, by cell id."""
     records = {}

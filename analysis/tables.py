@@ -15,13 +15,37 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis.results import ResultsError
+
 
 def retention(scores: pd.Series, dense: pd.Series) -> float:
-    """Mean over tasks of ``scores / dense`` (both indexed by task), in %."""
-    common = scores.index.intersection(dense.index)
-    if common.empty:
-        raise ValueError("no task in common with the dense scores")
-    return float((scores[common] / dense[common]).mean() * 100.0)
+    """Mean over the tasks of ``scores`` of ``scores / dense`` (both indexed by task), in %.
+
+    Every task of ``scores`` must have a dense score; the result is NaN (undefined, never a mean over
+    fewer tasks) when a dense score is 0 or a task score is missing.
+    """
+    missing = scores.index.difference(dense.index)
+    if scores.empty or len(missing):
+        named = ", ".join(missing) if len(missing) else "none"
+        raise ResultsError(f"retention needs a dense score for every task; missing: {named}")
+    ratios = scores / dense[scores.index].where(dense[scores.index] != 0)
+    return float(ratios.mean(skipna=False) * 100.0)
+
+
+def retention_against(scores: pd.DataFrame, dense: pd.DataFrame) -> float:
+    """Retention (%) of ``scores`` against ``dense``, both one row per task with columns task, score, n.
+
+    Refuses, naming the task, a task the dense run lacks or scored on another number of items (another
+    ``--limit``): such a ratio compares different questions.
+    """
+    ours, base = scores.set_index("task"), dense.set_index("task")
+    for task in ours.index:
+        if task not in base.index:
+            raise ResultsError(f"the dense scores have no {task!r}; evaluate the dense model on it too")
+        if int(ours.at[task, "n"]) != int(base.at[task, "n"]):
+            raise ResultsError(f"{task}: {int(ours.at[task, 'n'])} items here but {int(base.at[task, 'n'])} in the "
+                               "dense run; score both on the same items (the same --limit)")
+    return retention(ours["score"], base["score"])
 
 
 def _setting_labels(frame: pd.DataFrame) -> pd.Series:
@@ -39,7 +63,7 @@ def retention_table(results: pd.DataFrame, rows: list[str]) -> pd.DataFrame:
     """
     dense = results[results.pathway == "dense"].set_index("task")["score"]
     if dense.empty:
-        raise ValueError("the results hold no dense cell")
+        raise ResultsError("the results hold no dense cell")
     tasks = list(dense.index)
     pruned = results[results.pathway != "dense"].assign(label=lambda f: _setting_labels(f))
     labels = list(dict.fromkeys(pruned.label))

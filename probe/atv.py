@@ -61,6 +61,14 @@ class AtvSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        for name in ("alpha", "text_ratio", "fixed_total", "seed"):
+            value = getattr(self, name)
+            whole = name in ("fixed_total", "seed")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (whole and value != int(value)):
+                kind = "an integer" if whole else "a number"
+                raise PoolError(f"ATV {name.replace('_', ' ')} must be {kind}, got {value!r}")
+            if whole:
+                object.__setattr__(self, name, int(value))
         if not self.alpha >= 0:
             raise PoolError(f"ATV alpha must be >= 0, got {self.alpha}")
         if self.k_rule not in K_RULES:

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from probe.errors import ProbeError
 from probe.models.base import Adapter
 
 
@@ -166,7 +167,7 @@ def activation_bytes(samples: list[CapturedSample]) -> int:
     return sum(s.hidden.numel() * s.hidden.element_size() for s in samples)
 
 
-class BlockRangeError(ValueError):
+class BlockRangeError(ProbeError):
     """A decoder block index the model does not have."""
 
 

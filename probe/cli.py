@@ -9,9 +9,25 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from probe.errors import ProbeError
 from probe.models import supported_families
 
 DEFAULT_MODEL = "reference"
+
+
+class RunInterrupted(ProbeError):
+    """Ctrl-C during a run; the message says what was kept and how to go on."""
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -34,7 +50,7 @@ def _add_calib_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib-subset", default=None,
                    help="keep records whose data_source/image path contains this, e.g. sharegpt4v")
     p.add_argument("--calib-split", default="train", help="split of an hf: dataset")
-    p.add_argument("--nsamples", type=int, default=128, help="calibration samples to draw")
+    p.add_argument("--nsamples", type=positive_int, default=128, help="calibration samples to draw")
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration draw")
 
 
@@ -76,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", default="offline",
                    help="comma-separated lmms-eval task names and presets: offline (our tasks from shipped data), "
                         "paper9 (the paper's nine benchmarks), table1 (MMBench-EN, ScienceQA-IMG, VizWiz)")
-    p.add_argument("--limit", type=int, default=None, help="score only the first N items of each task")
+    p.add_argument("--limit", type=positive_int, default=None, help="score only the first N items of each task")
     p.add_argument("--dense", type=Path, default=None,
                    help="a dense run's CSV (written by --out): adds the retention against it")
     p.add_argument("--out", type=Path, default=None, help="write the scores as CSV (task, metric, score, n)")
@@ -113,17 +129,37 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
+    from probe.progress import quiet_libraries
+
+    try:
+        with quiet_libraries(args.no_progress):
+            return _prune(args)
+    except KeyboardInterrupt:
+        raise RunInterrupted(f"interrupted: nothing was written to {args.out} (a checkpoint is written only "
+                             "once complete); run the command again to start over") from None
+
+
+def _prune(args: argparse.Namespace) -> int:
     import torch
 
     from probe.atv import AtvSettings
     from probe.calibrate import capture_calibration
     from probe.data.calibration import CalibrationSpec, select
+    from probe.devices import check_device
     from probe.engine import PruneConfig, prune
     from probe.loading import load_model, parse_dtype
-    from probe.manifest import kept_visual_total, package_versions, write_dir_atomic, write_json_atomic
+    from probe.manifest import (
+        check_free_space,
+        check_output_dir,
+        kept_visual_total,
+        package_versions,
+        write_dir_atomic,
+        write_json_atomic,
+    )
     from probe.models.compat import copy_left_out_processor_files, save_processor
     from probe.sparsity.masks import parse_pattern
 
+    check_output_dir(args.out, marker="manifest.json")
     pattern = parse_pattern(args.pattern)
     sparsity = args.sparsity if args.sparsity is not None else (pattern.sparsity if pattern.structured else 0.5)
     atv = AtvSettings(alpha=args.alpha, k_rule=args.k_rule, signal=args.signal, text_ratio=args.text_ratio,
@@ -134,10 +170,13 @@ def cmd_prune(args: argparse.Namespace) -> int:
                                  split=args.calib_split, nsamples=args.nsamples, seed=args.seed)
     dtype = parse_dtype(args.dtype)
     run_device = args.run_device or ("cuda" if args.offload else args.device)
+    check_device(args.device)
+    check_device(run_device)
     started = time.time()
     selected = select(spec) if config.needs_calibration else None  # every data check before the model loads
     loaded = load_model(args.model, dtype=dtype, device="cpu" if args.offload else args.device,
                         max_pixels=args.max_pixels)
+    check_free_space(args.out, sum(p.numel() * p.element_size() for p in loaded.model.parameters()))
     samples = []
     if config.needs_calibration:
         store = "cpu" if args.offload else args.device
@@ -177,36 +216,65 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import pandas as pd
+    from probe.progress import quiet_libraries
 
-    from analysis.results import ResultsError
-    from analysis.tables import retention
-    from probe.evaluation.harness import evaluate, primary_scores, resolve_tasks
+    try:
+        with quiet_libraries(args.no_progress):
+            return _eval(args)
+    except KeyboardInterrupt:
+        raise RunInterrupted("interrupted: no scores were written") from None
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from analysis.results import ResultsError, load_scores
+    from analysis.tables import retention_against
+    from probe.devices import check_device
+    from probe.evaluation.harness import evaluate, primary_rows, resolve_tasks
     from probe.loading import load_model, parse_dtype
-    from probe.manifest import write_text_atomic
+    from probe.manifest import check_output_file, write_text_atomic
 
+    if args.out is not None:
+        check_output_file(args.out)
+    check_device(args.device)
     tasks = resolve_tasks(args.tasks)  # every task checked before the model loads
-    if args.dense is not None and not args.dense.is_file():
-        raise ResultsError(f"dense scores not found: {args.dense}")
+    dense = None
+    if args.dense is not None:
+        dense_table = load_scores(args.dense)
+        dense = primary_rows(dense_table)
+        missing = [t for t in tasks if t not in set(dense.task)]
+        if missing:
+            held = ", ".join(sorted(set(dense_table.task.astype(str)))) or "no task"
+            raise ResultsError(f"{args.dense} has no dense score for {', '.join(missing)} (it holds: {held})")
     loaded = load_model(args.model, dtype=parse_dtype(args.dtype), device=args.device, max_pixels=args.max_pixels)
     table = evaluate(loaded, tasks, args.limit, show_progress=not args.no_progress, seed=args.seed)
     print(table.to_string(index=False))
     if args.out:
         write_text_atomic(args.out, table.to_csv(index=False))
-    if args.dense is not None:
-        kept = retention(primary_scores(table), primary_scores(pd.read_csv(args.dense)))
-        print(f"retention against {args.dense}: {kept:.2f}%")
+    if dense is not None:
+        scored = primary_rows(table)
+        kept = retention_against(scored, dense)
+        value = f"{kept:.2f}%" if kept == kept else "undefined (a dense score is 0)"
+        print(f"retention against {args.dense} over {', '.join(scored.task)}: {value}")
     return 0
 
 
 def cmd_grid(args: argparse.Namespace) -> int:
     from analysis.tables import write_grid_table
     from probe.grid import QUICK, GridConfig, run_grid
+    from probe.progress import quiet_libraries
 
-    overrides = {"out": str(args.out) if args.out else None, "grid": args.grid, **(QUICK if args.quick else {})}
-    config = GridConfig.from_yaml(args.config, **overrides) if args.config else GridConfig(
+    out = args.out
+    if args.quick and out is None:  # a quick run never lands in (or is refused by) a full run's folder
+        out = Path("runs") / "grid" / f"{args.config.stem if args.config else args.grid or 'table1'}-quick"
+    overrides = {"out": str(out) if out else None, "grid": args.grid, **(QUICK if args.quick else {})}
+    config = GridConfig.from_yaml(args.config, **overrides) if args.config else GridConfig.create(
         **{k: v for k, v in overrides.items() if v is not None})
-    results = run_grid(config, show_progress=not args.no_progress)
+    try:
+        with quiet_libraries(args.no_progress):
+            results = run_grid(config, show_progress=not args.no_progress)
+    except KeyboardInterrupt:
+        raise RunInterrupted(f"interrupted: finished cells are kept in {Path(config.out) / 'results.csv'}; "
+                             "run the same command again to resume") from None
     print(write_grid_table(results, Path(config.out), config.grid, config.model))
     return 0
 
@@ -232,7 +300,10 @@ def cmd_plot(args: argparse.Namespace) -> int:
         path = source / "mask_iou.csv"
         if not path.is_file():
             raise ResultsError(f"no mask IoU at {path} (a table1 grid writes it)")
-        figures.plot_mask_iou(pd.read_csv(path), out)
+        iou = pd.read_csv(path)
+        if iou.empty:
+            raise ResultsError(f"{path} holds no IoU records (the grid needs text- and visual-pool cells)")
+        figures.plot_mask_iou(iou, out)
     elif args.figure in ("alpha", "text-ratio"):
         plot = figures.plot_alpha if args.figure == "alpha" else figures.plot_text_ratio
         plot(load_grid(source), out)
@@ -268,14 +339,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("probe").setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    from probe.errors import USER_ERRORS
 
     try:
         return int(args.func(args) or 0)
-    except USER_ERRORS as exc:
+    except RunInterrupted as exc:
+        print(f"probe: {exc}", file=sys.stderr)
+        return 130
+    except ProbeError as exc:
         print(f"probe: error: {exc}", file=sys.stderr)
         return 2
-
+    except KeyboardInterrupt:
+        print("probe: interrupted", file=sys.stderr)
+        return 130
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -18,6 +18,7 @@ from torch import nn
 from probe.attention import eager_call, recording_attention
 from probe.atv import AtvPool, AtvSettings
 from probe.capture import CapturedSample, run_block
+from probe.errors import ProbeError
 from probe.models.base import Adapter
 from probe.pools import POOLS, Pool, PoolError, check_not_empty, get_pool
 from probe.progress import progress_bar
@@ -31,7 +32,7 @@ ALL_POOLS: tuple[str, ...] = (*POOLS, "atv", "tamp")
 OWN_POOL = {"atv": "atv", "tamp": "tamp"}  # methods that are a pool with Wanda scores
 
 
-class PruneConfigError(ValueError):
+class PruneConfigError(ProbeError):
     """Invalid pruning settings."""
 
 

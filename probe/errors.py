@@ -1,32 +1,18 @@
-"""The errors that mean bad input (reported to a CLI user as one line, not a traceback)."""
+"""The toolkit's error family.
 
-from probe.capture import BlockRangeError
-from probe.data.calibration import CalibrationError
-from probe.data.offline import OfflineDataError
-from probe.engine import PruneConfigError
-from probe.evaluation.harness import HubUnavailableError, UnknownTaskError, UnsupportedRequestError
-from probe.grid import GridConfigError
-from probe.loading import ModelLoadError
-from probe.manifest import RecordError
-from probe.models.base import InvalidInputsError, UnknownModelFamilyError
-from probe.pools import PoolError
-from probe.reference.build import ReferenceModelError
-from probe.sparsity.masks import SparsityError
+Every error a user can fix (bad input, a missing file, a device this machine lacks) derives from
+:class:`ProbeError`; the CLI reports it as one line naming the problem, while anything else (a bug)
+keeps its traceback. This module imports nothing, so any module can raise these errors.
+"""
 
-USER_ERRORS = (
-    ReferenceModelError,
-    CalibrationError,
-    OfflineDataError,
-    InvalidInputsError,
-    ModelLoadError,
-    PoolError,
-    PruneConfigError,
-    SparsityError,
-    UnknownModelFamilyError,
-    UnknownTaskError,
-    HubUnavailableError,
-    UnsupportedRequestError,
-    GridConfigError,
-    RecordError,
-    BlockRangeError,
-)
+
+class ProbeError(Exception):
+    """A problem the user can fix, reported by the CLI as one line."""
+
+
+class OutputError(ProbeError):
+    """An output path that cannot be written (not a folder, read-only, a disk too full)."""
+
+
+class DeviceError(ProbeError):
+    """A device this machine does not have, or a device string torch does not understand."""

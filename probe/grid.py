@@ -19,6 +19,7 @@ import io
 import itertools
 import json
 import re
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,17 +27,20 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
+from pydantic import TypeAdapter, ValidationError
 
 from probe.atv import AtvSettings
 from probe.calibrate import capture_calibration
 from probe.data.calibration import CalibrationSpec, select
-from probe.engine import PruneConfig, prune
+from probe.devices import check_device
+from probe.engine import PruneConfig, PruneConfigError, prune
+from probe.errors import ProbeError
 from probe.evaluation.harness import evaluate, primary_rows, resolve_tasks
 from probe.loading import LoadedModel, load_model, parse_dtype
 from probe.manifest import kept_visual_total, package_versions, write_json_atomic, write_text_atomic
 from probe.mot import PATHWAYS, prune_pathway, to_mot
-from probe.pools import POOLS
-from probe.sparsity.masks import mask_iou, parse_pattern
+from probe.pools import POOLS, PoolError
+from probe.sparsity.masks import SparsityError, mask_iou, parse_pattern
 from probe.vision_cache import VisionFeatureCache
 
 QUICK = {"nsamples": 8, "limit": 5, "sparsities": [0.5], "settings": ["0.5"]}
@@ -44,7 +48,7 @@ GRIDS = ("table1", "table2")
 IOU_POOLS = ("text", "visual")  # Fig. 1b compares the masks of these two pools
 
 
-class GridConfigError(ValueError):
+class GridConfigError(ProbeError):
     """An invalid grid configuration."""
 
 
@@ -61,7 +65,7 @@ class GridConfig:
     pools: list[str] = field(default_factory=lambda: list(POOLS))
     method: str = "wanda"  # table1's scorer
     methods: list[str] = field(default_factory=lambda: ["magnitude", "wanda", "sparsegpt", "tamp", "atv"])
-    settings: list[str] = field(default_factory=lambda: ["0.5", "0.6", "2:4", "4:8"])  # table2's columns
+    settings: list[str | float] = field(default_factory=lambda: ["0.5", "0.6", "2:4", "4:8"])  # table2's columns
     alpha: float = 1.0  # ATV
     k_rule: str = "paper"  # ATV
     calib: str = "bundled"
@@ -73,16 +77,20 @@ class GridConfig:
     dtype: str = "float32"
     device: str = "cpu"
     max_pixels: int | None = None
-    out: str = ""  # default: results/grid/<grid>
+    out: str = ""  # default: runs/grid/<grid>
 
     def __post_init__(self) -> None:
+        self._check_types()
         if self.grid not in GRIDS:
             raise GridConfigError(f"unknown grid {self.grid!r}; choose from {', '.join(GRIDS)}")
         if not self.out:
-            self.out = f"results/grid/{self.grid}"
+            self.out = f"runs/grid/{self.grid}"
         for method in self.methods:
             for setting in self.settings:
-                self.prune_config(method, *parse_setting(setting))
+                try:
+                    self.prune_config(method, *parse_setting(setting))
+                except (PoolError, PruneConfigError, SparsityError) as exc:
+                    raise GridConfigError(f"method {method!r} at {setting!r}: {exc}") from None
         for pathway in self.pathways:
             if pathway not in PATHWAYS:
                 raise GridConfigError(f"unknown pathway {pathway!r}; choose from {', '.join(PATHWAYS)}")
@@ -91,17 +99,49 @@ class GridConfig:
         for pool in self.pools:
             PruneConfig(pool=pool)
 
+    def _check_types(self) -> None:
+        """Each setting coerced to its annotated type, or a :class:`GridConfigError` naming it."""
+        hints = typing.get_type_hints(type(self))
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            try:
+                setattr(self, name, TypeAdapter(hints[name]).validate_python(value))
+            except ValidationError as exc:
+                expected = exc.errors()[0]["msg"].removeprefix("Input should be ").rstrip(".")
+                raise GridConfigError(f"grid setting {name!r} should be {expected}, got {value!r}") from None
+
+    @classmethod
+    def create(cls, **data) -> GridConfig:
+        """Settings from keyword arguments, unknown names refused with a :class:`GridConfigError`."""
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise GridConfigError(f"unknown grid setting(s) {', '.join(sorted(unknown))}; "
+                                  f"known: {', '.join(cls.__dataclass_fields__)}")
+        return cls(**data)
+
     @classmethod
     def from_yaml(cls, path: Path, **overrides) -> GridConfig:
         """Settings from a YAML mapping; ``overrides`` (not None) win."""
         if not path.is_file():
             raise GridConfigError(f"grid config not found: {path}")
-        data = yaml.safe_load(path.read_text()) or {}
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            where = getattr(exc, "problem_mark", None)
+            at = f" (line {where.line + 1})" if where is not None else ""
+            raise GridConfigError(f"{path} is not valid YAML{at}") from None
+        data = data if data is not None else {}
+        if not isinstance(data, dict):
+            raise GridConfigError(f"{path} should hold a mapping of settings (name: value), not a "
+                                  f"{type(data).__name__}")
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
-            raise GridConfigError(f"unknown grid setting(s) {', '.join(sorted(unknown))} in {path}")
+            raise GridConfigError(f"unknown grid setting(s) {', '.join(sorted(map(str, unknown)))} in {path}")
         data.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**data)
+        try:
+            return cls(**data)
+        except GridConfigError as exc:
+            raise GridConfigError(f"{path}: {exc}") from None
 
     def prune_config(self, method: str, sparsity: float, pattern: str = "unstructured", fixed_total: int = 1
                      ) -> PruneConfig:
@@ -256,6 +296,7 @@ def run_grid(config: GridConfig, show_progress: bool = True) -> pd.DataFrame:
     """Run (or resume) the grid; returns the results frame (one row per cell and task)."""
     out = Path(config.out)
     results_path = out / "results.csv"
+    check_device(config.device)
     tasks = resolve_tasks(config.tasks)
     spec = config.calibration()
     selected = select(spec)  # all data checks before any model work

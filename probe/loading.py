@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,8 @@ import torch
 from transformers import AutoConfig, AutoModelForImageTextToText
 
 import probe.reference.vision  # noqa: F401  (registers the reference model's vision tower)
+from probe.devices import check_device
+from probe.errors import ProbeError
 from probe.models import Adapter, get_adapter
 from probe.models.compat import load_processor
 
@@ -19,7 +22,7 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
           "float16": torch.float16, "fp16": torch.float16}
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(ProbeError):
     """A model reference that cannot be loaded."""
 
 
@@ -55,10 +58,28 @@ def load_model(
     ``max_pixels`` caps the image resolution of Qwen-VL families; use the same value for
     calibration and evaluation.
     """
+    check_device(device)
     loaded = _load(ref, dtype, device)
     if max_pixels is not None:
         loaded.adapter.set_max_pixels(loaded.processor, max_pixels)
     return loaded
+
+
+def check_model_folder(path: Path) -> None:
+    """Raise :class:`ModelLoadError` unless ``path`` is a folder whose ``config.json`` names a supported
+    ``model_type`` (checked before any weights are read)."""
+    if not path.is_dir():
+        raise ModelLoadError(f"{path} is a file, not a model folder")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ModelLoadError(f"{path} is not a model folder: it has no config.json")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"{config_file} is not valid JSON ({exc})") from None
+    if not isinstance(config, dict) or "model_type" not in config:
+        raise ModelLoadError(f"{config_file} names no model_type")
+    get_adapter(str(config["model_type"]))
 
 
 def _load(ref: str, dtype: torch.dtype, device: str) -> LoadedModel:
@@ -73,7 +94,9 @@ def _load(ref: str, dtype: torch.dtype, device: str) -> LoadedModel:
         tiny = tiny_lvlm(ref[len(TINY_PREFIX):], dtype=dtype)
         return LoadedModel(tiny.model.to(device), tiny.processor, get_adapter(tiny.model), ref)
     path = Path(ref)
-    if ref.startswith((".", "/")) and not path.exists():
+    if path.exists():
+        check_model_folder(path)
+    elif ref.startswith((".", "/", "~")) or ref.count("/") > 1:
         raise ModelLoadError(f"model folder not found: {ref}")
     try:
         config = AutoConfig.from_pretrained(ref)

@@ -23,6 +23,7 @@ from torch import nn
 
 from probe.capture import CapturedSample
 from probe.engine import PruneConfig, PruneReport, Target, TargetFn, prune, stats_keys
+from probe.errors import ProbeError
 from probe.models.base import Adapter
 
 PATHWAYS: tuple[str, ...] = ("text", "visual")
@@ -36,7 +37,7 @@ REPLICATED = (
 )
 
 
-class MoTError(ValueError):
+class MoTError(ProbeError):
     """Invalid use of the MoT probe."""
 
 

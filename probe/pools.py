@@ -16,9 +16,10 @@ from typing import Any, ClassVar
 import torch
 
 from probe.capture import CapturedSample
+from probe.errors import ProbeError
 
 
-class PoolError(ValueError):
+class PoolError(ProbeError):
     """An unknown pool, or a pool that is empty for a sample."""
 
 

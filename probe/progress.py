@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -26,3 +27,58 @@ def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, transient=False) as progress:
         yield _Bar(progress, progress.add_task(description, total=total))
+
+
+# lmms-eval modules that create tqdm bars with an explicit ``disable=`` (which TQDM_DISABLE cannot override)
+LMMS_EVAL_BAR_MODULES = ("lmms_eval.evaluator", "lmms_eval.api.task")
+
+
+def _silent_tqdm(tqdm_class):  # noqa: ANN001, ANN202
+    def make(*args, **kwargs):  # noqa: ANN202
+        kwargs["disable"] = True
+        return tqdm_class(*args, **kwargs)
+
+    return make
+
+
+@contextlib.contextmanager
+def quiet_libraries(enabled: bool = True) -> Iterator[None]:
+    """Silence the progress bars of the libraries we call (lmms-eval's tqdm bars, datasets' split
+    generation and Parquet writing, transformers' weight loading and saving) while ``enabled``; restores
+    everything afterwards."""
+    if not enabled:
+        yield
+        return
+    import importlib
+
+    import datasets
+    from transformers.utils import logging as transformers_logging
+
+    previous = os.environ.get("TQDM_DISABLE")
+    bars_were_on = datasets.is_progress_bar_enabled()
+    transformers_bars_were_on = transformers_logging.is_progress_bar_enabled()
+    os.environ["TQDM_DISABLE"] = "1"  # tqdm reads it whenever a bar is created without disable=
+    datasets.disable_progress_bars()
+    transformers_logging.disable_progress_bar()
+    patched = []
+    for name in LMMS_EVAL_BAR_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if hasattr(module, "tqdm"):
+            patched.append((module, module.tqdm))
+            module.tqdm = _silent_tqdm(module.tqdm)
+    try:
+        yield
+    finally:
+        for module, original in patched:
+            module.tqdm = original
+        if previous is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = previous
+        if bars_were_on:
+            datasets.enable_progress_bars()
+        if transformers_bars_were_on:
+            transformers_logging.enable_progress_bar()

@@ -160,7 +160,7 @@ def test_cli_eval_writes_scores_and_retention(tmp_path, capsys):
                  "--no-progress"]) == 0
     scores = table.set_index("task")["score"]
     expected = (scores["digits"] / 0.5 + scores["skimage_photos"] / 0.25) / 2 * 100
-    assert f"retention against {dense}: {expected:.2f}%" in capsys.readouterr().out
+    assert f"retention against {dense} over digits, skimage_photos: {expected:.2f}%" in capsys.readouterr().out
     assert main(["eval", "tiny:llava", "--tasks", "digits", "--dense", str(tmp_path / "none.csv")]) == 2
 
 

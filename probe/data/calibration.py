@@ -28,10 +28,12 @@ from typing import Any, Literal
 
 from PIL import Image
 
+from probe.errors import ProbeError
+
 IMAGE_PLACEHOLDER = "<image>"
 
 
-class CalibrationError(ValueError):
+class CalibrationError(ProbeError):
     """A calibration source or sample that cannot be used."""
 
 

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from probe.errors import ProbeError
+
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = (
     "T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
@@ -34,7 +36,7 @@ DIGITS_QUESTION = "Which digit is written in this image? Answer with a single di
 SPLIT_SIZES = {"fashion_mnist": {"train": 1000, "test": 500}, "digits": {"train": 520, "test": 400}}
 
 
-class OfflineDataError(ValueError):
+class OfflineDataError(ProbeError):
     """An offline task or split that cannot be built here."""
 
 

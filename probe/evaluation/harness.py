@@ -15,8 +15,10 @@ from urllib.parse import urlparse
 
 import pandas as pd
 
+from probe.errors import ProbeError
 from probe.evaluation.task_files import OFFLINE_TASKS, built_tasks, ensure_task_files
 from probe.loading import LoadedModel
+from probe.progress import quiet_libraries
 from probe.vision_cache import VisionFeatureCache
 
 PRESETS = {
@@ -35,15 +37,15 @@ PRIMARY_METRIC = {
 MME_PARTS = ("mme_perception_score", "mme_cognition_score")
 
 
-class UnknownTaskError(ValueError):
+class UnknownTaskError(ProbeError):
     """A task list naming nothing, or an offline task whose data is not built here."""
 
 
-class UnsupportedRequestError(ValueError):
+class UnsupportedRequestError(ProbeError):
     """A request the probe wrapper cannot serve (e.g. video input)."""
 
 
-class HubUnavailableError(RuntimeError):
+class HubUnavailableError(ProbeError):
     """A hub task requested where the Hugging Face hub cannot be reached."""
 
 
@@ -150,7 +152,8 @@ def evaluate(
     if unknown:
         raise UnknownTaskError(f"unknown task(s) {', '.join(unknown)} (neither offline nor an lmms-eval task)")
     model = ProbeLVLM(loaded=loaded, vision_cache=vision_cache, show_progress=show_progress)
-    results = simple_evaluate(model=model, tasks=tasks, limit=limit, task_manager=manager, log_samples=False,
-                              verbosity="WARNING", random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
-                              fewshot_random_seed=seed, bootstrap_iters=0)
+    with quiet_libraries(not show_progress):
+        results = simple_evaluate(model=model, tasks=tasks, limit=limit, task_manager=manager, log_samples=False,
+                                  verbosity="WARNING", random_seed=seed, numpy_random_seed=seed,
+                                  torch_random_seed=seed, fewshot_random_seed=seed, bootstrap_iters=0)
     return tidy_results(results)

@@ -29,6 +29,7 @@ from probe.data.offline import (
     fortunes_available,
     quote_completion,
 )
+from probe.progress import quiet_libraries
 
 TASK_YAMLS = Path(__file__).parent / "tasks"
 VISUAL_TASKS = tuple(TASK_BUILDERS)
@@ -86,7 +87,8 @@ def _write_parquet(rows: dict[str, list], path: Path, with_image: bool) -> None:
     dataset = datasets.Dataset.from_dict(rows, features=datasets.Features(features))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    dataset.to_parquet(str(tmp))
+    with quiet_libraries():  # a bar per file is noise next to the one line that says what was built
+        dataset.to_parquet(str(tmp))
     tmp.replace(path)
 
 

@@ -15,6 +15,8 @@ import torch
 from PIL import Image
 from torch import nn
 
+from probe.errors import ProbeError
+
 DEFAULT_PRUNABLE = (
     "self_attn.q_proj",
     "self_attn.k_proj",
@@ -28,14 +30,11 @@ DEFAULT_PRUNABLE = (
 VISUAL_TOKEN_ATTRS = ("image_token_id", "image_token_index", "video_token_id", "video_token_index")
 
 
-class UnknownModelFamilyError(KeyError):
+class UnknownModelFamilyError(ProbeError):
     """Raised for a model whose ``config.model_type`` has no registered adapter."""
 
-    def __str__(self) -> str:
-        return str(self.args[0])
 
-
-class InvalidInputsError(ValueError):
+class InvalidInputsError(ProbeError):
     """Raised when model inputs cannot be built as a family requires."""
 
 

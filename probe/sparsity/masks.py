@@ -6,8 +6,10 @@ from dataclasses import dataclass
 
 import torch
 
+from probe.errors import ProbeError
 
-class SparsityError(ValueError):
+
+class SparsityError(ProbeError):
     """An invalid sparsity or sparsity pattern."""
 
 
