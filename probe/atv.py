@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from probe.capture import CapturedSample
+from probe.names import BUDGETS, SIGNALS
 from probe.pools import Pool, PoolError
 from probe.sparsity.selection import (
     K_RULES,
@@ -43,9 +44,6 @@ from probe.sparsity.selection import (
     token_drift,
     visual_budget,
 )
-
-SIGNALS = ("drift", "random", "abs", "dbs")
-BUDGETS = ("adaptive", "fixed")
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from probe.errors import ProbeError
-from probe.models import supported_families
+from probe.names import BUDGETS, DTYPES, FIGURES, GRIDS, K_RULES, METHODS, POOLS, SIGNALS
 
 DEFAULT_MODEL = "reference"
 
@@ -30,16 +30,28 @@ def positive_int(text: str) -> int:
     return value
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows every default and keeps the examples' line breaks."""
+
+
+EXAMPLES = """examples:
+  probe prune --method wanda --pool text --sparsity 0.5 --out runs/wanda-text-50
+  probe prune llava-hf/llama3-llava-next-8b-hf --device cuda --dtype bfloat16 --method atv --out pruned/atv-50
+  probe eval runs/wanda-text-50 --tasks offline --limit 40 --dense runs/dense.csv
+  probe grid --quick
+  probe plot drift runs/atv-50
+"""
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", default=DEFAULT_MODEL,
-                   help=f"hub id, local folder, reference (the offline reference LVLM) or tiny:FAMILY "
-                        f"(default: {DEFAULT_MODEL})")
-    p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
-    p.add_argument("--device", default="cpu", help="where the model lives, e.g. cpu or cuda")
+                   help="hub id, local folder, reference (the offline reference LVLM) or tiny:FAMILY")
+    p.add_argument("--dtype", default="float32", choices=DTYPES, help="weights' dtype")
+    p.add_argument("--device", default="cpu", help="where the model lives, e.g. cpu, cuda or cuda:1")
     p.add_argument("--offload", action="store_true",
                    help="keep the model on CPU and move one block at a time to --run-device")
-    p.add_argument("--run-device", default=None, help="where blocks run in offload mode (default: cuda)")
-    p.add_argument("--max-pixels", type=int, default=None,
+    p.add_argument("--run-device", default=None, help="where blocks run in offload mode (None: cuda)")
+    p.add_argument("--max-pixels", type=positive_int, default=None,
                    help="image resolution cap of Qwen-VL families; use the same value when evaluating")
 
 
@@ -54,30 +66,48 @@ def _add_calib_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration draw")
 
 
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("probe-lvlm")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="probe", description="Weight pruning and sensitivity probes for LVLMs.")
+    parser = argparse.ArgumentParser(prog="probe", description="Weight pruning and sensitivity probes for LVLMs.",
+                                     epilog=EXAMPLES, formatter_class=HelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("prune", help="prune a model and write a Hugging Face checkpoint with a manifest")
+    def command(name: str, help: str, examples: str = "") -> argparse.ArgumentParser:  # noqa: A002
+        epilog = "examples:\n" + examples if examples else None
+        return sub.add_parser(name, help=help, description=help, epilog=epilog, formatter_class=HelpFormatter)
+
+    p = command("prune", "prune a model and write a Hugging Face checkpoint with a manifest",
+                "  probe prune --method wanda --pool text --out runs/wanda-text\n"
+                "  probe prune MODEL --method sparsegpt --pattern 2:4 --out runs/sgpt-2of4\n"
+                "  probe prune MODEL --method atv --alpha 1.5 --k-rule released --out runs/atv\n")
     _add_model_args(p)
     _add_calib_args(p)
-    p.add_argument("--method", default="wanda",
+    p.add_argument("--method", default="wanda", choices=METHODS,
                    help="magnitude, wanda, sparsegpt, atv (ATV-Pruning: Wanda scores over the atv pool) or tamp "
                         "(TAMP's AMIA token selection per linear, Wanda scores)")
     p.add_argument("--sparsity", type=float, default=None,
-                   help="fraction of weights removed, in [0, 1); implied by an N:M pattern")
+                   help="fraction of weights removed, in [0, 1); None: implied by an N:M pattern, else 0.5")
     p.add_argument("--pattern", default="unstructured", help="unstructured, or N:M keeping N of every M (2:4, 4:8)")
-    p.add_argument("--pool", default="",
-                   help="positions feeding the statistics: text, visual, mixed (default) or atv; "
-                        "--method sparsegpt --pool atv feeds ATV's tokens to SparseGPT's Hessian (an extension)")
+    p.add_argument("--pool", default="", choices=("", *POOLS),
+                   help="positions feeding the statistics ('': the method's own, mixed for magnitude, wanda and "
+                        "sparsegpt); --method sparsegpt --pool atv feeds ATV's tokens to SparseGPT's Hessian")
     p.add_argument("--alpha", type=float, default=1.0, help="ATV: visual budget scale (0 = text pool)")
-    p.add_argument("--k-rule", default="paper",
+    p.add_argument("--k-rule", default="paper", choices=K_RULES,
                    help="ATV budget: paper (floor(alpha*s_bar*n_text)) or released (round(min(1,alpha*s_bar)*n_text))")
-    p.add_argument("--signal", default="drift",
+    p.add_argument("--signal", default="drift", choices=SIGNALS,
                    help="ATV selection signal: drift (the method), random, abs (attention from text queries) or "
                         "dbs (diversity); ablations of the paper's Table 3")
-    p.add_argument("--budget", default="adaptive",
+    p.add_argument("--budget", default="adaptive", choices=BUDGETS,
                    help="ATV budget: adaptive (per block, from drift) or fixed (the same count in every block)")
     p.add_argument("--budget-from", type=Path, default=None,
                    help="with --budget fixed: an adaptive ATV run (folder) whose total of kept visual tokens to keep")
@@ -87,45 +117,70 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=cmd_prune)
 
-    p = sub.add_parser("eval", help="score a model through lmms-eval (in process)")
+    p = command("eval", "score a model through lmms-eval (in process)",
+                "  probe eval --tasks offline --limit 40 --out runs/dense.csv\n"
+                "  probe eval runs/wanda-text --tasks offline --limit 40 --dense runs/dense.csv --log-samples\n")
     _add_model_args(p)
     p.add_argument("--tasks", default="offline",
                    help="comma-separated lmms-eval task names and presets: offline (our tasks from shipped data), "
                         "paper9 (the paper's nine benchmarks), table1 (MMBench-EN, ScienceQA-IMG, VizWiz)")
-    p.add_argument("--limit", type=positive_int, default=None, help="score only the first N items of each task")
+    p.add_argument("--limit", type=positive_int, default=None,
+                   help="score only the first N items of each task (None: every item)")
     p.add_argument("--dense", type=Path, default=None,
                    help="a dense run's CSV (written by --out): adds the retention against it")
     p.add_argument("--out", type=Path, default=None, help="write the scores as CSV (task, metric, score, n)")
+    p.add_argument("--log-samples", action="store_true",
+                   help="also write what the model answered for every item: OUT.samples.jsonl beside --out "
+                        "(or runs/eval/samples.jsonl)")
+    p.add_argument("--loglikelihood", default="sum", choices=("sum", "mean"),
+                   help="multiple-choice scoring: the summed negative log-likelihood of an option, or its mean "
+                        "per token (as lmms-eval's llava_hf returns it); accuracies differ between the two")
     p.add_argument("--seed", type=int, default=0, help="seed of lmms-eval's random generators")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("grid", help="an experiment grid: the MoT sensitivity grid (Table 1, the default) or "
-                                    "the method comparison (Table 2, grid: table2 in the config); every cell evaluated")
+    p = command("grid", "an experiment grid: the MoT sensitivity grid (Table 1, the default) or the method "
+                        "comparison (Table 2, grid: table2 in the config); every cell evaluated",
+                "  probe grid --quick\n"
+                "  probe grid configs/table2_offline.yaml --out runs/table2\n")
     p.add_argument("config", nargs="?", type=Path, default=None,
-                   help="grid YAML (default: the reference model on the offline tasks)")
+                   help="grid YAML (None: the reference model on the offline tasks)")
     p.add_argument("--quick", action="store_true",
-                   help="8 calibration samples, 5 items per task, sparsity 0.5 only: a run of minutes")
-    p.add_argument("--grid", default=None, choices=["table1", "table2"], help="which grid (overrides the config)")
-    p.add_argument("--out", type=Path, default=None, help="results folder (overrides the config)")
+                   help="8 calibration samples, 5 items per task, sparsity 0.5 only: a run of minutes, written to "
+                        "runs/grid/<name>-quick unless --out says otherwise")
+    p.add_argument("--grid", default=None, choices=GRIDS, help="which grid (overrides the config)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="results folder (overrides the config; None: the config's, or runs/grid/<grid>)")
+    p.add_argument("--log-samples", action="store_true",
+                   help="also write what the model answered for every item, per cell, to OUT/samples/")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=cmd_grid)
 
-    p = sub.add_parser("plot", help="the paper's figures from stored results (PNG and PDF)")
-    p.add_argument("figure", choices=["iou", "alpha", "text-ratio", "drift", "tsne"],
+    p = command("plot", "the paper's figures from stored results (PNG and PDF)",
+                "  probe plot iou results/grid/table1\n"
+                "  probe plot alpha results/grid/ablations\n"
+                "  probe plot drift results/grid/table2/cells/atv_50.json\n")
+    p.add_argument("figure", choices=FIGURES,
                    help="iou (Fig. 1b, from a table1 grid), alpha (Fig. 4) and text-ratio (Fig. 5) (from a table2 grid "
                         "of atv(alpha=...) / atv(text_ratio=...) cells), drift (Fig. A6, from an ATV run or grid cell "
                         "record), tsne (Fig. 1a, computed from a model)")
     p.add_argument("source", nargs="?", default=None,
-                   help="grid folder, ATV run folder or cell record (.json); for tsne a model (default: reference)")
-    p.add_argument("--out", type=Path, default=None, help="output file stem (default: beside the source)")
+                   help="grid folder, ATV run folder or cell record (.json); for tsne a model (None: reference)")
+    p.add_argument("--out", type=Path, default=None, help="output file stem (None: beside the source)")
     p.add_argument("--block", type=int, default=8, help="tsne: the block whose input activations are shown")
-    p.add_argument("--nsamples", type=int, default=8, help="tsne: calibration samples (bundled set)")
+    p.add_argument("--nsamples", type=positive_int, default=8, help="tsne: calibration samples (bundled set)")
     p.set_defaults(func=cmd_plot)
 
-    p = sub.add_parser("families", help="list the supported model families")
-    p.set_defaults(func=lambda args: print("\n".join(supported_families())))
+    p = command("families", "list the supported model families")
+    p.set_defaults(func=cmd_families)
     return parser
+
+
+def cmd_families(args: argparse.Namespace) -> int:
+    from probe.models import supported_families
+
+    print("\n".join(supported_families()))
+    return 0
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
@@ -245,11 +300,18 @@ def _eval(args: argparse.Namespace) -> int:
         if missing:
             held = ", ".join(sorted(set(dense_table.task.astype(str)))) or "no task"
             raise ResultsError(f"{args.dense} has no dense score for {', '.join(missing)} (it holds: {held})")
+    samples_out = None
+    if args.log_samples:
+        samples_out = args.out.with_suffix(".samples.jsonl") if args.out else Path("runs/eval/samples.jsonl")
+        check_output_file(samples_out)
     loaded = load_model(args.model, dtype=parse_dtype(args.dtype), device=args.device, max_pixels=args.max_pixels)
-    table = evaluate(loaded, tasks, args.limit, show_progress=not args.no_progress, seed=args.seed)
+    table = evaluate(loaded, tasks, args.limit, show_progress=not args.no_progress, seed=args.seed,
+                     loglikelihood=args.loglikelihood, samples_out=samples_out)
     print(table.to_string(index=False))
     if args.out:
         write_text_atomic(args.out, table.to_csv(index=False))
+    if samples_out is not None:
+        print(f"answers per item: {samples_out}")
     if dense is not None:
         scored = primary_rows(table)
         kept = retention_against(scored, dense)
@@ -271,7 +333,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
         **{k: v for k, v in overrides.items() if v is not None})
     try:
         with quiet_libraries(args.no_progress):
-            results = run_grid(config, show_progress=not args.no_progress)
+            results = run_grid(config, show_progress=not args.no_progress, log_samples=args.log_samples)
     except KeyboardInterrupt:
         raise RunInterrupted(f"interrupted: finished cells are kept in {Path(config.out) / 'results.csv'}; "
                              "run the same command again to resume") from None

@@ -20,15 +20,14 @@ from probe.atv import AtvPool, AtvSettings
 from probe.capture import CapturedSample, run_block
 from probe.errors import ProbeError
 from probe.models.base import Adapter
-from probe.pools import POOLS, Pool, PoolError, check_not_empty, get_pool
+from probe.names import METHODS, POOLS
+from probe.pools import Pool, PoolError, check_not_empty, get_pool
 from probe.progress import progress_bar
 from probe.sparsity.masks import Pattern, check_sparsity, magnitude_mask, mask_from_scores, parse_pattern
 from probe.sparsity.sparsegpt import sparsegpt_prune
 from probe.sparsity.stats import InputStats, wanda_scores
 from probe.tamp import TampPool
 
-METHODS: tuple[str, ...] = ("magnitude", "wanda", "sparsegpt", "atv", "tamp")
-ALL_POOLS: tuple[str, ...] = (*POOLS, "atv", "tamp")
 OWN_POOL = {"atv": "atv", "tamp": "tamp"}  # methods that are a pool with Wanda scores
 
 
@@ -59,8 +58,8 @@ class PruneConfig:
         check_sparsity(self.sparsity, self.parsed_pattern)
         if not self.pool:
             object.__setattr__(self, "pool", OWN_POOL.get(self.method, "mixed"))
-        if self.pool not in ALL_POOLS:
-            raise PoolError(f"unknown pool {self.pool!r}; choose from {', '.join(ALL_POOLS)}")
+        if self.pool not in POOLS:
+            raise PoolError(f"unknown pool {self.pool!r}; choose from {', '.join(POOLS)}")
         if self.method in OWN_POOL and self.pool != OWN_POOL[self.method]:
             raise PruneConfigError(
                 f"method {self.method!r} selects its own tokens; it cannot use the {self.pool!r} pool")

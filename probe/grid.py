@@ -77,6 +77,7 @@ class GridConfig:
     dtype: str = "float32"
     device: str = "cpu"
     max_pixels: int | None = None
+    loglikelihood: str = "sum"  # how multiple-choice options are scored: sum or mean over their tokens
     out: str = ""  # default: runs/grid/<grid>
 
     def __post_init__(self) -> None:
@@ -85,6 +86,8 @@ class GridConfig:
             raise GridConfigError(f"unknown grid {self.grid!r}; choose from {', '.join(GRIDS)}")
         if not self.out:
             self.out = f"runs/grid/{self.grid}"
+        if self.loglikelihood not in ("sum", "mean"):
+            raise GridConfigError(f"loglikelihood must be sum or mean, got {self.loglikelihood!r}")
         for method in self.methods:
             for setting in self.settings:
                 try:
@@ -261,9 +264,10 @@ def _load_masks(path: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def _record_path(out: Path, cell_id: str) -> Path:
-    """Where a cell's pruning record goes (a file name made of letters, digits, - and _)."""
-    return out / "cells" / (re.sub(r"[^A-Za-z0-9_-]+", "_", cell_id.replace(":", "-")).strip("_") + ".json")
+def _record_path(out: Path, cell_id: str, folder: str = "cells", suffix: str = ".json") -> Path:
+    """Where a cell's pruning record (or another per-cell file) goes: a file name made of letters,
+    digits, - and _."""
+    return out / folder / (re.sub(r"[^A-Za-z0-9_-]+", "_", cell_id.replace(":", "-")).strip("_") + suffix)
 
 
 def _adaptive_total(out: Path, cell: Cell) -> int:
@@ -278,13 +282,17 @@ def _adaptive_total(out: Path, cell: Cell) -> int:
     return kept_visual_total(path)
 
 
-def _check_same_settings(config: GridConfig, manifest: Path) -> None:
-    """A rerun may only resume results made with the same settings (the output folder aside)."""
+def _check_same_settings(config: GridConfig, manifest: Path, calibration_ids: list[str]) -> None:
+    """A rerun may only resume results made with the same settings (the output folder aside) and the
+    same calibration samples (a calibration source whose content changed is refused too)."""
     if not manifest.is_file():
         return
-    before = json.loads(manifest.read_text()).get("config", {})
+    stored = json.loads(manifest.read_text())
+    before = stored.get("config", {})
     now = asdict(config)
     changed = sorted(k for k in now if k != "out" and k in before and before[k] != now[k])
+    if "calibration_ids" in stored and stored["calibration_ids"] != calibration_ids:
+        changed.append("calibration samples")
     if changed:
         raise GridConfigError(
             f"{manifest.parent} holds results made with other settings ({', '.join(changed)}); "
@@ -292,19 +300,21 @@ def _check_same_settings(config: GridConfig, manifest: Path) -> None:
         )
 
 
-def run_grid(config: GridConfig, show_progress: bool = True) -> pd.DataFrame:
-    """Run (or resume) the grid; returns the results frame (one row per cell and task)."""
+def run_grid(config: GridConfig, show_progress: bool = True, log_samples: bool = False) -> pd.DataFrame:
+    """Run (or resume) the grid; returns the results frame (one row per cell and task). With
+    ``log_samples``, what the model answered for every item goes to ``samples/<cell>.jsonl``."""
     out = Path(config.out)
     results_path = out / "results.csv"
     check_device(config.device)
     tasks = resolve_tasks(config.tasks)
     spec = config.calibration()
     selected = select(spec)  # all data checks before any model work
-    _check_same_settings(config, out / "manifest.json")
+    calibration_ids = [s.sample_id for s in selected.samples]
+    _check_same_settings(config, out / "manifest.json", calibration_ids)
     done = set(_read_csv(results_path).get("cell", pd.Series(dtype=str)))
     todo = [c for c in cells(config) if c.cell_id not in done]
     write_json_atomic(out / "manifest.json", {"config": asdict(config), "tasks": tasks,
-                                              "calibration_ids": [s.sample_id for s in selected.samples],
+                                              "calibration_ids": calibration_ids,
                                               "versions": package_versions()})
     if not todo:
         return _read_csv(results_path)
@@ -337,11 +347,14 @@ def run_grid(config: GridConfig, show_progress: bool = True) -> pd.DataFrame:
                         masks[f"layers.{b}.{name}"] = (getattr(routed, cell.pathway).weight == 0).cpu()
                 _save_masks(out / "masks" / f"{cell.pathway}-{cell.pool}-{cell.sparsity:g}.npz", masks)
             record.update(prune=asdict(prune_config), pathway=cell.pathway, seconds=report.seconds)
+        samples_out = _record_path(out, cell.cell_id, "samples", ".jsonl") if log_samples else None
         scores = evaluate(LoadedModel(model, base.processor, base.adapter, base.ref), tasks, config.limit,
-                          vision_cache=cache, show_progress=show_progress, seed=config.seed)
+                          vision_cache=cache, show_progress=show_progress, seed=config.seed,
+                          loglikelihood=config.loglikelihood, samples_out=samples_out)
         settings = {"cell": cell.cell_id, "pathway": cell.pathway, "pool": cell.pool, "sparsity": cell.sparsity,
                     "method": cell.method, "setting": cell.setting, "model": config.model,
-                    "nsamples": config.nsamples, "seed": config.seed, "limit": config.limit}
+                    "nsamples": config.nsamples, "seed": config.seed, "limit": config.limit,
+                    "loglikelihood": config.loglikelihood}
         rows = [{**settings, **row} for row in primary_rows(scores).to_dict("records")]
         write_json_atomic(_record_path(out, cell.cell_id), record)
         _append_rows(results_path, rows)

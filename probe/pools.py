@@ -17,6 +17,7 @@ import torch
 
 from probe.capture import CapturedSample
 from probe.errors import ProbeError
+from probe.names import MODALITY_POOLS
 
 
 class PoolError(ProbeError):
@@ -79,7 +80,7 @@ class ModalityPool(Pool):
         return torch.ones_like(visual)
 
 
-POOLS = ("text", "visual", "mixed")
+POOLS = MODALITY_POOLS
 
 
 def get_pool(name: str) -> Pool:

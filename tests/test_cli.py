@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from transformers import AutoModelForImageTextToText
 
 from probe.cli import main
@@ -28,8 +29,6 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys):
     cases = [
         (["prune", "--sparsity", "1.0"], "sparsity must be in [0, 1)"),
         (["prune", "--pattern", "2:4", "--sparsity", "0.6"], "2:4"),
-        (["prune", "--method", "prune-everything"], "unknown method"),
-        (["prune", "--pool", "audio"], "unknown pool"),
         (["prune", str(tmp_path / "missing")], "not found"),
         (["prune", "tiny:nosuchfamily"], "no tiny model for 'nosuchfamily'"),
         (["prune", "--calib", str(tmp_path / "none.json")], "not found"),
@@ -38,7 +37,26 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys):
     for argv, message in cases:
         assert main(argv + ["--out", str(tmp_path / "o"), "--no-progress"]) == 2
         assert message in capsys.readouterr().err
+    for argv in (["prune", "--method", "prune-everything"], ["prune", "--pool", "audio"],
+                 ["prune", "--k-rule", "mine"], ["eval", "--dtype", "int3"], ["plot", "table9"]):
+        with pytest.raises(SystemExit) as exit_info:  # argparse's choices: usage and one error line
+            main(argv + ["--out", str(tmp_path / "o")])
+        assert exit_info.value.code == 2 and "invalid choice" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_cli_answers_fast_without_loading_torch():
+    """--help, --version and bad flags need no torch, transformers or lmms-eval: they answer at once."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from probe.cli import main\n"
+            "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "heavy = [m for m in ('torch', 'transformers', 'lmms_eval') if m in sys.modules]\n"
+            "print('HEAVY', heavy)")
+    for argv in (["--help"], ["--version"], ["prune", "--method", "nope", "--out", "x"], ["grid", "--help"]):
+        result = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60)
+        assert "HEAVY []" in result.stdout, (argv, result.stdout[-500:], result.stderr[-500:])
 
 
 def test_prune_keeps_the_source_video_processor_config_it_could_not_load(tmp_path):

@@ -11,7 +11,8 @@ import math
 
 import torch
 
-K_RULES = ("paper", "released")
+from probe.names import K_RULES
+
 MAX_DRIFT = 2.0  # 1 - cos lies in [0, 2]
 
 
