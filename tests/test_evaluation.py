@@ -263,3 +263,56 @@ def test_pruned_qwen_checkpoint_runs_in_lmms_evals_stock_qwen_wrappers(family, t
     assert table.set_index("metric").loc["exact_match", "n"] == 2
     responses = [s["resps"] for s in results["samples"]["digits"]]
     assert len(responses) == 2 and all(isinstance(r[0][0], str) for r in responses)
+
+
+def test_mean_token_loss_option_divides_by_the_continuation_length(tiny):
+    """``loglikelihood="mean"`` is the mean per-token log-probability (lmms-eval's llava_hf convention)."""
+    wrapper = ProbeLVLM(loaded=tiny, show_progress=False, loglikelihood="mean")
+    tok = tiny.processor.tokenizer
+    context, continuation = "the cat", " sat on the mat"
+    prefix = tok(context, add_special_tokens=False)["input_ids"]
+    ids = tok(context + continuation, add_special_tokens=False)["input_ids"]
+    expected = _direct_loglikelihood(tiny.model, ids, len(prefix)) / (len(ids) - len(prefix))
+    request = Instance("loglikelihood", (context, continuation, None, 0, "t", "test"), idx=0,
+                       metadata={"task": "t", "doc_id": 0, "repeats": 1})
+    assert wrapper.loglikelihood([request])[0].text[0] == pytest.approx(-expected, abs=1e-4)
+    with pytest.raises(harness.UnsupportedRequestError, match="loglikelihood"):
+        ProbeLVLM(loaded=tiny, loglikelihood="median")
+
+
+def test_logged_samples_hold_every_answer(tiny, tmp_path):
+    if "quote_completion" not in built_tasks(ensure_task_files()):
+        pytest.skip("Debian's fortunes-min is not installed")
+    import json
+
+    out = tmp_path / "samples.jsonl"
+    table = evaluate(tiny, ["quote_completion", "digits"], limit=4, show_progress=False, samples_out=out)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted((r["task"], r["doc_id"]) for r in rows) == sorted((t, i) for t in ("digits", "quote_completion")
+                                                                     for i in range(4))
+    wrapper = ProbeLVLM(loaded=tiny, show_progress=False)
+    items = offline.quote_completion()[:4]
+    for row in (r for r in rows if r["task"] == "quote_completion"):
+        item = items[row["doc_id"]]
+        losses = [answer[0] for answer in row["answer"]]
+        direct = [-wrapper.continuation_loglikelihood(item.prefix, e)[0] for e in item.endings]
+        assert losses == pytest.approx(direct, abs=1e-4) and row["target"] == item.answer
+    for task, metric in (("digits", "exact_match"), ("quote_completion", "acc")):
+        mean = np.mean([r[metric] for r in rows if r["task"] == task])
+        assert table.set_index("task").loc[task, "score"] == pytest.approx(mean)
+    assert all(isinstance(r["answer"][0], str) for r in rows if r["task"] == "digits")
+
+
+def test_lmms_evals_own_command_line_scores_the_probe_model(tmp_path):
+    """`python -m lmms_eval --model probe ... --include_path TASKS` in a fresh process, to its final table."""
+    import subprocess
+    import sys
+
+    folder = ensure_task_files()
+    result = subprocess.run(
+        [sys.executable, "-m", "lmms_eval", "--model", "probe", "--model_args", "pretrained=tiny:llava",
+         "--tasks", "digits", "--limit", "2", "--include_path", str(folder), "--output_path", str(tmp_path)],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = [line for line in result.stdout.splitlines() if line.startswith("|digits")]
+    assert table and "exact_match" in table[0], result.stdout[-2000:]

@@ -8,9 +8,11 @@ other name is one of lmms-eval's own tasks, whose data comes from the Hugging Fa
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import pandas as pd
@@ -18,6 +20,7 @@ import pandas as pd
 from probe.errors import ProbeError
 from probe.evaluation.task_files import OFFLINE_TASKS, built_tasks, ensure_task_files
 from probe.loading import LoadedModel
+from probe.manifest import write_text_atomic
 from probe.progress import quiet_libraries
 from probe.vision_cache import VisionFeatureCache
 
@@ -133,11 +136,15 @@ def evaluate(
     vision_cache: VisionFeatureCache | None = None,
     show_progress: bool = True,
     seed: int = 0,
+    loglikelihood: str = "sum",
+    samples_out: Path | None = None,
 ) -> pd.DataFrame:
     """Score a model in memory on ``tasks`` through lmms-eval; a tidy table (task, metric, score, n).
 
     ``limit`` takes the first N items of each task. A ``vision_cache`` shared by models with the same
-    vision side computes each image's features once.
+    vision side computes each image's features once. ``loglikelihood`` (``sum`` or ``mean``) is how
+    multiple-choice options are scored (see :mod:`probe.evaluation.wrapper`). ``samples_out`` receives
+    what the model answered for every item, one JSON object per line.
     """
     from lmms_eval.evaluator import simple_evaluate
     from lmms_eval.tasks import TaskManager
@@ -151,9 +158,35 @@ def evaluate(
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         raise UnknownTaskError(f"unknown task(s) {', '.join(unknown)} (neither offline nor an lmms-eval task)")
-    model = ProbeLVLM(loaded=loaded, vision_cache=vision_cache, show_progress=show_progress)
+    model = ProbeLVLM(loaded=loaded, vision_cache=vision_cache, show_progress=show_progress,
+                      loglikelihood=loglikelihood)
     with quiet_libraries(not show_progress):
-        results = simple_evaluate(model=model, tasks=tasks, limit=limit, task_manager=manager, log_samples=False,
-                                  verbosity="WARNING", random_seed=seed, numpy_random_seed=seed,
-                                  torch_random_seed=seed, fewshot_random_seed=seed, bootstrap_iters=0)
+        results = simple_evaluate(model=model, tasks=tasks, limit=limit, task_manager=manager,
+                                  log_samples=samples_out is not None, verbosity="WARNING", random_seed=seed,
+                                  numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
+                                  bootstrap_iters=0)
+    if samples_out is not None:
+        write_text_atomic(samples_out, "".join(json.dumps(row) + "\n" for row in sample_rows(results)))
     return tidy_results(results)
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-ready copy of a logged value: lists and numbers kept, anything else as text."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def sample_rows(results: dict) -> list[dict]:
+    """One row per task and item from lmms-eval's logged samples: the item, its target, what the model
+    answered (after the task's filters) and the item's metrics."""
+    rows = []
+    for task, samples in (results.get("samples") or {}).items():
+        for sample in samples:
+            metrics = {k: _plain(v) for k, v in sample.items() if k in results["results"].get(task, {}) or
+                       any(key.partition(",")[0] == k for key in results["results"].get(task, {}))}
+            rows.append({"task": task, "doc_id": sample.get("doc_id"), "target": _plain(sample.get("target")),
+                         "answer": _plain(sample.get("filtered_resps")), **metrics})
+    return rows

@@ -8,9 +8,12 @@ without a round trip to disk.
 Prompts: visual requests go through the family's chat template with their images; ``generate_until``
 answers greedily (unless the task asks to sample) and cuts the answer at the task's stop strings.
 ``loglikelihood`` scores the continuation after the chat template's assistant prompt when the request
-has images, after the plain context (language modelling) when it has none. It returns the summed
-negative log-likelihood, a loss: lmms-eval's multiple-choice scoring picks the choice with the lowest
-value (``argmin``), as its stock wrappers return losses.
+has images, after the plain context (language modelling) when it has none. It returns a loss, the
+negative log-likelihood of the continuation: summed over its tokens (``loglikelihood="sum"``, the
+default, the log-probability of the whole option) or their mean (``"mean"``, what lmms-eval's
+``llava_hf`` returns: the mean token loss). lmms-eval's multiple-choice scoring picks the choice with
+the lowest value (``argmin``); options of different token lengths can rank differently under the two,
+so say which one a result used.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from probe.progress import progress_bar
 from probe.vision_cache import VisionFeatureCache
 
 IMAGE_PLACEHOLDER = "<image>"
+LOGLIKELIHOOD_REDUCTIONS = ("sum", "mean")
 
 
 @register_model("probe")
@@ -46,9 +50,14 @@ class ProbeLVLM(lmms):
         max_pixels: int | None = None,
         vision_cache: VisionFeatureCache | None = None,
         show_progress: bool = True,
+        loglikelihood: str = "sum",
         **unused: Any,
     ) -> None:
         super().__init__()
+        if loglikelihood not in LOGLIKELIHOOD_REDUCTIONS:
+            raise UnsupportedRequestError(f"loglikelihood must be one of {', '.join(LOGLIKELIHOOD_REDUCTIONS)}, "
+                                          f"got {loglikelihood!r}")
+        self.reduction = loglikelihood
         self.loaded = loaded or load_model(pretrained, dtype=parse_dtype(dtype), device=device,
                                            max_pixels=int(max_pixels) if max_pixels else None)
         self.vision_cache = vision_cache
@@ -123,25 +132,27 @@ class ProbeLVLM(lmms):
 
     @torch.no_grad()
     def loglikelihood(self, requests: list[Instance]) -> list[GenerationResult]:
-        """(summed negative log-likelihood, is greedy) per request, each in a ``GenerationResult``:
-        lmms-eval's evaluator turns a bare tuple into its string but passes a result's payload through."""
+        """(negative log-likelihood, summed or averaged over the continuation's tokens, is greedy) per
+        request, each in a ``GenerationResult``: lmms-eval's evaluator turns a bare tuple into its string
+        but passes a result's payload through."""
         results = []
         with self._serving(), progress_bar("loglikelihood", len(requests), self.show_progress) as bar:
             for request in requests:
                 context, target, doc_to_visual, doc_id, task, split = request.args
                 continuation = target if isinstance(target, str) else target(self.task_dict[task][split][doc_id])
                 images = self._doc_visuals(doc_to_visual, task, split, doc_id)
-                logprob, greedy = self.continuation_loglikelihood(context, str(continuation), images)
+                logprob, greedy = self.continuation_loglikelihood(context, str(continuation), images,
+                                                                  reduction=self.reduction)
                 results.append(GenerationResult(text=(-logprob, greedy)))
                 bar.advance()
         return results
 
     @torch.no_grad()
     def continuation_loglikelihood(
-        self, context: str, continuation: str, images: list[Image.Image] | None = None
+        self, context: str, continuation: str, images: list[Image.Image] | None = None, reduction: str = "sum"
     ) -> tuple[float, bool]:
-        """Summed log-probability of ``continuation`` after ``context``, and whether greedy decoding
-        would produce exactly it."""
+        """Log-probability of ``continuation`` after ``context``, summed over its tokens (or their mean,
+        ``reduction="mean"``), and whether greedy decoding would produce exactly it."""
         tokenizer = self.loaded.processor.tokenizer
         if images:
             prefix = self._visual_inputs(context, images)["input_ids"][0].tolist()
@@ -161,7 +172,8 @@ class ProbeLVLM(lmms):
         logits = self._model(**inputs).logits[0].float()
         logprobs = torch.log_softmax(logits[start - 1 : len(ids) - 1], dim=-1)
         targets = torch.tensor(ids[start:], device=logprobs.device)
-        total = float(logprobs.gather(1, targets[:, None]).sum())
+        chosen = logprobs.gather(1, targets[:, None])
+        total = float(chosen.mean() if reduction == "mean" else chosen.sum())
         greedy = bool((logprobs.argmax(-1) == targets).all())
         return total, greedy
 
