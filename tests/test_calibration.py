@@ -2,10 +2,12 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from conftest import random_image
 
+from probe.data import offline
 from probe.data.calibration import (
     CalibrationError,
     CalibrationSpec,
@@ -108,10 +110,33 @@ def test_sample_without_visual_tokens_after_processing_is_named(tmp_path):
 
 
 def test_bundled_set_is_real_and_labelled():
+    from sklearn.datasets import load_digits
+
     samples = load_samples(CalibrationSpec())
-    ids = {s.sample_id for s in samples}
-    assert "skimage/astronaut" in ids and len(samples) > 1000
-    astronaut = next(s for s in samples if s.sample_id == "skimage/astronaut")
-    assert "Eileen Collins" in astronaut.conversations[1]["value"]
-    digit = next(s for s in samples if s.sample_id == "digits/0")
-    assert digit.conversations[1]["value"] == "The digit 0."
+    assert len(samples) > 1000
+    labels = load_digits().target
+    for sample in (s for s in samples if s.sample_id.startswith("digits/")):
+        index = int(sample.sample_id.split("/")[1])
+        assert f"handwritten digit {labels[index]} " in sample.conversations[1]["value"]
+    fashion = [s for s in samples if s.sample_id.startswith("fashion_mnist/")]
+    if offline.fashion_mnist_available():
+        _, fashion_labels = offline.fashion_arrays("train")
+        assert len(fashion) == len(samples) // 2
+        for sample in fashion[:50]:
+            label = offline.FASHION_CLASSES[int(fashion_labels[int(sample.sample_id.split("/")[2])])]
+            assert f"photograph of a {label.lower()}:" in sample.conversations[1]["value"]
+
+
+def test_bundled_calibration_never_holds_an_evaluation_item():
+    """Calibration and evaluation items are disjoint: no digit of the digits test split, no Fashion-MNIST
+    image from its test file, no scikit-image photograph (all are skimage_photos test items)."""
+    samples = load_samples(CalibrationSpec())
+    test_digits = {int(item.item_id.split("/")[2]) for item in offline.digits("test")}
+    used_digits = {int(s.sample_id.split("/")[1]) for s in samples if s.sample_id.startswith("digits/")}
+    assert len(test_digits) == 400 and used_digits and not used_digits & test_digits
+    assert all(s.sample_id.startswith(("digits/", "fashion_mnist/train/")) for s in samples)
+    # by content too: no calibration image equals a test image of digits or skimage_photos
+    test_images = {np.asarray(item.image()).tobytes() for item in offline.digits("test") + offline.skimage_photos()}
+    digits = [s for s in samples if s.sample_id.startswith("digits/")]
+    clashes = [s.sample_id for s in digits if np.asarray(s.load_image().convert("RGB")).tobytes() in test_images]
+    assert clashes == []

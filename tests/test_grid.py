@@ -135,3 +135,18 @@ def test_ablation_cells_take_atv_settings_and_fixed_budgets_match_adaptive(tmp_p
     for bad, match in (("wanda(alpha=2)", "only atv"), ("atv(beta=2)", "beta"), ("atv(alpha)", "key=value")):
         with pytest.raises(GridConfigError, match=match):
             small_config(tmp_path, grid="table2", methods=[bad])
+
+
+def test_a_rerun_with_other_calibration_samples_is_refused(tmp_path):
+    """Same settings but another calibration draw (e.g. a calibration source whose content changed): the
+    finished cells were pruned with other samples, so resuming into them would mix two runs."""
+    import json
+
+    config = small_config(tmp_path, pathways=["visual"], pools=["text"], tasks="digits")
+    run_grid(config, show_progress=False)
+    manifest = tmp_path / "grid" / "manifest.json"
+    stored = json.loads(manifest.read_text())
+    stored["calibration_ids"] = ["digits/0", "digits/1", "digits/2"]
+    manifest.write_text(json.dumps(stored))
+    with pytest.raises(GridConfigError, match="other settings.*calibration samples"):
+        run_grid(config, show_progress=False)

@@ -11,7 +11,7 @@ from probe.evaluation.task_files import is_correct
 
 
 def test_fashion_mnist_test_file_has_1000_images_per_class():
-    images, labels = offline._fashion_arrays("test")
+    images, labels = offline.fashion_arrays("test")
     assert images.shape == (10000, 28, 28) and images.dtype == np.uint8
     assert set(collections.Counter(labels.tolist()).values()) == {1000}
     with gzip.open(offline.FASHION_DIR / "t10k-labels-idx1-ubyte.gz") as fh:
@@ -27,7 +27,7 @@ def test_splits_are_disjoint_and_answers_are_labels():
     target = load_digits().target
     assert all(item.answer == str(target[int(item.item_id.split("/")[-1])]) for item in test)
     fashion = offline.fashion_mnist("test")
-    _, labels = offline._fashion_arrays("test")
+    _, labels = offline.fashion_arrays("test")
     assert all(i.answer == offline.FASHION_CLASSES[labels[int(i.item_id.split("/")[-1])]] for i in fashion)
     assert len(offline.projector_training_items()) == 1520
 

@@ -65,7 +65,7 @@ def fashion_mnist_available() -> bool:
 
 
 @lru_cache(maxsize=2)
-def _fashion_arrays(split: str) -> tuple[np.ndarray, np.ndarray]:
+def fashion_arrays(split: str) -> tuple[np.ndarray, np.ndarray]:
     prefix = "train" if split == "train" else "t10k"
     if not fashion_mnist_available():
         raise OfflineDataError(
@@ -79,7 +79,7 @@ def _fashion_arrays(split: str) -> tuple[np.ndarray, np.ndarray]:
 
 def fashion_mnist(split: str, n: int | None = None, seed: int = 0) -> list[VQAItem]:
     """Fashion-MNIST items of ``split``, ``n`` of them drawn with ``seed`` (default: the split size)."""
-    images, labels = _fashion_arrays(split)
+    images, labels = fashion_arrays(split)
     n = n or SPLIT_SIZES["fashion_mnist"][split]
     picks = random.Random(seed).sample(range(len(labels)), n)
     return [
@@ -98,10 +98,7 @@ def digits(split: str, n: int | None = None, seed: int = 0) -> list[VQAItem]:
     from sklearn.datasets import load_digits
 
     data = load_digits()
-    order = list(range(len(data.target)))
-    random.Random(seed).shuffle(order)
-    sizes = SPLIT_SIZES["digits"]
-    chosen = order[: sizes["train"]] if split == "train" else order[-sizes["test"]:]
+    chosen = digits_split_indices(split, seed)
     chosen = chosen[: n or len(chosen)]
     items = []
     for i in chosen:
@@ -117,17 +114,53 @@ def digits(split: str, n: int | None = None, seed: int = 0) -> list[VQAItem]:
     return items
 
 
+SKIMAGE_PHOTOS = (
+    "astronaut", "camera", "coffee", "chelsea", "rocket", "horse", "hubble_deep_field",
+    "immunohistochemistry", "moon", "page", "text", "clock", "coins", "retina",
+)
+
+
+def _to_image(array: np.ndarray) -> Image.Image:
+    if array.dtype != np.uint8:
+        array = (255 * (array.astype(np.float64) / max(float(array.max()), 1e-12))).astype(np.uint8)
+    return Image.fromarray(array).convert("RGB")
+
+
+def skimage_photographs() -> list[tuple[str, Callable[[], Image.Image], str]]:
+    """scikit-image's photographs as (name, image loader, the first line of its loader's docstring)."""
+    import skimage.data
+
+    photos = []
+    for name in SKIMAGE_PHOTOS:
+        loader = getattr(skimage.data, name)
+        photos.append((name, lambda fn=loader: _to_image(fn()), loader.__doc__.strip().splitlines()[0]))
+    return photos
+
+
+def digits_split_indices(split: str, seed: int = 0) -> list[int]:
+    """Indices into scikit-learn's digits of ``split``: ``train`` (the projector's), ``test`` (the task's),
+    or ``unused`` (neither), from one seeded shuffle."""
+    from sklearn.datasets import load_digits
+
+    order = list(range(len(load_digits().target)))
+    random.Random(seed).shuffle(order)
+    sizes = SPLIT_SIZES["digits"]
+    parts = {"train": order[: sizes["train"]], "test": order[-sizes["test"]:],
+             "unused": order[sizes["train"]: len(order) - sizes["test"]]}
+    if split not in parts:
+        raise OfflineDataError(f"digits has no split {split!r}; splits: {', '.join(parts)}")
+    return parts[split]
+
+
 def skimage_photos(split: str = "test", seed: int = 0) -> list[VQAItem]:
     """Four-way multiple choice between scikit-image photographs' descriptions (test only)."""
     if split != "test":
         raise OfflineDataError("skimage_photos has only a test split")
-    from probe.data.bundled import skimage_samples
-
-    samples = skimage_samples()
-    descriptions = [s.conversations[1]["value"] for s in samples]
+    photos = skimage_photographs()
+    descriptions = [description for _, _, description in photos]
     rng = random.Random(seed)
     items = []
-    for s, description in zip(samples, descriptions):
+    for (name, loader, description) in photos:
         distractors = rng.sample([d for d in descriptions if d != description], 3)
         options = distractors + [description]
         rng.shuffle(options)
@@ -135,7 +168,7 @@ def skimage_photos(split: str = "test", seed: int = 0) -> list[VQAItem]:
         question = "Which description fits this image?\n" + "\n".join(
             f"{letter}. {text}" for letter, text in zip(letters, options)
         ) + "\nAnswer with the letter of the correct option."
-        items.append(VQAItem(s.sample_id, s.image_loader, question, letters[options.index(description)],
+        items.append(VQAItem(f"skimage/{name}", loader, question, letters[options.index(description)],
                              list(letters)))
     return items
 
