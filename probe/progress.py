@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 from collections.abc import Iterator
 
+from rich import get_console
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 
@@ -18,6 +21,13 @@ class _Bar:
             self._progress.advance(self._task, n)
 
 
+def _console() -> Console | None:
+    """In Jupyter without ipywidgets, rich's live bars only warn; print them as plain text there instead."""
+    if get_console().is_jupyter and importlib.util.find_spec("ipywidgets") is None:
+        return Console(force_jupyter=False)
+    return None
+
+
 @contextlib.contextmanager
 def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator[_Bar]:
     """A bar with ``total`` steps; ``advance()`` it once per step."""
@@ -25,7 +35,7 @@ def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator
         yield _Bar(None, None)
         return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, transient=False) as progress:
+    with Progress(*columns, transient=False, console=_console()) as progress:
         yield _Bar(progress, progress.add_task(description, total=total))
 
 
@@ -49,8 +59,6 @@ def quiet_libraries(enabled: bool = True) -> Iterator[None]:
     if not enabled:
         yield
         return
-    import importlib
-
     import datasets
     from transformers.utils import logging as transformers_logging
 
