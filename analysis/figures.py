@@ -1,30 +1,32 @@
-"""The paper's figures from stored results (matplotlib; each written as PNG and PDF).
+"""The paper's figures from stored results (matplotlib; each written as PNG and PDF and returned, so a
+notebook shows it inline).
 
 - :func:`plot_mask_iou`: distribution of the IoU between text- and visual-calibrated masks (Fig. 1b);
-- :func:`plot_alpha`: average retention against ATV's alpha (Fig. 4);
-- :func:`plot_text_ratio`: average retention against the retained text-token ratio (Fig. 5);
-- :func:`plot_drift`: mean visual drift per block with the mean budget K on a second axis (Fig. A6);
+- :func:`plot_alpha`: task scores and average retention against ATV's alpha (Fig. 4);
+- :func:`plot_text_ratio`: the same against the retained text-token ratio (Fig. 5);
+- :func:`plot_drift`: mean visual drift per block over the mean budget K (Fig. A6);
 - :func:`plot_tsne`: t-SNE of text and visual activations entering one block (Fig. 1a).
+
+Error bars are one binomial standard error of a task score, ``sqrt(p (1 - p) / n)``, where the results
+carry the item count ``n``; the dense model's score is the dashed line with its band.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from analysis.results import ResultsError  # noqa: E402
-from analysis.tables import retention  # noqa: E402
+from analysis.results import ResultsError
+from analysis.tables import retention
 
 
 def save(fig: Figure, out: Path) -> list[Path]:
-    """Write ``out`` with the suffixes .png and .pdf; returns both paths."""
+    """Write ``out`` with the suffixes .png and .pdf; returns both paths. The figure leaves pyplot's
+    registry (scripts make many) but stays drawable: a notebook displays the returned figure."""
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = [out.with_suffix(".png"), out.with_suffix(".pdf")]
     for path in paths:
@@ -33,31 +35,35 @@ def save(fig: Figure, out: Path) -> list[Path]:
     return paths
 
 
-def plot_mask_iou(iou: pd.DataFrame, out: Path) -> Figure:
-    """Histogram of mask IoU per pathway; ``iou`` has columns pathway, sparsity, linear, iou."""
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+def _title(what: str, model: str | None) -> str:
+    return f"{model}: {what}" if model else what
+
+
+def plot_mask_iou(iou: pd.DataFrame, out: Path, model: str | None = None) -> Figure:
+    """IoU of the text-pool and visual-pool masks per linear, a panel per pathway and an outlined
+    histogram per sparsity (they overlap without hiding each other), medians dotted. ``iou`` has
+    columns pathway, sparsity, linear, iou."""
+    pathways = list(dict.fromkeys(iou.pathway))
+    fig, axes = plt.subplots(1, len(pathways), figsize=(4.5 * len(pathways), 3.5), sharey=True, squeeze=False)
     bins = np.linspace(0, 1, 41)
-    for (pathway, sparsity), group in iou.groupby(["pathway", "sparsity"]):
-        ax.hist(group.iou, bins=bins, alpha=0.6, label=f"{pathway} pathway, {float(sparsity):.0%}")
-    ax.set_xlabel("mask IoU (text pool vs visual pool)")
-    ax.set_ylabel("linears")
-    ax.legend()
+    for ax, pathway in zip(axes[0], pathways):
+        for (sparsity, group), color in zip(iou[iou.pathway == pathway].groupby("sparsity"), plt.cm.tab10.colors):
+            ax.hist(group.iou, bins=bins, histtype="step", linewidth=1.8, color=color,
+                    label=f"{float(sparsity):.0%} sparsity")
+            ax.axvline(group.iou.median(), color=color, linestyle=":", linewidth=1)
+        ax.set_title(f"{pathway} pathway")
+        ax.set_xlabel("mask IoU (text pool vs visual pool)")
+        ax.legend(fontsize="small")
+    axes[0][0].set_ylabel("linears")
+    fig.suptitle(_title("masks from text- vs visual-token statistics (Fig. 1b)", model))
     save(fig, out)
     return fig
 
 
-def _retention_by(results: pd.DataFrame, key: pd.Series, what: str) -> pd.DataFrame:
-    """Average retention of every pruned cell, with ``key`` (one value per row of ``results``); ``what``
-    names the cells a figure needs, for the error when the grid has none."""
-    dense = results[results.pathway == "dense"].set_index("task")["score"]
-    if dense.empty:
-        raise ResultsError("the grid holds no dense cell to compute retention against")
-    pruned = results[results.pathway != "dense"].assign(key=key)
-    rows = [{"key": k, "setting": s, "retention": retention(g.set_index("task")["score"], dense)}
-            for (k, s), g in pruned.dropna(subset=["key"]).groupby(["key", "setting"])]
-    if not rows:
-        raise ResultsError(f"the grid holds no {what} cells (a table2 grid of ATV variants has them)")
-    return pd.DataFrame(rows).sort_values("key")
+def _binomial_se(score: pd.Series, n: pd.Series | None) -> pd.Series:
+    if n is None:
+        return pd.Series(np.nan, index=score.index)
+    return np.sqrt(score * (1 - score) / n.astype(float))
 
 
 def _atv_setting(methods: pd.Series, name: str, default: float) -> pd.Series:
@@ -73,43 +79,97 @@ def _atv_setting(methods: pd.Series, name: str, default: float) -> pd.Series:
     return pd.Series(values, index=methods.index)
 
 
-def _line_plot(table: pd.DataFrame, xlabel: str, out: Path) -> Figure:
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for setting, group in table.groupby("setting"):
-        ax.plot(group.key, group.retention, marker="o", label=str(setting))
+def _sweep_points(results: pd.DataFrame, key: pd.Series, what: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per task and point: score and its standard error, in %; per point: average retention) of the
+    pruned cells with a ``key`` value, and the dense scores; ``what`` names the cells for the error."""
+    dense = results[results.pathway == "dense"]
+    if dense.empty:
+        raise ResultsError("the grid holds no dense cell to compute retention against")
+    pruned = results[results.pathway != "dense"].assign(key=key).dropna(subset=["key"])
+    if pruned.empty:
+        raise ResultsError(f"the grid holds no {what} cells (a table2 grid of ATV variants has them)")
+    n = pruned["n"] if "n" in pruned else None
+    points = pruned.assign(score_pct=100 * pruned.score, se_pct=100 * _binomial_se(pruned.score, n))
+    dense_scores = dense.set_index("task")["score"]
+    averages = pd.DataFrame([
+        {"key": k, "setting": s, "retention": retention(g.set_index("task")["score"], dense_scores)}
+        for (k, s), g in pruned.groupby(["key", "setting"])])
+    return points.sort_values("key"), averages.sort_values("key")
+
+
+def _sweep_plot(results: pd.DataFrame, key: pd.Series, what: str, xlabel: str, out: Path, categorical: bool,
+                model: str | None) -> Figure:
+    """A panel per task (score against the swept setting, error bars, the dense line) and a last panel
+    of the average retention."""
+    points, averages = _sweep_points(results, key, what)
+    dense = results[results.pathway == "dense"].set_index("task")
+    tasks = list(dense.index)
+    values = sorted(points.key.unique())
+    position = {v: i for i, v in enumerate(values)} if categorical else {v: v for v in values}
+    fig, axes = plt.subplots(1, len(tasks) + 1, figsize=(3.2 * (len(tasks) + 1), 3.2), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        score = 100 * dense.at[task, "score"]
+        se = 100 * float(_binomial_se(dense.loc[[task], "score"], dense.loc[[task], "n"] if "n" in dense else None)
+                         .iloc[0])
+        ax.axhline(score, color="gray", linestyle="--", linewidth=1, label="dense")
+        if se == se:
+            ax.axhspan(score - se, score + se, color="gray", alpha=0.15)
+        for setting, group in points[points.task == task].groupby("setting", sort=False):
+            ax.errorbar([position[v] for v in group.key], group.score_pct, yerr=group.se_pct, marker="o",
+                        capsize=3, label=str(setting))
+        ax.set_title(task)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("score (%)")
+    ax = axes[0][-1]
+    for setting, group in averages.groupby("setting", sort=False):
+        ax.plot([position[v] for v in group.key], group.retention, marker="o", label=str(setting))
+    ax.axhline(100, color="gray", linestyle="--", linewidth=1)
+    ax.set_title("average")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("average retention (%)")
-    ax.legend(title="sparsity")
+    ax.legend(title="sparsity", fontsize="small")
+    if categorical:
+        for ax in axes[0]:
+            ax.set_xticks(range(len(values)), [f"{v:g}" for v in values])
+    fig.suptitle(_title(f"ATV: {xlabel}", model))
+    fig.tight_layout()
     save(fig, out)
     return fig
 
 
-def plot_alpha(results: pd.DataFrame, out: Path) -> Figure:
-    """Average retention against alpha, from a grid whose methods are ``atv(alpha=...)`` cells."""
-    table = _retention_by(results, _atv_setting(results.method, "alpha", 1.0), "atv(alpha=...)")
-    return _line_plot(table, "alpha", out)
+def plot_alpha(results: pd.DataFrame, out: Path, model: str | None = None) -> Figure:
+    """Scores and average retention against alpha (categorical axis: 0 and a doubling sweep), from a
+    grid whose methods are ``atv(alpha=...)`` cells (plain ``atv`` counts as alpha = 1)."""
+    key = _atv_setting(results.method, "alpha", 1.0)
+    return _sweep_plot(results, key, "atv(alpha=...)", "alpha", out, categorical=True, model=model)
 
 
-def plot_text_ratio(results: pd.DataFrame, out: Path) -> Figure:
-    """Average retention against the retained text ratio, from ``atv(text_ratio=...)`` cells."""
-    table = _retention_by(results, _atv_setting(results.method, "text_ratio", 1.0), "atv(text_ratio=...)")
-    return _line_plot(table, "retained text-token ratio", out)
+def plot_text_ratio(results: pd.DataFrame, out: Path, model: str | None = None) -> Figure:
+    """Scores and average retention against the retained text ratio, from ``atv(text_ratio=...)`` cells."""
+    key = _atv_setting(results.method, "text_ratio", 1.0)
+    return _sweep_plot(results, key, "atv(text_ratio=...)", "retained text-token ratio", out, categorical=False,
+                       model=model)
 
 
-def plot_drift(blocks: pd.DataFrame, out: Path) -> Figure:
-    """Mean visual drift per block (left axis) and mean budget K (right axis)."""
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(blocks.block, blocks.mean_drift, marker="o", color="tab:blue")
+def plot_drift(blocks: pd.DataFrame, out: Path, title: str | None = None) -> Figure:
+    """Mean budget K per block as bars (right axis) under the mean visual drift s̄ as a line (left axis)."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.5))
+    right = ax.twinx()
+    bars = right.bar(blocks.block, blocks.k_mean, alpha=0.35, color="tab:orange", label="mean visual tokens kept K")
+    right.set_ylabel("mean visual tokens kept K")
+    (line,) = ax.plot(blocks.block, blocks.mean_drift, marker="o", color="tab:blue", label="mean visual drift s̄")
     ax.set_xlabel("block")
     ax.set_ylabel("mean visual drift s̄")
-    right = ax.twinx()
-    right.bar(blocks.block, blocks.k_mean, alpha=0.3, color="tab:orange")
-    right.set_ylabel("mean visual tokens kept K")
+    ax.set_zorder(right.get_zorder() + 1)  # the line in front of the bars
+    ax.patch.set_visible(False)
+    ax.legend(handles=[line, bars], loc="upper left", fontsize="small")
+    ax.set_title(title or "ATV drift and budget per block (Fig. A6)")
     save(fig, out)
     return fig
 
 
-def plot_tsne(activations: np.ndarray, visual: np.ndarray, out: Path, seed: int = 0) -> Figure:
+def plot_tsne(activations: np.ndarray, visual: np.ndarray, out: Path, seed: int = 0, title: str | None = None
+              ) -> Figure:
     """t-SNE (scikit-learn) of token activations (n, hidden), coloured by modality."""
     from sklearn.manifold import TSNE
 
@@ -120,6 +180,7 @@ def plot_tsne(activations: np.ndarray, visual: np.ndarray, out: Path, seed: int 
     ax.scatter(points[visual, 0], points[visual, 1], s=6, label="visual tokens")
     ax.set_xlabel("t-SNE 1")
     ax.set_ylabel("t-SNE 2")
+    ax.set_title(title or "t-SNE of block inputs (Fig. 1a)")
     ax.legend()
     save(fig, out)
     return fig

@@ -54,9 +54,15 @@ def _setting_labels(frame: pd.DataFrame) -> pd.Series:
     return frame["sparsity"].map(lambda s: f"{float(s):.0%}")
 
 
+SCORES = "score (%)"  # the column group of the task scores
+RETENTION = "retention (%)"  # the column group of the average retention
+AVERAGE = "avg"
+
+
 def retention_table(results: pd.DataFrame, rows: list[str]) -> pd.DataFrame:
-    """Rows keyed by ``rows`` (the dense row first), a column block per setting holding the task scores
-    (in %) and the average retention. The dense row repeats its scores in every block.
+    """The paper's layout: a row group per setting (50%, 60%, 2:4, ...) holding a row per ``rows`` key,
+    the dense row first; columns are the task scores (in %) under ``score (%)`` and the average
+    retention under ``retention (%)``.
 
     ``results`` has one row per cell and task with columns ``pathway`` (``dense`` for the dense cell),
     ``task``, ``score``, the ``rows`` keys and ``setting`` (or ``sparsity``).
@@ -66,26 +72,22 @@ def retention_table(results: pd.DataFrame, rows: list[str]) -> pd.DataFrame:
         raise ResultsError("the results hold no dense cell")
     tasks = list(dense.index)
     pruned = results[results.pathway != "dense"].assign(label=lambda f: _setting_labels(f))
-    labels = list(dict.fromkeys(pruned.label))
-    dense_key = ("dense",) + ("-",) * (len(rows) - 1)
-    table: dict[tuple, dict[tuple[str, str], float]] = {
-        dense_key: {**{(label, t): 100 * dense[t] for label in labels for t in tasks},
-                    **{(label, "avg retention"): 100.0 for label in labels}}
-    }
-    for key, group in pruned.groupby(rows, sort=False):
-        key = key if isinstance(key, tuple) else (key,)
-        entry = {}
-        for label, cell in group.groupby("label", sort=False):
-            scores = cell.set_index("task")["score"]
-            for t in tasks:
-                entry[(label, t)] = 100 * scores.get(t, float("nan"))
-            entry[(label, "avg retention")] = retention(scores, dense)
-        table[key] = entry
-    order = [(label, t) for label in labels for t in [*tasks, "avg retention"]]
-    frame = pd.DataFrame.from_dict(table, orient="index").reindex(columns=order)
-    frame.index = pd.MultiIndex.from_tuples(list(table), names=rows)
-    frame.columns = pd.MultiIndex.from_tuples(order, names=["setting", "task"])
+    entries: dict[tuple, list[float]] = {
+        ("dense", "dense", *["-"] * (len(rows) - 1)): [100 * dense[t] for t in tasks] + [100.0]}
+    for label in dict.fromkeys(pruned.label):
+        for key, group in pruned[pruned.label == label].groupby(rows, sort=False):
+            key = key if isinstance(key, tuple) else (key,)
+            scores = group.set_index("task")["score"]
+            entries[(label, *key)] = [100 * scores.get(t, float("nan")) for t in tasks] + [retention(scores, dense)]
+    frame = pd.DataFrame.from_dict(entries, orient="index")
+    frame.index = pd.MultiIndex.from_tuples(list(entries), names=["setting", *rows])
+    frame.columns = pd.MultiIndex.from_tuples([(SCORES, t) for t in tasks] + [(RETENTION, AVERAGE)])
     return frame
+
+
+def average_retention(frame: pd.DataFrame) -> pd.Series:
+    """The average retention column of a :func:`retention_table`."""
+    return frame[(RETENTION, AVERAGE)]
 
 
 def table1(results: pd.DataFrame) -> pd.DataFrame:
@@ -116,34 +118,32 @@ def table3(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def _flat_header(frame: pd.DataFrame) -> list[str]:
-    return [f"{a} {b}" for a, b in frame.columns]
-
-
-def _cells(frame: pd.DataFrame, digits: int) -> list[tuple[list[str], list[str]]]:
-    out = []
-    for key, row in frame.iterrows():
-        key = list(key) if isinstance(key, tuple) else [key]
-        out.append(([str(k) for k in key], ["" if pd.isna(v) else f"{v:.{digits}f}" for v in row]))
-    return out
+    """One-line column names: a task's name for its score, ``avg retention (%)`` for the retention."""
+    names = []
+    for column in frame.columns:
+        group, name = column if isinstance(column, tuple) else ("", column)
+        names.append(f"{name} {group}" if group == RETENTION else str(name))
+    return names
 
 
 def to_markdown(frame: pd.DataFrame, digits: int = 2) -> str:
-    """A GitHub markdown table; NaN cells are left empty."""
+    """A GitHub markdown table, one column per index level; NaN cells are left empty."""
     header = [*frame.index.names, *_flat_header(frame)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(keys + values) + " |" for keys, values in _cells(frame, digits)]
+    for key, row in frame.iterrows():
+        keys = [str(k) for k in (key if isinstance(key, tuple) else (key,))]
+        values = ["" if pd.isna(v) else f"{v:.{digits}f}" for v in row]
+        lines.append("| " + " | ".join(keys + values) + " |")
     return "\n".join(lines) + "\n"
 
 
 def to_latex(frame: pd.DataFrame, digits: int = 2) -> str:
-    """A LaTeX tabular (booktabs)."""
-    header = [*frame.index.names, *_flat_header(frame)]
-    escape = lambda text: str(text).replace("%", r"\%").replace("_", r"\_")  # noqa: E731
-    lines = [r"\begin{tabular}{" + "l" * frame.index.nlevels + "r" * len(frame.columns) + "}", r"\toprule",
-             " & ".join(escape(h) for h in header) + r" \\", r"\midrule"]
-    lines += [" & ".join([escape(k) for k in keys] + values) + r" \\" for keys, values in _cells(frame, digits)]
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    return "\n".join(lines) + "\n"
+    """A LaTeX table through pandas' Styler: booktabs rules, the column groups as grouped headers and the
+    row groups (settings) as ``\\multirow`` blocks (needs the booktabs and multirow packages)."""
+    styler = frame.style.format(precision=digits, na_rep="").format_index(escape="latex", axis=0)
+    styler = styler.format_index(escape="latex", axis=1)
+    return styler.to_latex(hrules=True, multirow_align="t", multicol_align="c", clines="skip-last;data",
+                           column_format="l" * frame.index.nlevels + "r" * len(frame.columns))
 
 
 def write_table(frame: pd.DataFrame, out: Path, name: str) -> str:
@@ -159,39 +159,39 @@ def write_table(frame: pd.DataFrame, out: Path, name: str) -> str:
     return markdown
 
 
-def write_grid_table(results: pd.DataFrame, out: Path, grid: str, model: str | None = None) -> str:
-    """The table of a finished grid (``table1`` or ``table2``) written into ``out``; a method grid with
-    ATV selection-signal cells also gets ``table3``. When the paper reports ``model``, the average
-    retentions next to the paper's go to ``<grid>_vs_paper``."""
+def write_grid_table(results: pd.DataFrame, out: Path, grid: str, model: str | None = None,
+                     name: str | None = None) -> str:
+    """The table of a finished grid (``table1`` or ``table2``) written into ``out`` as ``name``.md/.csv/.tex
+    (``name`` defaults to the grid); a method grid with ATV selection-signal cells also gets
+    ``<name>_signals`` in Table 3's layout. When the paper reports ``model``, the average retentions next
+    to the paper's go to ``<name>_vs_paper``."""
     from analysis.results import load_paper, paper_model
 
+    name = name or grid
     rows = ["pathway", "pool"] if grid == "table1" else ["method"]
     if grid == "table1":
-        markdown = write_table(table1(results), out, "table1")
+        markdown = write_table(table1(results), out, name)
     else:
-        markdown = write_table(table2(results), out, "table2")
+        markdown = write_table(table2(results), out, name)
         signals = table3(results)
         if len(signals) > 2:  # the dense row and more than one ATV variant
-            markdown += "\n" + write_table(signals, out, "table3")
-    name = paper_model(model) if model else None
-    if name:
+            markdown += "\n" + write_table(signals, out, f"{name}_signals")
+    paper_name = paper_model(model) if model else None
+    if paper_name:
         paper = load_paper(grid)
-        compared = side_by_side(results, paper[paper.model == name], rows)
-        markdown += "\n" + write_table(compared, out, f"{grid}_vs_paper")
+        compared = side_by_side(results, paper[paper.model == paper_name], rows)
+        markdown += "\n" + write_table(compared, out, f"{name}_vs_paper")
     return markdown
 
 
 def side_by_side(ours: pd.DataFrame, paper: pd.DataFrame, rows: list[str]) -> pd.DataFrame:
-    """Average retention per row and setting, ours next to the paper's (``paper`` tidy, with rows keyed by
+    """Average retention per setting and row, ours next to the paper's (``paper`` tidy, with rows keyed by
     ``rows``, ``setting`` and ``task == "avg retention"``). Rows the paper lacks show NaN."""
-    frame = retention_table(ours, rows)
-    retained = frame.xs("avg retention", axis=1, level="task")
-    paper_avg = paper[paper.task == "avg retention"].set_index([*rows, "setting"])["score"]
-    out = {}
-    for setting in retained.columns:
-        out[(setting, "ours")] = retained[setting]
-        out[(setting, "paper")] = [paper_avg.get((*key, setting) if isinstance(key, tuple) else (key, setting),
-                                                 float("nan")) for key in retained.index]
-    result = pd.DataFrame(out, index=retained.index)
-    result.columns = pd.MultiIndex.from_tuples(list(out), names=["setting", "source"])
+    retained = average_retention(retention_table(ours, rows))
+    paper_avg = paper[paper.task == "avg retention"].set_index(["setting", *rows])["score"]
+    dense_key = ("dense", "dense", *["-"] * (len(rows) - 1))
+    theirs = [100.0 if key == dense_key else paper_avg.get(key, float("nan")) for key in retained.index]
+    result = pd.DataFrame({(RETENTION, "ours"): retained.to_numpy(), (RETENTION, "paper"): theirs},
+                          index=retained.index)
+    result.columns = pd.MultiIndex.from_tuples(list(result.columns))
     return result

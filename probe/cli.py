@@ -337,7 +337,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         raise RunInterrupted(f"interrupted: finished cells are kept in {Path(config.out) / 'results.csv'}; "
                              "run the same command again to resume") from None
-    print(write_grid_table(results, Path(config.out), config.grid, config.model))
+    print(write_grid_table(results, Path(config.out), config.grid, config.model, config.name or None))
     return 0
 
 
@@ -357,7 +357,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
         grid = source.parent.parent if source.parent.name == "cells" else source.parent
         out = args.out or grid / "figures" / f"{name}_{source.stem}"
     else:
+        grid = source
         out = args.out or source / "figures" / name
+    model = _recorded_model(grid)
     if args.figure == "iou":
         path = source / "mask_iou.csv"
         if not path.is_file():
@@ -365,14 +367,35 @@ def cmd_plot(args: argparse.Namespace) -> int:
         iou = pd.read_csv(path)
         if iou.empty:
             raise ResultsError(f"{path} holds no IoU records (the grid needs text- and visual-pool cells)")
-        figures.plot_mask_iou(iou, out)
+        figures.plot_mask_iou(iou, out, model=model)
     elif args.figure in ("alpha", "text-ratio"):
         plot = figures.plot_alpha if args.figure == "alpha" else figures.plot_text_ratio
-        plot(load_grid(source), out)
+        plot(load_grid(source), out, model=model)
     else:
-        figures.plot_drift(load_atv_blocks(source), out)
+        figures.plot_drift(load_atv_blocks(source), out, title=_drift_title(source, model))
     print(f"wrote {out.with_suffix('.png')} and {out.with_suffix('.pdf')}")
     return 0
+
+
+def _recorded_model(folder: Path) -> str | None:
+    """The model a grid or pruning run in ``folder`` used, from its manifest (None if it has none)."""
+    import json
+
+    path = folder / "manifest.json"
+    if not path.is_file():
+        return None
+    manifest = json.loads(path.read_text())
+    return manifest.get("model") or manifest.get("config", {}).get("model")
+
+
+def _drift_title(source: Path, model: str | None) -> str:
+    """``MODEL: ATV drift and budget per block, 50% unstructured`` from a run's or a cell's record."""
+    import json
+
+    record = source if source.suffix == ".json" else source / "manifest.json"
+    prune = json.loads(record.read_text()).get("prune", {}) if record.is_file() else {}
+    setting = f", {prune['sparsity']:.0%} {prune.get('pattern', '')}".rstrip() if "sparsity" in prune else ""
+    return f"{model + ': ' if model else ''}ATV drift and budget per block{setting}"
 
 
 def _plot_tsne(args: argparse.Namespace) -> int:
@@ -391,7 +414,8 @@ def _plot_tsne(args: argparse.Namespace) -> int:
     activations = torch.cat(hidden).cpu().numpy()
     visual = np.concatenate([s.visual_mask.cpu().numpy() for s in samples])
     out = args.out or Path("runs") / "figures" / f"tsne_block{args.block}"
-    figures.plot_tsne(activations, visual, out)
+    model = args.source or DEFAULT_MODEL
+    figures.plot_tsne(activations, visual, out, title=f"{model}: t-SNE of the inputs to block {args.block}")
     print(f"wrote {out.with_suffix('.png')} and {out.with_suffix('.pdf')}")
     return 0
 

@@ -78,6 +78,7 @@ class GridConfig:
     device: str = "cpu"
     max_pixels: int | None = None
     loglikelihood: str = "sum"  # how multiple-choice options are scored: sum or mean over their tokens
+    name: str = ""  # the tables' file name (default: the grid, table1 or table2)
     out: str = ""  # default: runs/grid/<grid>
 
     def __post_init__(self) -> None:

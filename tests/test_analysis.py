@@ -26,29 +26,46 @@ def labels(fig):
 def test_alpha_and_text_ratio_figures(tmp_path):
     results = method_results([("atv(alpha=0)", "50%", 0.4, 0.4), ("atv", "50%", 0.8, 0.4),
                               ("atv(alpha=4)", "50%", 0.6, 0.2), ("wanda", "50%", 0.1, 0.1),
-                              ("atv(signal=random)", "50%", 0.0, 0.0)])
-    fig = figures.plot_alpha(results, tmp_path / "alpha")
+                              ("atv(signal=random)", "50%", 0.0, 0.0)]).assign(n=20)
+    fig = figures.plot_alpha(results, tmp_path / "alpha", model="some-model")
     assert (tmp_path / "alpha.png").stat().st_size > 0 and (tmp_path / "alpha.pdf").stat().st_size > 0
-    assert labels(fig) == [("alpha", "average retention (%)")]
-    x, y = fig.axes[0].lines[0].get_data()
-    # wanda and the random-signal cell are left out
-    assert list(x) == [0.0, 1.0, 4.0] and list(y) == pytest.approx([75.0, 100.0, 62.5])
+    task_a, task_b, average = fig.axes
+    assert [ax.get_title() for ax in fig.axes] == ["a", "b", "average"]
+    assert fig.texts[0].get_text() == "some-model: ATV: alpha"
+    # alpha on a categorical axis: 0, 1, 4 equally spaced; wanda and the random-signal cell are left out
+    assert [t.get_text() for t in average.get_xticklabels()] == ["0", "1", "4"]
+    x, y = average.lines[0].get_data()
+    assert list(x) == [0, 1, 2] and list(y) == pytest.approx([75.0, 100.0, 62.5])
+    # task a: scores with one binomial standard error sqrt(p (1 - p) / n), the dense line at 80%
+    container = task_a.containers[0]
+    assert list(container.lines[0].get_ydata()) == pytest.approx([40.0, 80.0, 60.0])
+    bars = container.lines[2][0].get_segments()
+    expected = [100 * np.sqrt(p * (1 - p) / 20) for p in (0.4, 0.8, 0.6)]
+    assert [seg[1][1] - seg[0][1] for seg in bars] == pytest.approx([2 * e for e in expected])
+    assert task_a.lines[0].get_ydata()[0] == pytest.approx(80.0) and task_a.lines[0].get_linestyle() == "--"
     ratios = method_results([("atv(text_ratio=0.5)", "50%", 0.4, 0.2), ("atv", "50%", 0.8, 0.4)])
     fig = figures.plot_text_ratio(ratios, tmp_path / "ratio")
-    assert labels(fig) == [("retained text-token ratio", "average retention (%)")]
-    assert list(fig.axes[0].lines[0].get_data()[1]) == pytest.approx([50.0, 100.0])
+    assert fig.axes[-1].get_xlabel() == "retained text-token ratio"
+    assert list(fig.axes[-1].lines[0].get_data()[0]) == [0.5, 1.0]
+    assert list(fig.axes[-1].lines[0].get_data()[1]) == pytest.approx([50.0, 100.0])
 
 
 def test_iou_drift_and_tsne_figures(tmp_path):
     iou = pd.DataFrame({"pathway": ["text"] * 3 + ["visual"] * 3, "sparsity": [0.5] * 6, "linear": list("abcdef"),
                         "iou": [0.5, 0.6, 0.7, 0.2, 0.3, 0.9]})
     fig = figures.plot_mask_iou(iou, tmp_path / "iou")
-    assert labels(fig) == [("mask IoU (text pool vs visual pool)", "linears")]
-    assert sum(p.get_height() for p in fig.axes[0].patches) == 6
+    assert [ax.get_title() for ax in fig.axes] == ["text pathway", "visual pathway"]
+    assert labels(fig)[0] == ("mask IoU (text pool vs visual pool)", "linears")
+    counts, _ = np.histogram([0.5, 0.6, 0.7], bins=np.linspace(0, 1, 41))
+    heights = fig.axes[0].patches[0].get_xy()[:, 1]  # an outlined histogram is one polygon
+    assert heights.max() == counts.max() and sum(1 for ax in fig.axes for _ in ax.patches) == 2
     blocks = pd.DataFrame({"block": [0, 1, 2], "mean_drift": [0.1, 0.3, 0.2], "k_mean": [3.0, 9.0, 6.0]})
-    fig = figures.plot_drift(blocks, tmp_path / "drift")
-    assert labels(fig) == [("block", "mean visual drift s̄"), ("", "mean visual tokens kept K")]
-    assert [p.get_height() for p in fig.axes[1].patches] == [3.0, 9.0, 6.0]
+    fig = figures.plot_drift(blocks, tmp_path / "drift", title="m: drift")
+    line_axis, bar_axis = fig.axes
+    assert line_axis.get_ylabel() == "mean visual drift s̄" and bar_axis.get_ylabel() == "mean visual tokens kept K"
+    assert [p.get_height() for p in bar_axis.patches] == [3.0, 9.0, 6.0]
+    assert line_axis.get_zorder() > bar_axis.get_zorder() and line_axis.get_legend() is not None
+    assert line_axis.get_title() == "m: drift"
     rng = np.random.RandomState(0)
     activations = np.concatenate([rng.randn(20, 8), rng.randn(20, 8) + 5])
     visual = np.array([False] * 20 + [True] * 20)
@@ -61,10 +78,11 @@ def test_side_by_side_with_the_papers_table2():
     paper = paper[paper.model == "llava-next-8b"]
     ours = method_results([("wanda", "50%", 0.4, 0.4), ("atv", "50%", 0.8, 0.2), ("magnitude", "50%", 0.2, 0.2)])
     table = side_by_side(ours, paper, ["method"])
-    assert table.loc[("wanda",), ("50%", "ours")].item() == pytest.approx(75.0)
-    assert table.loc[("wanda",), ("50%", "paper")].item() == pytest.approx(88.36)
-    assert table.loc[("atv",), ("50%", "paper")].item() == pytest.approx(94.00)
-    assert np.isnan(table.loc[("magnitude",), ("50%", "paper")].item())
+    ours_col, paper_col = ("retention (%)", "ours"), ("retention (%)", "paper")
+    assert table.loc[("50%", "wanda"), ours_col] == pytest.approx(75.0)
+    assert table.loc[("50%", "wanda"), paper_col] == pytest.approx(88.36)
+    assert table.loc[("50%", "atv"), paper_col] == pytest.approx(94.00)
+    assert np.isnan(table.loc[("50%", "magnitude"), paper_col])
 
 
 def test_paper_tables_agree_with_the_spec():
@@ -105,10 +123,11 @@ def test_table3_layout_from_ablation_cells():
                               ("atv(signal=abs)", "50%", 0.8, 0.2),
                               ("atv(alpha=2)", "50%", 0.0, 0.0), ("wanda", "50%", 0.0, 0.0)])
     t = table3(results)
-    assert list(t.index) == [("dense", "-"), ("drift", "yes"), ("drift", "no"), ("random", "no"), ("abs", "yes")]
-    assert t.loc[("drift", "no"), ("50%", "avg retention")] == pytest.approx(75.0)
-    assert t.loc[("random", "no"), ("50%", "avg retention")] == pytest.approx(50.0)
-    assert t.loc[("abs", "yes"), ("50%", "a")] == pytest.approx(80.0)
+    assert list(t.index) == [("dense", "dense", "-"), ("50%", "drift", "yes"), ("50%", "drift", "no"),
+                             ("50%", "random", "no"), ("50%", "abs", "yes")]
+    assert t.loc[("50%", "drift", "no"), ("retention (%)", "avg")] == pytest.approx(75.0)
+    assert t.loc[("50%", "random", "no"), ("retention (%)", "avg")] == pytest.approx(50.0)
+    assert t.loc[("50%", "abs", "yes"), ("score (%)", "a")] == pytest.approx(80.0)
 
 
 def test_grid_tables_go_next_to_the_papers_when_the_model_matches(tmp_path):
@@ -119,5 +138,6 @@ def test_grid_tables_go_next_to_the_papers_when_the_model_matches(tmp_path):
     assert not (tmp_path / "table2_vs_paper.md").exists()
     markdown = write_grid_table(ours, tmp_path, "table2", "llava-hf/llama3-llava-next-8b-hf")
     compared = (tmp_path / "table2_vs_paper.md").read_text()
-    assert "| method | 50% ours | 50% paper |" in compared and "| wanda | 75.00 | 88.36 |" in compared
+    assert "| setting | method | ours retention (%) | paper retention (%) |" in compared
+    assert "| 50% | wanda | 75.00 | 88.36 |" in compared and "| dense | dense | 100.00 | 100.00 |" in compared
     assert compared in markdown

@@ -68,19 +68,24 @@ def test_retention_and_table1_layout_against_hand_computed_values():
     frame = pd.DataFrame(rows, columns=["pathway", "pool", "sparsity", "task", "score"])
     assert retention(pd.Series({"a": 0.4, "b": 0.5}), pd.Series({"a": 0.8, "b": 0.5})) == pytest.approx(75.0)
     t = table1(frame)
-    assert list(t.index) == [("dense", "-"), ("text", "text"), ("visual", "mixed")]
-    assert t.loc[("text", "text"), ("50%", "avg retention")] == pytest.approx((0.5 + 1.0) / 2 * 100)
-    assert t.loc[("text", "text"), ("60%", "avg retention")] == pytest.approx((0.25 + 0.5) / 2 * 100)
-    assert t.loc[("visual", "mixed"), ("50%", "avg retention")] == pytest.approx((1.0 + 1.1) / 2 * 100)
-    assert t.loc[("dense", "-"), ("60%", "a")] == pytest.approx(80.0)
-    assert t.loc[("dense", "-"), ("50%", "avg retention")] == 100.0
-    assert pd.isna(t.loc[("visual", "mixed"), ("60%", "a")])
+    # the paper's layout: sparsity as row groups, the dense row first, tasks as columns
+    assert list(t.index) == [("dense", "dense", "-"), ("50%", "text", "text"), ("50%", "visual", "mixed"),
+                             ("60%", "text", "text")]
+    avg, a = ("retention (%)", "avg"), ("score (%)", "a")
+    assert t.loc[("50%", "text", "text"), avg] == pytest.approx((0.5 + 1.0) / 2 * 100)
+    assert t.loc[("60%", "text", "text"), avg] == pytest.approx((0.25 + 0.5) / 2 * 100)
+    assert t.loc[("50%", "visual", "mixed"), avg] == pytest.approx((1.0 + 1.1) / 2 * 100)
+    assert t.loc[("dense", "dense", "-"), a] == pytest.approx(80.0)
+    assert t.loc[("dense", "dense", "-"), avg] == 100.0
     md = to_markdown(t)
-    assert md.splitlines()[0] == ("| pathway | pool | 50% a | 50% b | 50% avg retention | 60% a | 60% b "
-                                  "| 60% avg retention |")
-    assert "| text | text | 40.00 | 50.00 | 75.00 | 20.00 | 25.00 | 37.50 |" in md
-    assert "| visual | mixed | 80.00 | 55.00 | 105.00 |  |  |  |" in md
-    assert r"50\% avg retention" in to_latex(t) and to_latex(t).count(r"\\") == 4
+    assert md.splitlines()[0] == "| setting | pathway | pool | a | b | avg retention (%) |"
+    assert "| 50% | text | text | 40.00 | 50.00 | 75.00 |" in md
+    assert "| 60% | text | text | 20.00 | 25.00 | 37.50 |" in md
+    assert "| 50% | visual | mixed | 80.00 | 55.00 | 105.00 |" in md
+    latex = to_latex(t)
+    assert r"\multirow" in latex and r"\toprule" in latex and r"50\%" in latex
+    assert r"\multicolumn{2}{c}{score (\%)}" in latex and "retention (\\%)" in latex
+    assert latex.count("40.00") == 1 and latex.count("37.50") == 1
 
 
 def test_method_grid_prunes_every_method_and_setting(tmp_path):
@@ -97,8 +102,9 @@ def test_method_grid_prunes_every_method_and_setting(tmp_path):
     assert record["prune"]["pattern"] == "2:4" and record["atv_blocks"]
     assert set(record["sparsity"].values()) == {0.5}
     table = table2(results)
-    assert list(table.index) == [("dense",), ("magnitude",), ("atv",), ("tamp",)]
-    assert [c[0] for c in table.columns][::2] == ["50%", "2:4"]
+    assert list(table.index) == [("dense", "dense"), ("50%", "magnitude"), ("50%", "atv"), ("50%", "tamp"),
+                                 ("2:4", "magnitude"), ("2:4", "atv"), ("2:4", "tamp")]
+    assert list(table.columns) == [("score (%)", "digits"), ("retention (%)", "avg")]
     with pytest.raises(GridConfigError, match="other settings.*methods"):
         run_grid(small_config(tmp_path, grid="table2", methods=["wanda"], settings=["0.5", "2:4"], tasks="digits"),
                  show_progress=False)
@@ -113,10 +119,12 @@ def test_table2_layout_against_hand_computed_values():
             ("all", "atv", "50%", "a", 0.8), ("all", "atv", "50%", "b", 0.2)]
     frame = pd.DataFrame(rows, columns=["pathway", "method", "setting", "task", "score"])
     t = table2(frame)
-    assert t.loc[("wanda",), ("50%", "avg retention")].item() == pytest.approx(75.0)
-    assert t.loc[("wanda",), ("2:4", "avg retention")].item() == pytest.approx(25.0)
-    assert t.loc[("atv",), ("50%", "avg retention")].item() == pytest.approx(75.0)
-    assert "| method | 50% a | 50% b | 50% avg retention | 2:4 a | 2:4 b | 2:4 avg retention |" in to_markdown(t)
+    avg = ("retention (%)", "avg")
+    assert t.loc[("50%", "wanda"), avg] == pytest.approx(75.0)
+    assert t.loc[("2:4", "wanda"), avg] == pytest.approx(25.0)
+    assert t.loc[("50%", "atv"), avg] == pytest.approx(75.0)
+    assert "| setting | method | a | b | avg retention (%) |" in to_markdown(t)
+    assert "| 2:4 | wanda | 20.00 | 10.00 | 25.00 |" in to_markdown(t)
 
 
 def test_ablation_cells_take_atv_settings_and_fixed_budgets_match_adaptive(tmp_path):
