@@ -56,6 +56,7 @@ def plot_mask_iou(iou: pd.DataFrame, out: Path, model: str | None = None) -> Fig
         ax.legend(fontsize="small")
     axes[0][0].set_ylabel("linears")
     fig.suptitle(_title("masks from text- vs visual-token statistics (Fig. 1b)", model))
+    fig.tight_layout()
     save(fig, out)
     return fig
 

@@ -174,7 +174,7 @@ def write_grid_table(results: pd.DataFrame, out: Path, grid: str, model: str | N
     else:
         markdown = write_table(table2(results), out, name)
         signals = table3(results)
-        if len(signals) > 2:  # the dense row and more than one ATV variant
+        if signals.index.droplevel("setting").nunique() > 2:  # the dense row and more than one ATV variant
             markdown += "\n" + write_table(signals, out, f"{name}_signals")
     paper_name = paper_model(model) if model else None
     if paper_name:
