@@ -16,7 +16,7 @@ from probe.data import offline
 from probe.evaluation import harness
 from probe.evaluation.harness import HubUnavailableError, UnknownTaskError, evaluate, resolve_tasks, tidy_results
 from probe.evaluation.task_files import built_tasks, ensure_task_files
-from probe.evaluation.wrapper import ProbeLVLM
+from probe.evaluation.wrapper import ProbeLVLM, UnsupportedRequestError
 from probe.loading import load_model
 
 
@@ -276,7 +276,7 @@ def test_mean_token_loss_option_divides_by_the_continuation_length(tiny):
     request = Instance("loglikelihood", (context, continuation, None, 0, "t", "test"), idx=0,
                        metadata={"task": "t", "doc_id": 0, "repeats": 1})
     assert wrapper.loglikelihood([request])[0].text[0] == pytest.approx(-expected, abs=1e-4)
-    with pytest.raises(harness.UnsupportedRequestError, match="loglikelihood"):
+    with pytest.raises(UnsupportedRequestError, match="loglikelihood"):
         ProbeLVLM(loaded=tiny, loglikelihood="median")
 
 

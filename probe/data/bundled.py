@@ -19,13 +19,13 @@ import random
 import numpy as np
 from PIL import Image
 
-from probe.data.calibration import ConversationSample
 from probe.data.offline import (
     FASHION_CLASSES,
     digits_split_indices,
     fashion_arrays,
     fashion_mnist_available,
 )
+from probe.data.samples import ConversationSample
 
 PROMPTS = (
     "Describe this image in detail.",

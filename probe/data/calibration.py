@@ -28,33 +28,9 @@ from typing import Any, Literal
 
 from PIL import Image
 
-from probe.errors import ProbeError
+from probe.data.samples import CalibrationError, ConversationSample
 
 IMAGE_PLACEHOLDER = "<image>"
-
-
-class CalibrationError(ProbeError):
-    """A calibration source or sample that cannot be used."""
-
-
-@dataclass
-class ConversationSample:
-    """One image + conversation, images loaded lazily."""
-
-    sample_id: str
-    conversations: list[dict[str, str]]  # LLaVA format: {"from": "human"|"gpt"|"system", "value": str}
-    image_loader: Callable[[], Image.Image] | None
-    source: str = ""
-
-    def load_image(self) -> Image.Image:
-        if self.image_loader is None:
-            raise CalibrationError(f"sample {self.sample_id!r} has no image")
-        try:
-            return self.image_loader().convert("RGB")
-        except CalibrationError:
-            raise
-        except Exception as exc:  # PIL raises many types for unreadable files
-            raise CalibrationError(f"sample {self.sample_id!r}: image cannot be read ({exc})") from exc
 
 
 @dataclass(frozen=True)

@@ -44,10 +44,6 @@ class UnknownTaskError(ProbeError):
     """A task list naming nothing, or an offline task whose data is not built here."""
 
 
-class UnsupportedRequestError(ProbeError):
-    """A request the probe wrapper cannot serve (e.g. video input)."""
-
-
 class HubUnavailableError(ProbeError):
     """A hub task requested where the Hugging Face hub cannot be reached."""
 

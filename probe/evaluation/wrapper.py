@@ -28,13 +28,17 @@ from lmms_eval.api.model import lmms
 from lmms_eval.api.registry import register_model
 from PIL import Image
 
-from probe.evaluation.harness import UnsupportedRequestError
+from probe.errors import ProbeError
 from probe.loading import LoadedModel, load_model, parse_dtype
 from probe.progress import progress_bar
 from probe.vision_cache import VisionFeatureCache
 
 IMAGE_PLACEHOLDER = "<image>"
 LOGLIKELIHOOD_REDUCTIONS = ("sum", "mean")
+
+
+class UnsupportedRequestError(ProbeError):
+    """A request the probe wrapper cannot serve (e.g. video input) or a setting it does not know."""
 
 
 @register_model("probe")
