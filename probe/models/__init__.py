@@ -1,6 +1,7 @@
 """LVLM family adapters. Importing this package registers every built-in family."""
 
 from probe.models import (  # noqa: F401  (imported for registration)
+    fast_vlm,
     gemma3,
     idefics3,
     internvl,
