@@ -2,6 +2,7 @@
 
 import json
 
+import pandas as pd
 import pytest
 from transformers import AutoModelForImageTextToText
 
@@ -80,3 +81,24 @@ def test_prune_keeps_the_source_video_processor_config_it_could_not_load(tmp_pat
     bare = tmp_path / "bare"
     assert main(["prune", "tiny:qwen2_vl", "--method", "magnitude", "--out", str(bare), "--no-progress"]) == 0
     assert not (bare / "video_preprocessor_config.json").exists()
+
+
+def test_quick_and_default_grids_never_write_into_stored_results(tmp_path, monkeypatch, capsys):
+    """`probe grid CONFIG --quick` goes to runs/grid/<config>-quick even when the config names a folder
+    under results/; --log-samples writes every item's answer per cell."""
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "mine.yaml"
+    config.write_text("model: tiny:llava\ntasks: digits\npathways: [text]\npools: [text]\n"
+                      "out: results/grid/mine\n")
+    assert main(["grid", str(config), "--quick", "--log-samples", "--no-progress"]) == 0
+    out = tmp_path / "runs" / "grid" / "mine-quick"
+    assert not (tmp_path / "results").exists()
+    results = pd.read_csv(out / "results.csv")
+    assert set(results.cell) == {"dense", "text/text/0.5"} and set(results.n) == {5}
+    samples = sorted((out / "samples").glob("*.jsonl"))
+    assert [p.stem for p in samples] == ["dense", "text_text_0_5"]
+    assert all(len(p.read_text().splitlines()) == 5 for p in samples)
+
+    from probe.grid import GridConfig
+
+    assert GridConfig().out == "runs/grid/table1" and GridConfig(grid="table2").out == "runs/grid/table2"
