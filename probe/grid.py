@@ -22,15 +22,18 @@ import re
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 import torch
 import yaml
+from filelock import FileLock
 from pydantic import TypeAdapter, ValidationError
 
 from probe.atv import AtvSettings
 from probe.calibrate import capture_calibration
+from probe.capture import CapturedSample
 from probe.data.calibration import CalibrationSpec, select
 from probe.devices import check_device
 from probe.engine import PruneConfig, PruneConfigError, prune
@@ -46,6 +49,7 @@ from probe.vision_cache import VisionFeatureCache
 QUICK = {"nsamples": 8, "limit": 5, "sparsities": [0.5], "settings": ["0.5"]}
 GRIDS = ("table1", "table2")
 IOU_POOLS = ("text", "visual")  # Fig. 1b compares the masks of these two pools
+RUN_ONLY = ("out", "cluster")  # settings that say where and how a grid runs, not what it computes
 
 
 class GridConfigError(ProbeError):
@@ -79,6 +83,7 @@ class GridConfig:
     max_pixels: int | None = None
     loglikelihood: str = "sum"  # how multiple-choice options are scored: sum or mean over their tokens
     name: str = ""  # the tables' file name (default: the grid, table1 or table2)
+    cluster: dict[str, Any] = field(default_factory=dict)  # resources of cluster jobs (probe.executors.Resources)
     out: str = ""  # default: runs/grid/<grid>
 
     def __post_init__(self) -> None:
@@ -240,11 +245,6 @@ def _read_csv(path: Path) -> pd.DataFrame:
     return pd.read_csv(path) if path.is_file() else pd.DataFrame()
 
 
-def _append_rows(path: Path, rows: list[dict]) -> None:
-    frame = pd.concat([_read_csv(path), pd.DataFrame(rows)], ignore_index=True)
-    write_text_atomic(path, frame.to_csv(index=False))
-
-
 def _save_masks(path: Path, masks: dict[str, torch.Tensor]) -> None:
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **{k: np.packbits(v.numpy()) for k, v in masks.items()},
@@ -265,7 +265,7 @@ def _load_masks(path: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def _record_path(out: Path, cell_id: str, folder: str = "cells", suffix: str = ".json") -> Path:
+def cell_path(out: Path, cell_id: str, folder: str = "cells", suffix: str = ".json") -> Path:
     """Where a cell's pruning record (or another per-cell file) goes: a file name made of letters,
     digits, - and _."""
     return out / folder / (re.sub(r"[^A-Za-z0-9_-]+", "_", cell_id.replace(":", "-")).strip("_") + suffix)
@@ -276,7 +276,7 @@ def _adaptive_total(out: Path, cell: Cell) -> int:
     kept (it must come earlier in ``methods``)."""
     if parse_method_spec(cell.method)[1].get("budget") != "fixed":
         return 1
-    path = _record_path(out, f"atv/{cell.setting}")
+    path = cell_path(out, f"atv/{cell.setting}")
     if not path.is_file():
         raise GridConfigError(f"{cell.cell_id} keeps as many visual tokens as the 'atv' cell of its setting: "
                               "list plain atv before it in methods")
@@ -291,7 +291,7 @@ def _check_same_settings(config: GridConfig, manifest: Path, calibration_ids: li
     stored = json.loads(manifest.read_text())
     before = stored.get("config", {})
     now = asdict(config)
-    changed = sorted(k for k in now if k != "out" and k in before and before[k] != now[k])
+    changed = sorted(k for k in now if k not in RUN_ONLY and k in before and before[k] != now[k])
     if "calibration_ids" in stored and stored["calibration_ids"] != calibration_ids:
         changed.append("calibration samples")
     if changed:
@@ -301,68 +301,211 @@ def _check_same_settings(config: GridConfig, manifest: Path, calibration_ids: li
         )
 
 
-def run_grid(config: GridConfig, show_progress: bool = True, log_samples: bool = False) -> pd.DataFrame:
-    """Run (or resume) the grid; returns the results frame (one row per cell and task). With
-    ``log_samples``, what the model answered for every item goes to ``samples/<cell>.jsonl``."""
+@dataclass
+class GridContext:
+    """What every cell of a grid shares: the model, its captured calibration, the tasks, a vision cache."""
+
+    config: GridConfig
+    base: LoadedModel
+    captured: list[CapturedSample]
+    tasks: list[str]
+    cache: VisionFeatureCache
+
+    @property
+    def out(self) -> Path:
+        return Path(self.config.out)
+
+
+@dataclass
+class GridPlan:
+    """A grid checked before any model work: its tasks, calibration draw and the cells still to run."""
+
+    config: GridConfig
+    tasks: list[str]
+    selected: Any  # the validated calibration draw (probe.data.calibration.select)
+    todo: list[Cell]
+
+    @property
+    def out(self) -> Path:
+        return Path(self.config.out)
+
+
+def plan_grid(config: GridConfig) -> GridPlan:
+    """Check everything a grid needs (device, tasks, calibration, an output folder made with the same
+    settings) and write its manifest; the cells without rows in ``results.csv`` are still to run."""
     out = Path(config.out)
-    results_path = out / "results.csv"
     check_device(config.device)
     tasks = resolve_tasks(config.tasks)
-    spec = config.calibration()
-    selected = select(spec)  # all data checks before any model work
+    selected = select(config.calibration())  # all data checks before any model work
     calibration_ids = [s.sample_id for s in selected.samples]
     _check_same_settings(config, out / "manifest.json", calibration_ids)
-    done = set(_read_csv(results_path).get("cell", pd.Series(dtype=str)))
-    todo = [c for c in cells(config) if c.cell_id not in done]
+    done = finished_cells(out)
     write_json_atomic(out / "manifest.json", {"config": asdict(config), "tasks": tasks,
                                               "calibration_ids": calibration_ids,
                                               "versions": package_versions()})
-    if not todo:
-        return _read_csv(results_path)
+    return GridPlan(config, tasks, selected, [c for c in cells(config) if c.cell_id not in done])
 
-    dtype = parse_dtype(config.dtype)
+
+def finished_cells(out: Path) -> set[str]:
+    """The cells whose rows are in ``out/results.csv``."""
+    return set(_read_csv(out / "results.csv").get("cell", pd.Series(dtype=str)))
+
+
+def open_context(plan: GridPlan, show_progress: bool = True, shared_calibration: bool = False) -> GridContext:
+    """Load the grid's model and capture its calibration set once. With ``shared_calibration`` (cells
+    running as separate jobs), the first job captures it into ``calibration.pt`` in the output folder,
+    under a file lock, and every other job loads it from there."""
+    config = plan.config
+    base = load_model(config.model, dtype=parse_dtype(config.dtype), device=config.device,
+                      max_pixels=config.max_pixels)
     cache = VisionFeatureCache()
-    base = load_model(config.model, dtype=dtype, device=config.device, max_pixels=config.max_pixels)
-    # pruning changes only decoder blocks, so every cell starts from the same captured block-0 inputs
-    captured = capture_calibration(base, selected, store_device=config.device, show_progress=show_progress,
+
+    def capture() -> list[CapturedSample]:
+        return capture_calibration(base, plan.selected, store_device=config.device, show_progress=show_progress,
                                    vision_cache=cache)
-    for cell in todo:
-        model = copy.deepcopy(base.model)
-        record: dict = {"cell": cell.cell_id}
-        if cell.pathway == "all":
-            prune_config = config.prune_config(cell.method, cell.sparsity, cell.pattern,
-                                               _adaptive_total(out, cell))
-            report = prune(model, base.adapter, copy.deepcopy(captured) if prune_config.needs_calibration else [],
-                           prune_config, show_progress=show_progress)
-            record.update(prune=asdict(prune_config), seconds=report.seconds, sparsity=report.sparsity,
-                          atv_blocks=report.pool_records)
-        elif cell.pathway != "dense":
-            probe = to_mot(model, base.adapter, config.replicate_o_proj)
-            prune_config = PruneConfig(method=config.method, sparsity=cell.sparsity, pool=cell.pool)
-            report = prune_pathway(probe, copy.deepcopy(captured), prune_config, cell.pathway,
-                                   show_progress=show_progress)
-            if cell.pool in IOU_POOLS:  # kept until both are there for the IoU (large: git ignores them)
-                masks = {}
-                for b, layer in enumerate(base.adapter.decoder_layers(model)):
-                    for name, routed in probe.routed_linears(layer).items():
-                        masks[f"layers.{b}.{name}"] = (getattr(routed, cell.pathway).weight == 0).cpu()
-                _save_masks(out / "masks" / f"{cell.pathway}-{cell.pool}-{cell.sparsity:g}.npz", masks)
-            record.update(prune=asdict(prune_config), pathway=cell.pathway, seconds=report.seconds)
-        samples_out = _record_path(out, cell.cell_id, "samples", ".jsonl") if log_samples else None
-        scores = evaluate(LoadedModel(model, base.processor, base.adapter, base.ref), tasks, config.limit,
-                          vision_cache=cache, show_progress=show_progress, seed=config.seed,
-                          loglikelihood=config.loglikelihood, samples_out=samples_out)
-        settings = {"cell": cell.cell_id, "pathway": cell.pathway, "pool": cell.pool, "sparsity": cell.sparsity,
-                    "method": cell.method, "setting": cell.setting, "model": config.model,
-                    "nsamples": config.nsamples, "seed": config.seed, "limit": config.limit,
-                    "loglikelihood": config.loglikelihood}
-        rows = [{**settings, **row} for row in primary_rows(scores).to_dict("records")]
-        write_json_atomic(_record_path(out, cell.cell_id), record)
-        _append_rows(results_path, rows)
-        del model
+
+    if not shared_calibration:
+        return GridContext(config, base, capture(), plan.tasks, cache)
+    path = plan.out / "calibration.pt"
+    plan.out.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if not path.is_file():
+            captured = capture()
+            tmp = path.with_name(f".{path.name}.tmp")
+            torch.save(captured, tmp)
+            tmp.replace(path)
+        else:
+            captured = torch.load(path, map_location=config.device, weights_only=False)
+    return GridContext(config, base, captured, plan.tasks, cache)
+
+
+def needs_earlier_cell(cell: Cell) -> bool:
+    """An ATV cell with a fixed budget keeps as many visual tokens as the plain ``atv`` cell of its setting,
+    so it runs after that one."""
+    return parse_method_spec(cell.method)[1].get("budget") == "fixed"
+
+
+def run_cell(ctx: GridContext, cell: Cell, show_progress: bool = True, log_samples: bool = False) -> bool:
+    """Prune (a copy of) the model as ``cell`` says, evaluate it, write its record to ``cells/`` and add its
+    rows to ``results.csv``; False if another run had added them first (nothing is written twice)."""
+    config, base, out = ctx.config, ctx.base, ctx.out
+    model = copy.deepcopy(base.model)
+    record: dict = {"cell": cell.cell_id}
+    if cell.pathway == "all":
+        prune_config = config.prune_config(cell.method, cell.sparsity, cell.pattern, _adaptive_total(out, cell))
+        report = prune(model, base.adapter, copy.deepcopy(ctx.captured) if prune_config.needs_calibration else [],
+                       prune_config, show_progress=show_progress)
+        record.update(prune=asdict(prune_config), seconds=report.seconds, sparsity=report.sparsity,
+                      atv_blocks=report.pool_records)
+    elif cell.pathway != "dense":
+        probe = to_mot(model, base.adapter, config.replicate_o_proj)
+        prune_config = PruneConfig(method=config.method, sparsity=cell.sparsity, pool=cell.pool)
+        report = prune_pathway(probe, copy.deepcopy(ctx.captured), prune_config, cell.pathway,
+                               show_progress=show_progress)
+        if cell.pool in IOU_POOLS:  # kept until both are there for the IoU (large: git ignores them)
+            masks = {}
+            for b, layer in enumerate(base.adapter.decoder_layers(model)):
+                for name, routed in probe.routed_linears(layer).items():
+                    masks[f"layers.{b}.{name}"] = (getattr(routed, cell.pathway).weight == 0).cpu()
+            _save_masks(out / "masks" / f"{cell.pathway}-{cell.pool}-{cell.sparsity:g}.npz", masks)
+        record.update(prune=asdict(prune_config), pathway=cell.pathway, seconds=report.seconds)
+    samples_out = cell_path(out, cell.cell_id, "samples", ".jsonl") if log_samples else None
+    scores = evaluate(LoadedModel(model, base.processor, base.adapter, base.ref), ctx.tasks, config.limit,
+                      vision_cache=ctx.cache, show_progress=show_progress, seed=config.seed,
+                      loglikelihood=config.loglikelihood, samples_out=samples_out)
+    settings = {"cell": cell.cell_id, "pathway": cell.pathway, "pool": cell.pool, "sparsity": cell.sparsity,
+                "method": cell.method, "setting": cell.setting, "model": config.model,
+                "nsamples": config.nsamples, "seed": config.seed, "limit": config.limit,
+                "loglikelihood": config.loglikelihood}
+    rows = [{**settings, **row} for row in primary_rows(scores).to_dict("records")]
+    write_json_atomic(cell_path(out, cell.cell_id), record)
+    return append_cell_rows(out / "results.csv", cell.cell_id, rows)
+
+
+def append_cell_rows(path: Path, cell_id: str, rows: list[dict]) -> bool:
+    """Add one cell's rows to the results CSV, atomically and under a file lock, unless the file already
+    holds that cell: concurrent writers (cluster jobs, two drivers) lose nothing and duplicate nothing.
+    Returns whether the rows were added."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        frame = _read_csv(path)
+        if "cell" in frame and cell_id in set(frame.cell):
+            return False
+        write_text_atomic(path, pd.concat([frame, pd.DataFrame(rows)], ignore_index=True).to_csv(index=False))
+        return True
+
+
+def finish_grid(config: GridConfig) -> pd.DataFrame:
+    """After the cells: the mask IoU of a table1 grid; returns the results frame."""
+    out = Path(config.out)
     if config.grid == "table1":
         _write_iou(config, out)
-    return _read_csv(results_path)
+    return _read_csv(out / "results.csv")
+
+
+def run_grid(config: GridConfig, show_progress: bool = True, log_samples: bool = False,
+             executor: CellExecutor | None = None) -> pd.DataFrame:
+    """Run (or resume) the grid; returns the results frame (one row per cell and task). With
+    ``log_samples``, what the model answered for every item goes to ``samples/<cell>.jsonl``.
+
+    ``executor`` runs the cells (default: one after another in this process, sharing one loaded model
+    and calibration capture); :mod:`probe.executors` runs them as SLURM jobs or Ray tasks. Cells that
+    depend on another (fixed-budget ATV cells) run after the others. A failed cell is reported in
+    :class:`GridRunError` after every other cell had its turn.
+    """
+    plan = plan_grid(config)
+    if plan.todo:
+        executor = executor or InProcessExecutor()
+        failures = []
+        later = [c for c in plan.todo if needs_earlier_cell(c)]
+        for wave in ([c for c in plan.todo if c not in later], later):
+            if wave:
+                failures += executor.run(plan, wave, show_progress=show_progress, log_samples=log_samples)
+        if failures:
+            raise GridRunError(failures)
+    return finish_grid(config)
+
+
+class CellExecutor(Protocol):
+    """Runs some cells of a planned grid; returns the cells that failed (after any retries)."""
+
+    def run(self, plan: GridPlan, todo: list[Cell], show_progress: bool, log_samples: bool) -> list[CellFailure]:
+        ...
+
+
+@dataclass(frozen=True)
+class CellFailure:
+    """A cell that failed on every try: why, and where its log is."""
+
+    cell_id: str
+    error: str
+    log: str = ""
+
+
+class GridRunError(ProbeError):
+    """Cells of a grid that failed on every try; the others finished and a rerun retries these."""
+
+    def __init__(self, failures: list[CellFailure]) -> None:
+        self.failures = failures
+        named = "; ".join(f"{f.cell_id}: {f.error}" + (f" (log: {f.log})" if f.log else "") for f in failures)
+        super().__init__(f"{len(failures)} cell(s) failed: {named}; the other cells finished, and running the "
+                         "same command again retries the failed ones")
+
+
+class InProcessExecutor:
+    """Cells one after another in this process, sharing one loaded model, calibration and vision cache.
+    An error stops the grid at once (finished cells are kept)."""
+
+    def __init__(self) -> None:
+        self._context: tuple[GridPlan, GridContext] | None = None
+
+    def run(self, plan: GridPlan, todo: list[Cell], show_progress: bool, log_samples: bool) -> list[CellFailure]:
+        if self._context is None or self._context[0] is not plan:  # the model is loaded once per grid
+            self._context = (plan, open_context(plan, show_progress=show_progress))
+        ctx = self._context[1]
+        for cell in todo:
+            run_cell(ctx, cell, show_progress=show_progress, log_samples=log_samples)
+        return []
 
 
 def _write_iou(config: GridConfig, out: Path) -> None:
