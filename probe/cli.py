@@ -154,6 +154,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-samples", action="store_true",
                    help="also write what the model answered for every item, per cell, to OUT/samples/")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    cluster = p.add_argument_group("cells as cluster jobs (--executor slurm or ray; the config's cluster: mapping "
+                                   "sets the same resources, these flags override it)")
+    cluster.add_argument("--executor", default="local", choices=("local", "slurm", "ray"),
+                         help="local: cells one after another in this process; slurm: one SLURM job per cell "
+                              "(submitit); ray: one Ray task per cell")
+    cluster.add_argument("--gpus-per-cell", type=int, default=None, help="GPUs of each cell's job (None: 0)")
+    cluster.add_argument("--cpus-per-cell", type=positive_int, default=None, help="CPUs of each cell's job (None: 1)")
+    cluster.add_argument("--mem", type=positive_int, default=None, help="memory of each SLURM job in GB")
+    cluster.add_argument("--time", type=positive_int, default=None, help="time limit of each SLURM job in minutes "
+                                                                           "(None: 120)")
+    cluster.add_argument("--partition", default=None, help="SLURM partition")
+    cluster.add_argument("--max-parallel", type=int, default=None, help="cells in flight at once (None or 0: all)")
+    cluster.add_argument("--retries", type=int, default=None, help="tries after a cell's first failure (None: 1)")
+    cluster.add_argument("--slurm-option", action="append", default=[], metavar="KEY=VALUE",
+                         help="any other sbatch option, e.g. --slurm-option account=myproj --slurm-option qos=high")
+    cluster.add_argument("--ray-address", default=None,
+                         help="address of a running Ray cluster (None: the one this process is attached to, or a "
+                              "new local one)")
     p.set_defaults(func=cmd_grid)
 
     p = command("plot", "the paper's figures from stored results (PNG and PDF)",
@@ -331,14 +349,39 @@ def cmd_grid(args: argparse.Namespace) -> int:
     overrides = {"out": str(out) if out else None, "grid": args.grid, **(QUICK if args.quick else {})}
     config = GridConfig.from_yaml(args.config, **overrides) if args.config else GridConfig.create(
         **{k: v for k, v in overrides.items() if v is not None})
+    executor = _executor(args, config)
     try:
         with quiet_libraries(args.no_progress):
-            results = run_grid(config, show_progress=not args.no_progress, log_samples=args.log_samples)
+            results = run_grid(config, show_progress=not args.no_progress, log_samples=args.log_samples,
+                               executor=executor)
     except KeyboardInterrupt:
         raise RunInterrupted(f"interrupted: finished cells are kept in {Path(config.out) / 'results.csv'}; "
                              "run the same command again to resume") from None
     print(write_grid_table(results, Path(config.out), config.grid, config.model, config.name or None))
     return 0
+
+
+def _executor(args: argparse.Namespace, config):  # noqa: ANN001, ANN202
+    """The executor ``--executor`` names, its resources from the config's ``cluster:`` mapping and the flags."""
+    if args.executor == "local":
+        return None
+    from probe.executors import RayExecutor, Resources, SlurmExecutor
+
+    resources = Resources.from_mapping(config.cluster)
+    flags = {"gpus_per_cell": args.gpus_per_cell, "cpus_per_cell": args.cpus_per_cell, "mem_gb": args.mem,
+             "time_min": args.time, "partition": args.partition, "max_parallel": args.max_parallel,
+             "retries": args.retries}
+    for name, value in flags.items():
+        if value is not None:
+            setattr(resources, name, value)
+    for option in args.slurm_option:
+        key, sep, value = option.partition("=")
+        if not sep or not key:
+            raise ProbeError(f"--slurm-option {option!r} is not KEY=VALUE")
+        resources.slurm_options[key.lstrip("-")] = value
+    if args.executor == "slurm":
+        return SlurmExecutor(resources, Path(config.out) / "logs" / "slurm")
+    return RayExecutor(resources, address=args.ray_address)
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
