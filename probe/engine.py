@@ -157,11 +157,13 @@ def _observe(targets: dict[str, Target], stats: dict[str, InputStats], current: 
     return handles
 
 
-def _dense_pass(layer, index: int, samples: list[CapturedSample], pool: Pool, stats: dict[str, InputStats],
-                block_targets: dict[str, Target], with_hessian: bool, run_device, context, adapter: Adapter) -> None:
+def _dense_pass(layer, index: int, samples: list[CapturedSample], states: list[torch.Tensor], pool: Pool,
+                stats: dict[str, InputStats], block_targets: dict[str, Target], with_hessian: bool, run_device,
+                context, adapter: Adapter) -> None:
     """Run every sample through the (still dense) block, accumulating the pool's statistics. A dynamic
     pool ranks each sample's candidates from the block's input and output (and attention, run eagerly
-    for it); the chosen ones are added once every sample was seen."""
+    for it); the chosen ones are added once every sample was seen. ``states`` holds each sample's input
+    to this block."""
     current: dict = {}
     candidates: list[dict[str, torch.Tensor]] = []
     handles = _observe(block_targets, stats, current, with_hessian, run_device, pool.per_linear)
@@ -172,7 +174,7 @@ def _dense_pass(layer, index: int, samples: list[CapturedSample], pool: Pool, st
             for i, sample in enumerate(samples):
                 current.update(certain=pool.certain(sample, index), uncertain=pool.uncertain(sample, index), kept={},
                                io={})
-                hidden = sample.hidden.to(run_device)
+                hidden = states[i].to(run_device)
                 call = sample.calls[index]
                 if pool.needs_attention:
                     call = eager_call(call, sample.seq_len, hidden.dtype, hidden.device)
@@ -237,8 +239,9 @@ def prune(
 ) -> PruneReport:
     """Prune the decoder blocks of ``model`` in place, block by block.
 
-    ``samples`` are the captured block-0 inputs (see :func:`probe.capture.capture`); their hidden
-    states are advanced through each pruned block (the last block needs no propagation).
+    ``samples`` are the captured block-0 inputs (see :func:`probe.capture.capture`); they are left as
+    they are: a copy of each hidden state advances through the pruned blocks (the last block needs no
+    propagation), so the same samples serve any number of runs.
     ``device`` is where blocks run: if it differs from where a block lives (offload mode), the block
     is moved there for its two passes and moved back afterwards. ``sample_context`` wraps every
     replay of a sample (the MoT probe routes tokens by the sample's modality mask there).
@@ -256,6 +259,7 @@ def prune(
     if run_device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(run_device)
     report = PruneReport()
+    states = [sample.hidden for sample in samples]  # each sample's input to the current block
     start = time.perf_counter()
     with progress_bar(f"{config.method} {config.sparsity:g} {config.pattern}", len(layers), show_progress) as bar:
         for index, layer in enumerate(layers):
@@ -264,7 +268,7 @@ def prune(
             block_targets = targets(index, layer)
             stats: dict[str, InputStats] = {}
             if config.needs_calibration:
-                _dense_pass(layer, index, samples, pool, stats, block_targets, config.scorer == "sparsegpt",
+                _dense_pass(layer, index, samples, states, pool, stats, block_targets, config.scorer == "sparsegpt",
                             run_device, context, adapter)
                 if pool.dynamic:
                     report.pool_records.append(pool.block_record(index))
@@ -273,10 +277,10 @@ def prune(
                     target, stats.get(name if pool.per_linear else target.stats_key), config
                 )
             if config.needs_calibration and index < len(layers) - 1:
-                for sample in samples:
+                for i, sample in enumerate(samples):
                     with context(sample):
-                        out = run_block(layer, sample.hidden.to(run_device), sample.calls[index])
-                    sample.hidden = out.to(sample.hidden.device)
+                        out = run_block(layer, states[i].to(run_device), sample.calls[index])
+                    states[i] = out.to(sample.hidden.device)
             layer.to(home)
             bar.advance()
     report.seconds = time.perf_counter() - start

@@ -393,15 +393,14 @@ def run_cell(ctx: GridContext, cell: Cell, show_progress: bool = True, log_sampl
     record: dict = {"cell": cell.cell_id}
     if cell.pathway == "all":
         prune_config = config.prune_config(cell.method, cell.sparsity, cell.pattern, _adaptive_total(out, cell))
-        report = prune(model, base.adapter, copy.deepcopy(ctx.captured) if prune_config.needs_calibration else [],
-                       prune_config, show_progress=show_progress)
+        report = prune(model, base.adapter, ctx.captured if prune_config.needs_calibration else [], prune_config,
+                       show_progress=show_progress)
         record.update(prune=asdict(prune_config), seconds=report.seconds, sparsity=report.sparsity,
                       atv_blocks=report.pool_records)
     elif cell.pathway != "dense":
         probe = to_mot(model, base.adapter, config.replicate_o_proj)
         prune_config = PruneConfig(method=config.method, sparsity=cell.sparsity, pool=cell.pool)
-        report = prune_pathway(probe, copy.deepcopy(ctx.captured), prune_config, cell.pathway,
-                               show_progress=show_progress)
+        report = prune_pathway(probe, ctx.captured, prune_config, cell.pathway, show_progress=show_progress)
         if cell.pool in IOU_POOLS:  # kept until both are there for the IoU (large: git ignores them)
             masks = {}
             for b, layer in enumerate(base.adapter.decoder_layers(model)):

@@ -164,3 +164,19 @@ def test_low_precision_models_prune_with_fp32_statistics(dtype, monkeypatch):
     weight = loaded.adapter.decoder_layers(loaded.model)[2].mlp.down_proj.weight
     assert weight.dtype == dtype
     assert ((weight == 0).reshape(weight.shape[0], -1, 8).sum(-1) >= 4).all()
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt", "atv"])
+def test_prune_leaves_its_samples_as_they_were(base, method):
+    """The samples are inputs, not state: pruning twice from the same samples gives the same model, and
+    every sample's hidden state is bit-identical afterwards."""
+    loaded, samples = base
+    before = [s.hidden.clone() for s in samples]
+    models = []
+    for _ in range(2):
+        model = copy.deepcopy(loaded.model)
+        prune(model, loaded.adapter, samples, PruneConfig(method=method, sparsity=0.5), show_progress=False)
+        models.append(model)
+    assert all(torch.equal(s.hidden, b) for s, b in zip(samples, before))
+    first, second = (dict(m.named_parameters()) for m in models)
+    assert all(torch.equal(first[name], second[name]) for name in first)
