@@ -80,11 +80,14 @@ def test_lmms_eval_run_matches_a_plain_scoring_loop(tiny):
 
     wrapper = ProbeLVLM(loaded=tiny, show_progress=False)
     items = offline.quote_completion()[:6]
-    correct = 0
+    correct = []
     for item in items:
         scores = [wrapper.continuation_loglikelihood(item.prefix, e)[0] for e in item.endings]
-        correct += int(int(np.argmax(scores)) == item.answer)
-    assert table.set_index("task").loc["quote_completion", "score"] == pytest.approx(correct / 6)
+        correct.append(int(int(np.argmax(scores)) == item.answer))
+    row = table.set_index("task").loc["quote_completion"]
+    assert row["score"] == pytest.approx(sum(correct) / 6)
+    # the standard error of the mean of the six 0/1 item scores
+    assert row["stderr"] == pytest.approx(np.std(correct, ddof=1) / np.sqrt(6))
 
 
 def test_a_wrapper_answering_gold_scores_one(tiny, monkeypatch):
@@ -152,7 +155,8 @@ def test_cli_eval_writes_scores_and_retention(tmp_path, capsys):
     assert main(["eval", "tiny:llava", "--tasks", "digits,skimage_photos", "--limit", "3", "--out", str(out),
                  "--no-progress"]) == 0
     table = pd.read_csv(out)
-    assert list(table.columns) == ["task", "metric", "score", "n"] and set(table.task) == {"digits", "skimage_photos"}
+    assert list(table.columns) == ["task", "metric", "score", "stderr", "n"]
+    assert set(table.task) == {"digits", "skimage_photos"}
     dense = tmp_path / "dense.csv"
     dense.write_text("task,metric,score,n\ndigits,exact_match,0.5,3\nskimage_photos,exact_match,0.25,3\n")
     capsys.readouterr()
@@ -160,7 +164,9 @@ def test_cli_eval_writes_scores_and_retention(tmp_path, capsys):
                  "--no-progress"]) == 0
     scores = table.set_index("task")["score"]
     expected = (scores["digits"] / 0.5 + scores["skimage_photos"] / 0.25) / 2 * 100
-    assert f"retention against {dense} over digits, skimage_photos: {expected:.2f}%" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"retention against {dense} over digits, skimage_photos: {expected:.2f}%" in printed
+    assert "approximate 95% interval [" in printed  # the dense CSV has n: binomial standard errors
     assert main(["eval", "tiny:llava", "--tasks", "digits", "--dense", str(tmp_path / "none.csv")]) == 2
 
 

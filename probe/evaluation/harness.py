@@ -22,6 +22,7 @@ from probe.evaluation.task_files import OFFLINE_TASKS, built_tasks, ensure_task_
 from probe.loading import LoadedModel
 from probe.manifest import write_text_atomic
 from probe.progress import quiet_libraries
+from probe.uncertainty import standard_error
 from probe.vision_cache import VisionFeatureCache
 
 PRESETS = {
@@ -97,8 +98,14 @@ def check_hub_tasks(tasks: list[str]) -> None:
         )
 
 
-def tidy_results(results: dict) -> pd.DataFrame:
-    """lmms-eval's results dict as rows (task, metric, score, n); MME gains a ``total`` row."""
+SCORE_COLUMNS = ["task", "metric", "score", "stderr", "n"]
+ITEM_COLUMNS = ["task", "metric", "doc_id", "value"]
+
+
+def tidy_results(results: dict, items: pd.DataFrame | None = None) -> pd.DataFrame:
+    """lmms-eval's results dict as rows (task, metric, score, stderr, n); MME gains a ``total`` row.
+    ``stderr`` is the standard error of the mean of the per-item scores in ``items`` (NaN for metrics
+    that are not a mean of per-item numbers, e.g. MME's totals)."""
     rows = []
     for task, metrics in results["results"].items():
         n = results.get("n-samples", {}).get(task, {}).get("effective")
@@ -110,8 +117,24 @@ def tidy_results(results: dict) -> pd.DataFrame:
             values[metric] = float(value)
         if all(part in values for part in MME_PARTS):
             values["total"] = sum(values[part] for part in MME_PARTS)
-        rows += [{"task": task, "metric": m, "score": v, "n": n} for m, v in values.items()]
-    return pd.DataFrame(rows, columns=["task", "metric", "score", "n"])
+        for metric, value in values.items():
+            per_item = items[(items.task == task) & (items.metric == metric)].value if items is not None else []
+            error = standard_error(per_item.to_numpy()) if len(per_item) == n else float("nan")
+            rows.append({"task": task, "metric": metric, "score": value, "stderr": error, "n": n})
+    return pd.DataFrame(rows, columns=SCORE_COLUMNS)
+
+
+def item_scores(results: dict) -> pd.DataFrame:
+    """Every item's numeric score per metric from lmms-eval's logged samples (task, metric, doc_id, value)."""
+    rows = []
+    for task, samples in (results.get("samples") or {}).items():
+        metrics = {key.partition(",")[0] for key in results["results"].get(task, {})}
+        for sample in samples:
+            for metric in metrics & set(sample):
+                value = sample[metric]
+                if isinstance(value, (int, float)):  # a bool counts as 0 or 1
+                    rows.append({"task": task, "metric": metric, "doc_id": sample["doc_id"], "value": float(value)})
+    return pd.DataFrame(rows, columns=ITEM_COLUMNS)
 
 
 def primary_rows(table: pd.DataFrame) -> pd.DataFrame:
@@ -124,7 +147,13 @@ def primary_scores(table: pd.DataFrame) -> pd.Series:
     return primary_rows(table).set_index("task")["score"]
 
 
-def evaluate(
+def evaluate(loaded: LoadedModel, tasks: list[str], limit: int | None = None, **kwargs: Any) -> pd.DataFrame:
+    """Score a model in memory on ``tasks`` through lmms-eval; a tidy table (task, metric, score, stderr,
+    n). Keyword arguments as :func:`evaluate_with_items`."""
+    return evaluate_with_items(loaded, tasks, limit, **kwargs)[0]
+
+
+def evaluate_with_items(
     loaded: LoadedModel,
     tasks: list[str],
     limit: int | None = None,
@@ -134,8 +163,9 @@ def evaluate(
     seed: int = 0,
     loglikelihood: str = "sum",
     samples_out: Path | None = None,
-) -> pd.DataFrame:
-    """Score a model in memory on ``tasks`` through lmms-eval; a tidy table (task, metric, score, n).
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Score a model in memory on ``tasks`` through lmms-eval: the tidy table (task, metric, score, stderr,
+    n) and every item's score (task, metric, doc_id, value), from which intervals are drawn.
 
     ``limit`` takes the first N items of each task. A ``vision_cache`` shared by models with the same
     vision side computes each image's features once. ``loglikelihood`` (``sum`` or ``mean``) is how
@@ -157,13 +187,13 @@ def evaluate(
     model = ProbeLVLM(loaded=loaded, vision_cache=vision_cache, show_progress=show_progress,
                       loglikelihood=loglikelihood)
     with quiet_libraries(not show_progress):
-        results = simple_evaluate(model=model, tasks=tasks, limit=limit, task_manager=manager,
-                                  log_samples=samples_out is not None, verbosity="WARNING", random_seed=seed,
-                                  numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
-                                  bootstrap_iters=0)
+        results = simple_evaluate(model=model, tasks=tasks, limit=limit, task_manager=manager, log_samples=True,
+                                  verbosity="WARNING", random_seed=seed, numpy_random_seed=seed,
+                                  torch_random_seed=seed, fewshot_random_seed=seed, bootstrap_iters=0)
     if samples_out is not None:
         write_text_atomic(samples_out, "".join(json.dumps(row) + "\n" for row in sample_rows(results)))
-    return tidy_results(results)
+    items = item_scores(results)
+    return tidy_results(results, items), items
 
 
 def _plain(value: Any) -> Any:

@@ -1,0 +1,104 @@
+"""Uncertainty: standard errors, paired bootstrap intervals of retention and of differences between
+methods, each against a plain computation; tables show them."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.tables import table2, to_markdown
+from probe.uncertainty import ItemsError, bootstrap_retention, paired_difference, standard_error
+
+DENSE = {"a": np.array([1, 1, 0, 1, 1, 0, 1, 1.0]), "b": np.array([1, 0, 1, 1, 0, 1, 1, 1.0])}
+WANDA = {"a": np.array([1, 0, 0, 1, 0, 0, 1, 1.0]), "b": np.array([0, 0, 1, 1, 0, 1, 0, 1.0])}
+ATV = {"a": np.array([1, 1, 0, 1, 0, 0, 1, 1.0]), "b": np.array([1, 0, 1, 1, 0, 1, 1, 1.0])}
+
+
+def test_standard_error_by_hand():
+    # mean 0.75, sample variance (6 * 0.0625 + 2 * 0.5625) / 7 = 0.2142857
+    assert standard_error(DENSE["a"]) == pytest.approx(np.sqrt(0.2142857142857 / 8))
+    assert np.isnan(standard_error(np.array([1.0])))
+
+
+def _plain_bootstrap(boots, seed, *runs):
+    """One loop per resample: the same item indices (per task, tasks in sorted order) for every run."""
+    rng = np.random.default_rng(seed)
+    tasks = sorted(DENSE)
+    draws = {t: rng.integers(0, len(DENSE[t]), size=(boots, len(DENSE[t]))) for t in tasks}
+    values = []
+    for b in range(boots):
+        per_run = []
+        for run in runs:
+            ratios = []
+            for t in tasks:
+                picked = draws[t][b]
+                dense = sum(DENSE[t][i] for i in picked) / len(picked)
+                score = sum(run[t][i] for i in picked) / len(picked)
+                ratios.append(score / dense if dense > 0 else float("nan"))
+            per_run.append(100 * sum(ratios) / len(ratios))
+        values.append(per_run[0] - per_run[1] if len(runs) == 2 else per_run[0])
+    kept = np.array([v for v in values if v == v])
+    return np.percentile(kept, [2.5, 97.5]), 1 - len(kept) / boots
+
+
+def test_bootstrap_retention_equals_a_plain_loop():
+    interval = bootstrap_retention(WANDA, DENSE, boots=300, seed=7)
+    # point estimate: mean of 0.5/0.75 and 0.5/0.75 = 66.67%
+    assert interval.estimate == pytest.approx(100 * (4 / 6 + 4 / 6) / 2)
+    (low, high), dropped = _plain_bootstrap(300, 7, WANDA)
+    assert (interval.low, interval.high) == pytest.approx((low, high)) and interval.dropped == pytest.approx(dropped)
+    assert interval.low < interval.estimate < interval.high
+    same = bootstrap_retention(DENSE, DENSE, boots=50)
+    assert (same.low, same.estimate, same.high) == pytest.approx((100.0, 100.0, 100.0))
+
+
+def test_paired_difference_equals_a_plain_loop():
+    interval = paired_difference(ATV, WANDA, DENSE, boots=300, seed=3)
+    assert interval.estimate == pytest.approx(100 * ((5 / 6 + 1) / 2 - (4 / 6 + 4 / 6) / 2))
+    (low, high), _ = _plain_bootstrap(300, 3, ATV, WANDA)
+    assert (interval.low, interval.high) == pytest.approx((low, high))
+    with pytest.raises(ItemsError, match="same items"):
+        paired_difference({"a": ATV["a"][:4], "b": ATV["b"]}, WANDA, DENSE)
+
+
+def _grid(runs: dict[str, dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    rows, items = [], []
+    for cell, scores in runs.items():
+        pathway, method, setting = ("dense", "-", "-") if cell == "dense" else ("all", cell, "50%")
+        for task, values in scores.items():
+            rows.append({"cell": cell, "pathway": pathway, "method": method, "setting": setting, "task": task,
+                         "score": values.mean(), "n": len(values)})
+            items += [{"cell": cell, "task": task, "doc_id": i, "value": v} for i, v in enumerate(values)]
+    return pd.DataFrame(rows), pd.DataFrame(items)
+
+
+def test_table2_shows_errors_intervals_and_differences_to_wanda():
+    results, items = _grid({"dense": DENSE, "wanda": WANDA, "atv": ATV})
+    table = table2(results, items.sample(frac=1, random_state=0))  # item order does not matter
+    atv = table.loc[("50%", "atv")]
+    expected = bootstrap_retention(ATV, DENSE)
+    assert (atv[("retention (%)", "low")], atv[("retention (%)", "high")]) == pytest.approx((expected.low,
+                                                                                               expected.high))
+    difference = paired_difference(ATV, WANDA, DENSE)
+    assert atv[("vs wanda (pp)", "diff")] == pytest.approx(difference.estimate)
+    assert atv[("vs wanda (pp)", "low")] == pytest.approx(difference.low)
+    assert np.isnan(table.loc[("50%", "wanda"), ("vs wanda (pp)", "diff")])
+    # binomial standard error of a 0/1 score: sqrt(p (1 - p) / (n - 1)), the sample standard error
+    assert atv[("stderr (%)", "a")] == pytest.approx(100 * standard_error(ATV["a"]))
+    markdown = to_markdown(table)
+    assert "avg [95% CI] retention (%)" in markdown.splitlines()[0]
+    line = next(line for line in markdown.splitlines() if "| atv |" in line)
+    assert f"62.50 ± {100 * standard_error(ATV['a']):.2f}" in line
+    star = " *" if difference.excludes_zero else ""
+    assert f"{difference.estimate:+.2f} [{difference.low:+.2f}, {difference.high:+.2f}]{star}" in line
+
+
+def test_delta_method_interval_by_hand():
+    from probe.uncertainty import delta_retention
+
+    # task 1: 0.4 / 0.8 = 0.5, var = (0.05 / 0.8)^2 + (0.4 * 0.04 / 0.64)^2; task 2: 0.3 / 0.5 = 0.6
+    interval = delta_retention([0.4, 0.3], [0.05, 0.1], [0.8, 0.5], [0.04, 0.0])
+    var = (0.05 / 0.8) ** 2 + (0.4 * 0.04 / 0.64) ** 2 + (0.1 / 0.5) ** 2
+    half = 100 * 1.96 * np.sqrt(var) / 2
+    assert interval.estimate == pytest.approx(55.0)
+    assert (interval.low, interval.high) == pytest.approx((55.0 - half, 55.0 + half))
+    assert np.isnan(delta_retention([0.4], [0.1], [0.0], [0.0]).estimate)
