@@ -55,6 +55,15 @@ def load_scores(path: str | Path) -> pd.DataFrame:
     return frame
 
 
+def load_items(folder: str | Path) -> pd.DataFrame | None:
+    """Every cell's per-item scores of a grid (``items/*.csv``: cell, task, doc_id, value), or None for a
+    grid run before they were kept."""
+    paths = sorted((Path(folder) / "items").glob("*.csv"))
+    if not paths:
+        return None
+    return pd.concat([pd.read_csv(p, dtype={"cell": str, "task": str}) for p in paths], ignore_index=True)
+
+
 def load_cell_records(folder: str | Path) -> dict[str, dict]:
     """The pruning record of every finished cell of a grid, by cell id."""
     records = {}

@@ -55,17 +55,36 @@ def _setting_labels(frame: pd.DataFrame) -> pd.Series:
 
 
 SCORES = "score (%)"  # the column group of the task scores
-RETENTION = "retention (%)"  # the column group of the average retention
+STDERR = "stderr (%)"  # their standard errors
+RETENTION = "retention (%)"  # the column group of the average retention (and its interval)
 AVERAGE = "avg"
 
 
-def retention_table(results: pd.DataFrame, rows: list[str]) -> pd.DataFrame:
-    """The paper's layout: a row group per setting (50%, 60%, 2:4, ...) holding a row per ``rows`` key,
-    the dense row first; columns are the task scores (in %) under ``score (%)`` and the average
-    retention under ``retention (%)``.
+def task_stderr(rows: pd.DataFrame) -> pd.Series:
+    """Standard error (in the score's unit) of each row's score: the ``stderr`` column where the results
+    have it, else ``sqrt(p (1 - p) / (n - 1))`` from the score and ``n`` (exact for 0/1 item scores), else
+    NaN."""
+    stored = rows["stderr"] if "stderr" in rows else pd.Series(float("nan"), index=rows.index)
+    if "n" not in rows:
+        return stored
+    p, n = rows["score"].astype(float), rows["n"].astype(float)
+    binomial = (p * (1 - p) / (n - 1)).where(n > 1) ** 0.5
+    return stored.fillna(binomial)
 
-    ``results`` has one row per cell and task with columns ``pathway`` (``dense`` for the dense cell),
-    ``task``, ``score``, the ``rows`` keys and ``setting`` (or ``sparsity``).
+
+def retention_table(results: pd.DataFrame, rows: list[str], items: pd.DataFrame | None = None,
+                    baseline: str | None = None, boots: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """The paper's layout: a row group per setting (50%, 60%, 2:4, ...) holding a row per ``rows`` key,
+    the dense row first; columns are the task scores (in %) under ``score (%)``, their standard errors
+    under ``stderr (%)`` and the average retention under ``retention (%)``.
+
+    ``results`` has one row per cell and task with columns ``cell``, ``pathway`` (``dense`` for the dense
+    cell), ``task``, ``score``, the ``rows`` keys and ``setting`` (or ``sparsity``), and ``stderr`` or
+    ``n`` for the standard errors. With per-item scores (``items``: cell, task, doc_id, value), the
+    retention gets a paired bootstrap 95% interval (``low``, ``high``), and with ``baseline`` (a value of
+    the last ``rows`` key, e.g. ``wanda``) each row's difference in average retention to the baseline's
+    row of the same setting, in percentage points, with its paired bootstrap interval
+    (``vs <baseline> (pp)``: ``diff``, ``low``, ``high``).
     """
     dense = results[results.pathway == "dense"].set_index("task")["score"]
     if dense.empty:
@@ -82,7 +101,76 @@ def retention_table(results: pd.DataFrame, rows: list[str]) -> pd.DataFrame:
     frame = pd.DataFrame.from_dict(entries, orient="index")
     frame.index = pd.MultiIndex.from_tuples(list(entries), names=["setting", *rows])
     frame.columns = pd.MultiIndex.from_tuples([(SCORES, t) for t in tasks] + [(RETENTION, AVERAGE)])
+    errors = results.assign(se=task_stderr(results), label=_setting_labels(results))
+    for t in tasks:
+        column = []
+        for key in frame.index:
+            if key[0] == "dense":
+                match = errors[(errors.pathway == "dense") & (errors.task == t)]
+            else:
+                match = errors[(errors.pathway != "dense") & (errors.label == key[0]) & (errors.task == t)]
+                for name, value in zip(rows, key[1:]):
+                    match = match[match[name].astype(str) == str(value)]
+            column.append(100 * float(match.se.iloc[0]) if len(match) else float("nan"))
+        frame[(STDERR, t)] = column
+    if items is not None and not items.empty:
+        _add_intervals(frame, results, rows, items, baseline, boots, seed)
     return frame
+
+
+def _cell_items(items: pd.DataFrame, cell: str, tasks: list[str], dense_order: dict[str, list]) -> dict | None:
+    """A cell's per-item scores as {task: array} in the dense cell's item order (None if any is missing)."""
+    out = {}
+    for t in tasks:
+        scores = items[(items.cell == cell) & (items.task == t)].set_index("doc_id")["value"]
+        if set(scores.index) != set(dense_order[t]):
+            return None
+        out[t] = scores.loc[dense_order[t]].to_numpy(dtype=float)
+    return out
+
+
+def _add_intervals(frame: pd.DataFrame, results: pd.DataFrame, rows: list[str], items: pd.DataFrame,
+                   baseline: str | None, boots: int, seed: int) -> None:
+    from probe.uncertainty import bootstrap_retention, paired_difference
+
+    tasks = [t for group, t in frame.columns if group == SCORES]
+    dense_cell = results[results.pathway == "dense"].cell.iloc[0]
+    dense_raw = items[items.cell == dense_cell]
+    order = {t: sorted(dense_raw[dense_raw.task == t].doc_id) for t in tasks}
+    dense = _cell_items(items, dense_cell, tasks, order)
+    if dense is None:
+        return
+    labelled = results.assign(label=_setting_labels(results))
+    cell_of = {}
+    for key in frame.index:
+        if key[0] == "dense":
+            continue
+        match = labelled[(labelled.pathway != "dense") & (labelled.label == key[0])]
+        for name, value in zip(rows, key[1:]):
+            match = match[match[name].astype(str) == str(value)]
+        if len(match):
+            cell_of[key] = match.cell.iloc[0]
+    per_row = {key: _cell_items(items, cell, tasks, order) for key, cell in cell_of.items()}
+    low, high = [], []
+    for key in frame.index:
+        scored = per_row.get(key)
+        interval = bootstrap_retention(scored, dense, boots, seed) if scored is not None else None
+        low.append(100.0 if key[0] == "dense" else interval.low if interval else float("nan"))
+        high.append(100.0 if key[0] == "dense" else interval.high if interval else float("nan"))
+    frame[(RETENTION, "low")], frame[(RETENTION, "high")] = low, high
+    if baseline is None:
+        return
+    group = f"vs {baseline} (pp)"
+    diff, low, high = [], [], []
+    for key in frame.index:
+        base = per_row.get((key[0], *key[1:-1], baseline))
+        scored = per_row.get(key)
+        interval = (paired_difference(scored, base, dense, boots, seed)
+                    if scored is not None and base is not None and key[-1] != baseline else None)
+        diff.append(interval.estimate if interval else float("nan"))
+        low.append(interval.low if interval else float("nan"))
+        high.append(interval.high if interval else float("nan"))
+    frame[(group, "diff")], frame[(group, "low")], frame[(group, "high")] = diff, low, high
 
 
 def average_retention(frame: pd.DataFrame) -> pd.Series:
@@ -90,14 +178,17 @@ def average_retention(frame: pd.DataFrame) -> pd.Series:
     return frame[(RETENTION, AVERAGE)]
 
 
-def table1(results: pd.DataFrame) -> pd.DataFrame:
-    """The sensitivity grid in Table 1's layout: a row per (pathway, pool)."""
-    return retention_table(results, ["pathway", "pool"])
+def table1(results: pd.DataFrame, items: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The sensitivity grid in Table 1's layout: a row per (pathway, pool); retention intervals from
+    ``items`` (:func:`analysis.results.load_items`) where given."""
+    return retention_table(results, ["pathway", "pool"], items)
 
 
-def table2(results: pd.DataFrame) -> pd.DataFrame:
-    """The method comparison in Table 2's layout: a row per method."""
-    return retention_table(results, ["method"])
+def table2(results: pd.DataFrame, items: pd.DataFrame | None = None, baseline: str | None = "wanda") -> pd.DataFrame:
+    """The method comparison in Table 2's layout: a row per method; with ``items``, retention intervals
+    and each method's paired difference to ``baseline`` (Wanda, as in the paper's comparison)."""
+    has_baseline = baseline is not None and baseline in set(results.method.astype(str))
+    return retention_table(results, ["method"], items, baseline if has_baseline else None)
 
 
 def table3(results: pd.DataFrame) -> pd.DataFrame:
@@ -118,32 +209,78 @@ def table3(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def _flat_header(frame: pd.DataFrame) -> list[str]:
-    """One-line column names: a task's name for its score, ``avg retention (%)`` for the retention."""
+    """One-line column names: a task's name for its score, ``<name> retention (%)`` for the retention,
+    ``<task> stderr (%)`` and the like for the other groups."""
     names = []
     for column in frame.columns:
         group, name = column if isinstance(column, tuple) else ("", column)
-        names.append(f"{name} {group}" if group == RETENTION else str(name))
+        names.append(str(name) if group in (SCORES, "") else f"{name} {group}")
     return names
 
 
+def _number(value: float, digits: int, sign: bool = False) -> str:
+    return "" if pd.isna(value) else f"{value:{'+' if sign else ''}.{digits}f}"
+
+
+def _with_error(value: float, error: float | None, digits: int, plus_minus: str) -> str:
+    text = _number(value, digits)
+    return text if error is None or pd.isna(error) or not text else f"{text} {plus_minus} {_number(error, digits)}"
+
+
+def _with_interval(value: float, low: float, high: float, digits: int, sign: bool = False) -> str:
+    text = _number(value, digits, sign)
+    if not text or pd.isna(low):
+        return text
+    star = " *" if sign and (low > 0 or high < 0) else ""
+    return f"{text} [{_number(low, digits, sign)}, {_number(high, digits, sign)}]{star}"
+
+
+def display_frame(frame: pd.DataFrame, digits: int = 2, plus_minus: str = "±") -> pd.DataFrame:
+    """The table as text: ``score ± stderr`` per task, ``avg [low, high]`` for the retention, and
+    ``diff [low, high]`` against the baseline, starred where the interval excludes 0. Without
+    uncertainty columns the numbers stand alone."""
+    nan = pd.Series(float("nan"), index=frame.index)
+    out: dict[tuple[str, str], list[str]] = {}
+    for group, name in frame.columns:
+        if group == SCORES:
+            errors = frame.get((STDERR, name), nan)
+            out[(SCORES, name)] = [_with_error(v, e, digits, plus_minus) for v, e in zip(frame[(group, name)], errors)]
+    for group in dict.fromkeys(group for group, _ in frame.columns):
+        if group == RETENTION:
+            low, high = frame.get((RETENTION, "low"), nan), frame.get((RETENTION, "high"), nan)
+            for name in [n for g, n in frame.columns if g == RETENTION and n not in ("low", "high")]:
+                label = name + (" [95% CI]" if name == AVERAGE and (RETENTION, "low") in frame.columns else "")
+                interval = (low, high) if name == AVERAGE else (nan, nan)
+                out[(RETENTION, label)] = [_with_interval(v, lo, hi, digits)
+                                           for v, lo, hi in zip(frame[(RETENTION, name)], *interval)]
+        elif group.startswith("vs "):
+            out[(group, "diff [95% CI]")] = [
+                _with_interval(d, lo, hi, digits, sign=True)
+                for d, lo, hi in zip(frame[(group, "diff")], frame[(group, "low")], frame[(group, "high")])]
+    shown = pd.DataFrame(out, index=frame.index)
+    shown.columns = pd.MultiIndex.from_tuples(list(out))
+    return shown
+
+
 def to_markdown(frame: pd.DataFrame, digits: int = 2) -> str:
-    """A GitHub markdown table, one column per index level; NaN cells are left empty."""
-    header = [*frame.index.names, *_flat_header(frame)]
+    """A GitHub markdown table, one column per index level, uncertainty beside each number
+    (:func:`display_frame`); NaN cells are left empty."""
+    shown = display_frame(frame, digits)
+    header = [*frame.index.names, *_flat_header(shown)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for key, row in frame.iterrows():
+    for key, row in shown.iterrows():
         keys = [str(k) for k in (key if isinstance(key, tuple) else (key,))]
-        values = ["" if pd.isna(v) else f"{v:.{digits}f}" for v in row]
-        lines.append("| " + " | ".join(keys + values) + " |")
+        lines.append("| " + " | ".join(keys + list(row)) + " |")
     return "\n".join(lines) + "\n"
 
 
 def to_latex(frame: pd.DataFrame, digits: int = 2) -> str:
     """A LaTeX table through pandas' Styler: booktabs rules, the column groups as grouped headers and the
     row groups (settings) as ``\\multirow`` blocks (needs the booktabs and multirow packages)."""
-    styler = frame.style.format(precision=digits, na_rep="").format_index(escape="latex", axis=0)
-    styler = styler.format_index(escape="latex", axis=1)
+    shown = display_frame(frame, digits, plus_minus=r"$\pm$")
+    styler = shown.style.format_index(escape="latex", axis=0).format_index(escape="latex", axis=1)
     return styler.to_latex(hrules=True, multirow_align="t", multicol_align="c", clines="skip-last;data",
-                           column_format="l" * frame.index.nlevels + "r" * len(frame.columns))
+                           column_format="l" * frame.index.nlevels + "r" * len(shown.columns))
 
 
 def write_table(frame: pd.DataFrame, out: Path, name: str) -> str:
@@ -165,14 +302,15 @@ def write_grid_table(results: pd.DataFrame, out: Path, grid: str, model: str | N
     (``name`` defaults to the grid); a method grid with ATV selection-signal cells also gets
     ``<name>_signals`` in Table 3's layout. When the paper reports ``model``, the average retentions next
     to the paper's go to ``<name>_vs_paper``."""
-    from analysis.results import load_paper, paper_model
+    from analysis.results import load_items, load_paper, paper_model
 
     name = name or grid
+    items = load_items(out)
     rows = ["pathway", "pool"] if grid == "table1" else ["method"]
     if grid == "table1":
-        markdown = write_table(table1(results), out, name)
+        markdown = write_table(table1(results, items), out, name)
     else:
-        markdown = write_table(table2(results), out, name)
+        markdown = write_table(table2(results, items), out, name)
         signals = table3(results)
         if signals.index.droplevel("setting").nunique() > 2:  # the dense row and more than one ATV variant
             markdown += "\n" + write_table(signals, out, f"{name}_signals")

@@ -335,7 +335,22 @@ def _eval(args: argparse.Namespace) -> int:
         kept = retention_against(scored, dense)
         value = f"{kept:.2f}%" if kept == kept else "undefined (a dense score is 0)"
         print(f"retention against {args.dense} over {', '.join(scored.task)}: {value}")
+        if kept == kept:
+            print(_retention_interval(scored, dense))
     return 0
+
+
+def _retention_interval(scored, dense) -> str:  # noqa: ANN001
+    """The approximate 95% interval of a retention from per-task standard errors (the delta method)."""
+    from analysis.tables import task_stderr
+    from probe.uncertainty import delta_retention
+
+    base = dense.set_index("task").loc[list(scored.task)]
+    interval = delta_retention(scored.score, task_stderr(scored), base.score, task_stderr(base.reset_index()))
+    if interval.low != interval.low:
+        return "  (no interval: the scores carry no standard errors)"
+    return (f"  approximate 95% interval [{interval.low:.2f}%, {interval.high:.2f}%] (delta method from the "
+            "tasks' standard errors, the two runs taken as independent: wider than a paired bootstrap)")
 
 
 def cmd_grid(args: argparse.Namespace) -> int:

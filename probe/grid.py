@@ -38,7 +38,7 @@ from probe.data.calibration import CalibrationSpec, select
 from probe.devices import check_device
 from probe.engine import PruneConfig, PruneConfigError, prune
 from probe.errors import ProbeError
-from probe.evaluation.harness import evaluate, primary_rows, resolve_tasks
+from probe.evaluation.harness import evaluate_with_items, primary_rows, resolve_tasks
 from probe.loading import LoadedModel, load_model, parse_dtype
 from probe.manifest import kept_visual_total, package_versions, write_json_atomic, write_text_atomic
 from probe.mot import PATHWAYS, prune_pathway, to_mot
@@ -409,14 +409,17 @@ def run_cell(ctx: GridContext, cell: Cell, show_progress: bool = True, log_sampl
             _save_masks(out / "masks" / f"{cell.pathway}-{cell.pool}-{cell.sparsity:g}.npz", masks)
         record.update(prune=asdict(prune_config), pathway=cell.pathway, seconds=report.seconds)
     samples_out = cell_path(out, cell.cell_id, "samples", ".jsonl") if log_samples else None
-    scores = evaluate(LoadedModel(model, base.processor, base.adapter, base.ref), ctx.tasks, config.limit,
-                      vision_cache=ctx.cache, show_progress=show_progress, seed=config.seed,
-                      loglikelihood=config.loglikelihood, samples_out=samples_out)
+    scores, items = evaluate_with_items(LoadedModel(model, base.processor, base.adapter, base.ref), ctx.tasks,
+                                        config.limit, vision_cache=ctx.cache, show_progress=show_progress,
+                                        seed=config.seed, loglikelihood=config.loglikelihood, samples_out=samples_out)
     settings = {"cell": cell.cell_id, "pathway": cell.pathway, "pool": cell.pool, "sparsity": cell.sparsity,
                 "method": cell.method, "setting": cell.setting, "model": config.model,
                 "nsamples": config.nsamples, "seed": config.seed, "limit": config.limit,
                 "loglikelihood": config.loglikelihood}
     rows = [{**settings, **row} for row in primary_rows(scores).to_dict("records")]
+    primary = primary_rows(scores)[["task", "metric"]].merge(items, on=["task", "metric"])
+    write_text_atomic(cell_path(out, cell.cell_id, "items", ".csv"),
+                      primary.assign(cell=cell.cell_id)[["cell", "task", "doc_id", "value"]].to_csv(index=False))
     write_json_atomic(cell_path(out, cell.cell_id), record)
     return append_cell_rows(out / "results.csv", cell.cell_id, rows)
 

@@ -170,7 +170,7 @@ def test_interrupted_prune_writes_nothing_and_says_so(tmp_path, capsys, monkeypa
 def test_interrupted_grid_keeps_finished_cells_and_says_how_to_resume(tmp_path, capsys, monkeypatch):
     from probe import grid as grid_module
 
-    real = grid_module.evaluate
+    real = grid_module.evaluate_with_items
     calls = []
 
     def dies_in_second_cell(*args, **kwargs):
@@ -179,7 +179,7 @@ def test_interrupted_grid_keeps_finished_cells_and_says_how_to_resume(tmp_path, 
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(grid_module, "evaluate", dies_in_second_cell)
+    monkeypatch.setattr(grid_module, "evaluate_with_items", dies_in_second_cell)
     config = tmp_path / "g.yaml"
     config.write_text("model: tiny:llava\ntasks: digits\nlimit: 2\nnsamples: 2\nsparsities: [0.5]\n"
                       "pathways: [text]\npools: [text]\n")

@@ -25,14 +25,14 @@ def test_grid_runs_every_cell_once_and_resumes(tmp_path, monkeypatch):
     assert set(iou.pathway) == {"text", "visual"} and iou.iou.between(0, 1).all() and (iou.iou < 1).any()
 
     calls = []
-    monkeypatch.setattr(grid_module, "evaluate", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(grid_module, "evaluate_with_items", lambda *a, **k: calls.append(1))
     again = run_grid(config, show_progress=False)
     assert calls == [] and again.equals(results)
 
 
 def test_a_killed_grid_keeps_finished_cells(tmp_path, monkeypatch):
     config = small_config(tmp_path, pathways=["visual"])
-    real = grid_module.evaluate
+    real = grid_module.evaluate_with_items
     seen = []
 
     def dies_in_third_cell(*args, **kwargs):
@@ -41,12 +41,12 @@ def test_a_killed_grid_keeps_finished_cells(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(grid_module, "evaluate", dies_in_third_cell)
+    monkeypatch.setattr(grid_module, "evaluate_with_items", dies_in_third_cell)
     with pytest.raises(KeyboardInterrupt):
         run_grid(config, show_progress=False)
     kept = pd.read_csv(tmp_path / "grid" / "results.csv")
     assert len(kept) == 4 and kept.cell.nunique() == 2
-    monkeypatch.setattr(grid_module, "evaluate", real)
+    monkeypatch.setattr(grid_module, "evaluate_with_items", real)
     assert len(run_grid(config, show_progress=False)) == 6
 
 
@@ -104,7 +104,7 @@ def test_method_grid_prunes_every_method_and_setting(tmp_path):
     table = table2(results)
     assert list(table.index) == [("dense", "dense"), ("50%", "magnitude"), ("50%", "atv"), ("50%", "tamp"),
                                  ("2:4", "magnitude"), ("2:4", "atv"), ("2:4", "tamp")]
-    assert list(table.columns) == [("score (%)", "digits"), ("retention (%)", "avg")]
+    assert list(table.columns) == [("score (%)", "digits"), ("retention (%)", "avg"), ("stderr (%)", "digits")]
     with pytest.raises(GridConfigError, match="other settings.*methods"):
         run_grid(small_config(tmp_path, grid="table2", methods=["wanda"], settings=["0.5", "2:4"], tasks="digits"),
                  show_progress=False)
