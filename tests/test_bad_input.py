@@ -235,3 +235,11 @@ def test_outputs_follow_the_users_umask(tmp_path):
     assert (tmp_path / "ckpt").stat().st_mode & 0o777 == 0o755
     assert (tmp_path / "ckpt" / "x.json").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "group.csv").stat().st_mode & 0o777 == 0o640
+
+
+def test_a_rewritten_output_folder_is_replaced_whole(tmp_path):
+    out = tmp_path / "ckpt"
+    manifest.write_dir_atomic(out, lambda folder: (folder / "old.json").write_text("{}"))
+    manifest.write_dir_atomic(out, lambda folder: (folder / "new.json").write_text("{}"))
+    assert [p.name for p in out.iterdir()] == ["new.json"]
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # neither the old folder nor a temporary one
