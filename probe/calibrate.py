@@ -10,19 +10,11 @@ import torch
 from probe.capture import CapturedSample, activation_bytes, capture
 from probe.data.calibration import CalibrationItem, CalibrationSpec, SelectedSamples, prepare
 from probe.loading import LoadedModel
+from probe.manifest import human_bytes
 from probe.progress import progress_bar
 from probe.vision_cache import VisionFeatureCache
 
 log = logging.getLogger(__name__)
-
-
-def human_bytes(n: int) -> str:
-    """``n`` bytes as B, KiB, MiB or GiB."""
-    for unit in ("B", "KiB", "MiB"):
-        if n < 1024:
-            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
-        n /= 1024
-    return f"{n:.2f} GiB"
 
 
 def estimate_activation_bytes(lengths: list[int], hidden_size: int, dtype: torch.dtype) -> int:
@@ -60,7 +52,7 @@ def capture_items(
     need = estimate_activation_bytes([i.meta["n_tokens"] for i in items], hidden_size, dtype)
     log.info("cached activations: %s on %s for %d samples", human_bytes(need), store_device, len(items))
     samples = []
-    attach = vision_cache.attached(model) if vision_cache is not None else contextlib.nullcontext()
+    attach = vision_cache.attached(model, adapter) if vision_cache is not None else contextlib.nullcontext()
     with attach, progress_bar("capture", len(items), show_progress) as bar:
         for item in items:
             sample = capture(model, adapter, item.inputs, item.sample_id, store_device)

@@ -131,17 +131,17 @@ def check_free_space(out: Path, needed_bytes: int) -> None:
     """Raise :class:`OutputError` if the file system of ``out`` has less than ``needed_bytes`` free."""
     free = shutil.disk_usage(_nearest_existing(out.resolve())).free
     if free < needed_bytes:
-        raise OutputError(f"cannot write {out}: it needs about {format_bytes(needed_bytes)} and "
-                          f"{format_bytes(free)} are free")
+        raise OutputError(f"cannot write {out}: it needs about {human_bytes(needed_bytes)} and "
+                          f"{human_bytes(free)} are free")
 
 
-def format_bytes(size: float) -> str:
-    """``1536`` -> ``1.5 KiB``."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GiB"
+def human_bytes(n: float) -> str:
+    """``n`` bytes as B, KiB, MiB or GiB."""
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n:.0f} B"
+        n /= 1024
+    return f"{n:.2f} GiB"
 
 
 def check_output_file(path: Path) -> None:

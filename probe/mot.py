@@ -27,14 +27,6 @@ from probe.errors import ProbeError
 from probe.models.base import Adapter
 
 PATHWAYS: tuple[str, ...] = ("text", "visual")
-REPLICATED = (
-    "self_attn.q_proj",
-    "self_attn.k_proj",
-    "self_attn.v_proj",
-    "mlp.gate_proj",
-    "mlp.up_proj",
-    "mlp.down_proj",
-)
 
 
 class MoTError(ProbeError):
@@ -82,7 +74,7 @@ class MoTProbe:
         self.model = model
         self.adapter = adapter
         self.router = Router()
-        self.replicated = REPLICATED + (("self_attn.o_proj",) if replicate_o_proj else ())
+        self.replicated = adapter.pathway_linears(replicate_o_proj)
         for layer in adapter.decoder_layers(model):
             for name in self.replicated:
                 parent_name, _, child = name.rpartition(".")

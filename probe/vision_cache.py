@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from probe.models.base import Adapter
+
 
 def _digest(value: Any, h: hashlib._Hash) -> None:
     if isinstance(value, torch.Tensor):
@@ -63,9 +65,10 @@ class VisionFeatureCache:
         return len(self._store)
 
     @contextlib.contextmanager
-    def attached(self, model: nn.Module) -> Iterator[None]:
-        """Serve ``model``'s image features from the cache while inside the context."""
-        inner = model.model if hasattr(model, "model") else model
+    def attached(self, model: nn.Module, adapter: Adapter | None = None) -> Iterator[None]:
+        """Serve ``model``'s image features from the cache while inside the context; ``adapter`` (of the
+        model's family) says which module computes them."""
+        inner = (adapter or Adapter()).image_features_owner(model)
         compute = inner.get_image_features
 
         @functools.wraps(compute)  # generation reads the encoder's signature to pick its arguments

@@ -129,3 +129,21 @@ def test_o_proj_replication_and_misuse():
         to_mot(tiny.model, adapter)
     with pytest.raises(MoTError, match="pathway"):
         probe.pathway_targets("audio")
+
+
+def test_the_adapter_names_the_replicated_linears():
+    """The probe replicates what the family's adapter names, not a fixed list."""
+    from probe.models.base import DEFAULT_PRUNABLE
+
+    tiny = tiny_lvlm("llava")
+    adapter = get_adapter(tiny.model)
+    assert "self_attn.o_proj" not in adapter.pathway_linears()
+    assert set(adapter.pathway_linears(True)) == set(DEFAULT_PRUNABLE)
+
+    class AttentionOnly(type(adapter)):
+        prunable = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
+
+    to_mot(tiny.model, AttentionOnly())
+    layer = adapter.decoder_layers(tiny.model)[0]
+    routed = {name for name, module in layer.named_modules() if isinstance(module, RoutedLinear)}
+    assert routed == {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"}

@@ -78,7 +78,8 @@ class ProbeLVLM(lmms):
 
     @contextlib.contextmanager
     def _serving(self) -> Iterator[None]:
-        with self.vision_cache.attached(self._model) if self.vision_cache is not None else contextlib.nullcontext():
+        cache = self.vision_cache
+        with cache.attached(self._model, self.loaded.adapter) if cache is not None else contextlib.nullcontext():
             yield
 
     def _doc_visuals(self, doc_to_visual: Any, task: str, split: str, doc_id: int) -> list[Image.Image]:

@@ -47,6 +47,8 @@ class Adapter:
     model_types: ClassVar[tuple[str, ...]] = ()
     language_model_attr: ClassVar[str] = "language_model"
     prunable: ClassVar[tuple[str, ...]] = DEFAULT_PRUNABLE
+    # the attention output projection: shared and dense in the MoT probe unless it is replicated too
+    attention_output: ClassVar[str] = "self_attn.o_proj"
     # groups of prunable linears that read the same input tensor (statistics are shared)
     shared_inputs: ClassVar[tuple[tuple[str, ...], ...]] = (
         ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
@@ -78,6 +80,15 @@ class Adapter:
             module = layer.get_submodule(name)
             found[name] = module
         return found
+
+    def pathway_linears(self, replicate_attention_output: bool = False) -> tuple[str, ...]:
+        """The linears the MoT probe replicates into a text and a visual pathway: the block's QKV and FFN
+        linears (every prunable linear but the attention output), and the attention output if asked."""
+        return tuple(n for n in self.prunable if replicate_attention_output or n != self.attention_output)
+
+    def image_features_owner(self, model: nn.Module) -> nn.Module:
+        """The module whose ``get_image_features`` computes image features (the vision feature cache wraps it)."""
+        return model.model if hasattr(model, "model") else model
 
     # --- tokens --------------------------------------------------------------------------
     def visual_token_ids(self, config: Any) -> list[int]:
