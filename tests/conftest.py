@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from probe.tiny import BUILDERS
+from probe.models import tiny_families
 
 warnings.filterwarnings("ignore")
 
-FAMILIES = sorted(BUILDERS)  # every family with a tiny model: the list grows with the registry of tiny models
+FAMILIES = tiny_families()  # every family whose adapter builds a tiny model: derived from the registry
 
 
 def random_image(seed: int, height: int, width: int) -> Image.Image:

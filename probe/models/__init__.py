@@ -19,6 +19,7 @@ from probe.models.base import (
     get_adapter,
     register,
     supported_families,
+    tiny_families,
 )
 
 __all__ = [
@@ -28,4 +29,5 @@ __all__ = [
     "get_adapter",
     "register",
     "supported_families",
+    "tiny_families",
 ]

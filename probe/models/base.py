@@ -47,6 +47,8 @@ class Adapter:
     model_types: ClassVar[tuple[str, ...]] = ()
     language_model_attr: ClassVar[str] = "language_model"
     prunable: ClassVar[tuple[str, ...]] = DEFAULT_PRUNABLE
+    # how the tiny model's chat template writes an image (the family's image placeholder)
+    tiny_image_placeholder: ClassVar[str] = "<image>"
     # the attention output projection: shared and dense in the MoT probe unless it is replicated too
     attention_output: ClassVar[str] = "self_attn.o_proj"
     # groups of prunable linears that read the same input tensor (statistics are shared)
@@ -89,6 +91,11 @@ class Adapter:
     def image_features_owner(self, model: nn.Module) -> nn.Module:
         """The module whose ``get_image_features`` computes image features (the vision feature cache wraps it)."""
         return model.model if hasattr(model, "model") else model
+
+    def tiny_model(self, family: str) -> Any:
+        """A tiny randomly initialised model of ``family`` (a :class:`probe.tiny.TinyLVLM`) for tests and
+        demos; a family that has one overrides this beside its adapter."""
+        raise UnknownModelFamilyError(f"no tiny model for {family!r}; available: {', '.join(tiny_families())}")
 
     # --- tokens --------------------------------------------------------------------------
     def visual_token_ids(self, config: Any) -> list[int]:
@@ -156,6 +163,11 @@ def register(adapter_cls: type[Adapter]) -> type[Adapter]:
 def supported_families() -> list[str]:
     """The ``config.model_type`` values with a registered adapter."""
     return sorted(_REGISTRY)
+
+
+def tiny_families() -> list[str]:
+    """The families whose adapter builds a tiny model (every test that runs per family runs on these)."""
+    return sorted(t for t, a in _REGISTRY.items() if type(a).tiny_model is not Adapter.tiny_model)
 
 
 def get_adapter(model_or_config: Any) -> Adapter:

@@ -1,6 +1,13 @@
 """LLaVA-NeXT (``llava_next``): any-resolution tiles; the processor supplies ``image_sizes``."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from probe.models.base import Adapter, InvalidInputsError, register
+
+if TYPE_CHECKING:
+    from probe.tiny import TinyLVLM
 
 
 @register
@@ -10,3 +17,30 @@ class LlavaNextAdapter(Adapter):
     def check_inputs(self, inputs):
         if "pixel_values" in inputs and "image_sizes" not in inputs:
             raise InvalidInputsError("LLaVA-NeXT inputs with images need `image_sizes` from the processor")
+
+    def tiny_model(self, family: str) -> TinyLVLM:
+        """A tiny randomly initialised model of this family with a working processor."""
+        import transformers as tf
+
+        from probe.tiny import CHAT_TEMPLATE, TinyLVLM, text_config, word_tokenizer
+
+        V, IMG = 128, 120
+        vision = tf.CLIPVisionConfig(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            image_size=32, patch_size=8, projection_dim=32,
+        )
+        grid = [[32, 32], [32, 64], [64, 32]]
+        cfg = tf.LlavaNextConfig(
+            vision_config=vision, text_config=text_config(tf.LlamaConfig, V), image_token_index=IMG,
+            image_grid_pinpoints=grid, vision_feature_select_strategy="default", vision_feature_layer=-1,
+        )
+        model = tf.LlavaNextForConditionalGeneration(cfg)
+        tok = word_tokenizer({"<image>": IMG}, V, image_token="<image>")
+        ip = tf.LlavaNextImageProcessorPil(
+            size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, image_grid_pinpoints=grid,
+        )
+        proc = tf.LlavaNextProcessor(
+            image_processor=ip, tokenizer=tok, patch_size=8, vision_feature_select_strategy="default",
+            num_additional_image_tokens=1, chat_template=CHAT_TEMPLATE,
+        )
+        return TinyLVLM(model, proc, "llava_next")
