@@ -195,7 +195,7 @@ def table3(results: pd.DataFrame) -> pd.DataFrame:
     """The selection-signal ablation in Table 3's layout: a row per (signal, adaptive budget), from ATV
     cells such as ``atv``, ``atv(budget=fixed)``, ``atv(signal=random, budget=fixed)``,
     ``atv(signal=abs)``; cells that change other ATV settings are left out."""
-    from probe.grid import parse_method_spec
+    from probe.method_spec import parse_method_spec
 
     signals, adaptive = [], []
     for spec in results.method.astype(str):

@@ -41,6 +41,7 @@ from probe.errors import ProbeError
 from probe.evaluation.harness import evaluate_with_items, primary_rows, resolve_tasks
 from probe.loading import LoadedModel, load_model, parse_dtype
 from probe.manifest import kept_visual_total, package_versions, write_json_atomic, write_text_atomic
+from probe.method_spec import MethodSpecError, parse_method_spec
 from probe.mot import PATHWAYS, prune_pathway, to_mot
 from probe.pools import POOLS, PoolError
 from probe.sparsity.masks import SparsityError, mask_iou, parse_pattern
@@ -98,7 +99,7 @@ class GridConfig:
             for setting in self.settings:
                 try:
                     self.prune_config(method, *parse_setting(setting))
-                except (PoolError, PruneConfigError, SparsityError) as exc:
+                except (PoolError, PruneConfigError, SparsityError, MethodSpecError) as exc:
                     raise GridConfigError(f"method {method!r} at {setting!r}: {exc}") from None
         for pathway in self.pathways:
             if pathway not in PATHWAYS:
@@ -189,26 +190,6 @@ class Cell:
         if self.pathway == "all":
             return f"{self.method}/{self.setting}"
         return f"{self.pathway}/{self.pool}/{self.sparsity:g}"
-
-
-def parse_method_spec(spec: str) -> tuple[str, dict]:
-    """``atv(alpha=2, signal=random)`` -> ("atv", {"alpha": 2.0, "signal": "random"}); ``wanda`` -> ("wanda", {})."""
-    text = str(spec).strip()
-    if "(" not in text:
-        return text, {}
-    if not text.endswith(")"):
-        raise GridConfigError(f"method {text!r}: settings go in parentheses, e.g. atv(alpha=2)")
-    name, _, inner = text[:-1].partition("(")
-    overrides: dict = {}
-    for part in filter(None, (p.strip() for p in inner.split(","))):
-        key, sep, value = part.partition("=")
-        if not sep:
-            raise GridConfigError(f"method {text!r}: {part!r} is not key=value")
-        try:
-            overrides[key.strip()] = float(value)
-        except ValueError:
-            overrides[key.strip()] = value.strip()
-    return name.strip(), overrides
 
 
 def parse_setting(setting: str | float) -> tuple[float, str]:

@@ -141,3 +141,16 @@ def test_grid_tables_go_next_to_the_papers_when_the_model_matches(tmp_path):
     assert "| setting | method | ours retention (%) | paper retention (%) |" in compared
     assert "| 50% | wanda | 75.00 | 88.36 |" in compared and "| dense | dense | 100.00 | 100.00 |" in compared
     assert compared in markdown
+
+
+def test_analysis_reads_results_without_the_grid_runner():
+    """analysis/ imports no grid runner (nor torch through it): tables and figures of stored results are
+    a pandas matter."""
+    import subprocess
+    import sys
+
+    code = ("import sys, analysis.results, analysis.tables, analysis.figures\n"
+            "print(sorted(m for m in ('probe.grid', 'probe.engine', 'torch') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"
