@@ -101,6 +101,9 @@ class GridConfig:
                     self.prune_config(method, *parse_setting(setting))
                 except (PoolError, PruneConfigError, SparsityError, MethodSpecError) as exc:
                     raise GridConfigError(f"method {method!r} at {setting!r}: {exc}") from None
+        fixed = [m for m in self.methods if parse_method_spec(m)[1].get("budget") == "fixed"]
+        if self.grid == "table2" and fixed and "atv" not in self.methods:
+            raise GridConfigError(f"{fixed[0]!r} keeps as many visual tokens as plain atv: add atv to methods")
         for pathway in self.pathways:
             if pathway not in PATHWAYS:
                 raise GridConfigError(f"unknown pathway {pathway!r}; choose from {', '.join(PATHWAYS)}")
@@ -254,13 +257,13 @@ def cell_path(out: Path, cell_id: str, folder: str = "cells", suffix: str = ".js
 
 def _adaptive_total(out: Path, cell: Cell) -> int:
     """For an ATV cell with ``budget=fixed``: the visual tokens the plain ``atv`` cell of the same setting
-    kept (it must come earlier in ``methods``)."""
-    if parse_method_spec(cell.method)[1].get("budget") != "fixed":
+    kept (that cell runs first, see :func:`needs_earlier_cell`)."""
+    if not needs_earlier_cell(cell):
         return 1
     path = cell_path(out, f"atv/{cell.setting}")
     if not path.is_file():
-        raise GridConfigError(f"{cell.cell_id} keeps as many visual tokens as the 'atv' cell of its setting: "
-                              "list plain atv before it in methods")
+        raise GridConfigError(f"{cell.cell_id} keeps as many visual tokens as the 'atv' cell of its setting, "
+                              f"which has no record in {out / 'cells'}")
     return kept_visual_total(path)
 
 

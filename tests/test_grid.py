@@ -159,3 +159,8 @@ def test_a_rerun_with_other_calibration_samples_is_refused(tmp_path):
     manifest.write_text(json.dumps(stored))
     with pytest.raises(GridConfigError, match="other settings.*calibration samples"):
         run_grid(config, show_progress=False)
+
+
+def test_a_fixed_budget_cell_needs_plain_atv_in_the_grid(tmp_path):
+    with pytest.raises(GridConfigError, match="add atv to methods"):
+        small_config(tmp_path, grid="table2", methods=["wanda", "atv(budget=fixed)"])

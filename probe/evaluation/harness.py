@@ -124,11 +124,16 @@ def tidy_results(results: dict, items: pd.DataFrame | None = None) -> pd.DataFra
     return pd.DataFrame(rows, columns=SCORE_COLUMNS)
 
 
+def _metric_names(results: dict, task: str) -> set[str]:
+    """The metrics lmms-eval reported for ``task`` (result keys are ``metric,filter``)."""
+    return {key.partition(",")[0] for key in results["results"].get(task, {})}
+
+
 def item_scores(results: dict) -> pd.DataFrame:
     """Every item's numeric score per metric from lmms-eval's logged samples (task, metric, doc_id, value)."""
     rows = []
     for task, samples in (results.get("samples") or {}).items():
-        metrics = {key.partition(",")[0] for key in results["results"].get(task, {})}
+        metrics = _metric_names(results, task)
         for sample in samples:
             for metric in metrics & set(sample):
                 value = sample[metric]
@@ -210,9 +215,9 @@ def sample_rows(results: dict) -> list[dict]:
     answered (after the task's filters) and the item's metrics."""
     rows = []
     for task, samples in (results.get("samples") or {}).items():
+        metrics = _metric_names(results, task)
         for sample in samples:
-            metrics = {k: _plain(v) for k, v in sample.items() if k in results["results"].get(task, {}) or
-                       any(key.partition(",")[0] == k for key in results["results"].get(task, {}))}
             rows.append({"task": task, "doc_id": sample.get("doc_id"), "target": _plain(sample.get("target")),
-                         "answer": _plain(sample.get("filtered_resps")), **metrics})
+                         "answer": _plain(sample.get("filtered_resps")),
+                         **{m: _plain(sample[m]) for m in metrics & set(sample)}})
     return rows
