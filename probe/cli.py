@@ -10,7 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from probe.errors import ProbeError
-from probe.names import BUDGETS, DTYPES, FIGURES, GRIDS, K_RULES, METHODS, POOLS, SIGNALS
+from probe.names import BUDGETS, DTYPES, EXECUTORS, FIGURES, GRIDS, K_RULES, METHODS, POOLS, SIGNALS
 
 DEFAULT_MODEL = "reference"
 
@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     cluster = p.add_argument_group("cells as cluster jobs (--executor slurm or ray; the config's cluster: mapping "
                                    "sets the same resources, these flags override it)")
-    cluster.add_argument("--executor", default="local", choices=("local", "slurm", "ray"),
+    cluster.add_argument("--executor", default="local", choices=EXECUTORS,
                          help="local: cells one after another in this process; slurm: one SLURM job per cell "
                               "(submitit); ray: one Ray task per cell")
     cluster.add_argument("--gpus-per-cell", type=int, default=None, help="GPUs of each cell's job (None: 0)")

@@ -196,7 +196,7 @@ class RayExecutor(ClusterExecutor):
         self._logs: dict[Any, str] = {}
 
     def submit(self, plan: GridPlan, cell: Cell, log_samples: bool) -> Any:
-        log = str((plan.out / "logs" / _file_name(cell.cell_id)).with_suffix(".log").resolve())
+        log = str(cell_path(plan.out, cell.cell_id, "logs", ".log").resolve())
         handle = self.task.remote(plan.config, plan.tasks, cell, log_samples, log)
         self._logs[handle] = log
         return handle
@@ -228,13 +228,7 @@ def _logged_cell_job(config: GridConfig, tasks: list[str], cell: Cell, log_sampl
             raise
 
 
-def _file_name(cell_id: str) -> str:
-    return cell_path(Path("."), cell_id).stem
-
-
 def _first_line(error: BaseException) -> str:
     lines = [line for line in str(error).strip().splitlines() if line.strip()]
     return f"{type(error).__name__}: {lines[-1] if lines else ''}".strip()
 
-
-EXECUTORS = ("local", "slurm", "ray")

@@ -43,12 +43,12 @@ from probe.loading import LoadedModel, load_model, parse_dtype
 from probe.manifest import kept_visual_total, package_versions, write_json_atomic, write_text_atomic
 from probe.method_spec import MethodSpecError, parse_method_spec
 from probe.mot import PATHWAYS, prune_pathway, to_mot
+from probe.names import GRIDS
 from probe.pools import POOLS, PoolError
 from probe.sparsity.masks import SparsityError, mask_iou, parse_pattern
 from probe.vision_cache import VisionFeatureCache
 
 QUICK = {"nsamples": 8, "limit": 5, "sparsities": [0.5], "settings": ["0.5"]}
-GRIDS = ("table1", "table2")
 IOU_POOLS = ("text", "visual")  # Fig. 1b compares the masks of these two pools
 RUN_ONLY = ("out", "cluster")  # settings that say where and how a grid runs, not what it computes
 
