@@ -101,21 +101,29 @@ def retention_table(results: pd.DataFrame, rows: list[str], items: pd.DataFrame 
     frame = pd.DataFrame.from_dict(entries, orient="index")
     frame.index = pd.MultiIndex.from_tuples(list(entries), names=["setting", *rows])
     frame.columns = pd.MultiIndex.from_tuples([(SCORES, t) for t in tasks] + [(RETENTION, AVERAGE)])
-    errors = results.assign(se=task_stderr(results), label=_setting_labels(results))
+    errors = results.assign(se=task_stderr(results))
+    matches = {key: _rows_of(key, results, rows) for key in frame.index}
     for t in tasks:
         column = []
         for key in frame.index:
-            if key[0] == "dense":
-                match = errors[(errors.pathway == "dense") & (errors.task == t)]
-            else:
-                match = errors[(errors.pathway != "dense") & (errors.label == key[0]) & (errors.task == t)]
-                for name, value in zip(rows, key[1:]):
-                    match = match[match[name].astype(str) == str(value)]
+            match = errors.loc[matches[key]]
+            match = match[match.task == t]
             column.append(100 * float(match.se.iloc[0]) if len(match) else float("nan"))
         frame[(STDERR, t)] = column
     if items is not None and not items.empty:
         _add_intervals(frame, results, rows, items, baseline, boots, seed)
     return frame
+
+
+def _rows_of(key: tuple, results: pd.DataFrame, rows: list[str]) -> pd.Index:
+    """The index of the result rows behind one row of a :func:`retention_table` (``key``: setting, then
+    the ``rows`` keys)."""
+    if key[0] == "dense":
+        return results.index[results.pathway == "dense"]
+    match = (results.pathway != "dense") & (_setting_labels(results) == key[0])
+    for name, value in zip(rows, key[1:]):
+        match &= results[name].astype(str) == str(value)
+    return results.index[match]
 
 
 def _cell_items(items: pd.DataFrame, cell: str, tasks: list[str], dense_order: dict[str, list]) -> dict | None:
@@ -140,15 +148,10 @@ def _add_intervals(frame: pd.DataFrame, results: pd.DataFrame, rows: list[str], 
     dense = _cell_items(items, dense_cell, tasks, order)
     if dense is None:
         return
-    labelled = results.assign(label=_setting_labels(results))
     cell_of = {}
     for key in frame.index:
-        if key[0] == "dense":
-            continue
-        match = labelled[(labelled.pathway != "dense") & (labelled.label == key[0])]
-        for name, value in zip(rows, key[1:]):
-            match = match[match[name].astype(str) == str(value)]
-        if len(match):
+        match = results.loc[_rows_of(key, results, rows)]
+        if key[0] != "dense" and len(match):
             cell_of[key] = match.cell.iloc[0]
     per_row = {key: _cell_items(items, cell, tasks, order) for key, cell in cell_of.items()}
     low, high = [], []
