@@ -105,6 +105,19 @@ def _nearest_existing(path: Path) -> Path:
     return path
 
 
+def _check_writable(target: Path, parent: Path) -> None:
+    """Raise :class:`OutputError` unless something can be created where ``parent`` (or its nearest existing
+    ancestor) is: a folder there is made and removed, which fails on a read-only file system even for root."""
+    base = _nearest_existing(parent)
+    if not base.is_dir():
+        raise OutputError(f"cannot write {target}: {base} is a file, not a folder")
+    try:
+        probe_dir = tempfile.mkdtemp(dir=base, prefix=".probe-write-check.")
+    except OSError as exc:
+        raise OutputError(f"cannot write {target}: {base} is not writable ({exc.strerror or exc})") from exc
+    os.rmdir(probe_dir)
+
+
 def check_output_dir(out: Path, marker: str | None = None) -> None:
     """Raise :class:`OutputError` before any work if ``out`` cannot become an output folder: it is the
     current folder or one above it, an existing file, under a file, or in a place this user cannot
@@ -117,14 +130,7 @@ def check_output_dir(out: Path, marker: str | None = None) -> None:
         raise OutputError(f"--out {out} is an existing file; name a folder")
     if out.is_dir() and any(out.iterdir()) and marker is not None and not (out / marker).is_file():
         raise OutputError(f"--out {out} is a folder holding other files (no {marker}); name a new or empty folder")
-    base = _nearest_existing(resolved.parent)
-    if not base.is_dir():
-        raise OutputError(f"cannot write {out}: {base} is a file, not a folder")
-    try:
-        probe_dir = tempfile.mkdtemp(dir=base, prefix=".probe-write-check.")
-    except OSError as exc:
-        raise OutputError(f"cannot write {out}: {base} is not writable ({exc.strerror or exc})") from exc
-    os.rmdir(probe_dir)
+    _check_writable(out, resolved.parent)
 
 
 def check_free_space(out: Path, needed_bytes: int) -> None:
@@ -148,11 +154,7 @@ def check_output_file(path: Path) -> None:
     """Raise :class:`OutputError` before any work if ``path`` cannot be written as a file."""
     if path.is_dir():
         raise OutputError(f"--out {path} is a folder; name a file")
-    base = _nearest_existing(path.resolve().parent)
-    if not base.is_dir():
-        raise OutputError(f"cannot write {path}: {base} is a file, not a folder")
-    if not os.access(base, os.W_OK):
-        raise OutputError(f"cannot write {path}: {base} is not writable")
+    _check_writable(path, path.resolve().parent)
 
 
 class RecordError(ProbeError):

@@ -55,6 +55,7 @@ def test_output_folders_that_cannot_be_written(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(manifest.tempfile, "mkdtemp", read_only)
     fails_with(capsys, [*args, OUT, "new"], "Read-only file system")
+    fails_with(capsys, ["eval", "tiny:llava", "--tasks", "digits", OUT, "scores.csv"], "Read-only file system")
     monkeypatch.setattr(manifest.tempfile, "mkdtemp", real_mkdtemp)
     monkeypatch.setattr(manifest.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**6, 10**6 - 10, 10))
     fails_with(capsys, [*args, OUT, "new"], "10 B are free")
