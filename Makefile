@@ -55,8 +55,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_prune.py
 	$(BIN)/python bench/bench_grid.py
 
-# Our stored results on the reference model: dense scores, Table 1, Table 2, the ATV ablations, figures
+# Our stored results on the reference model: dense scores, Table 1, Table 2, the ATV ablations, figures.
+# Regenerated from scratch (git keeps the stored ones): a grid does not resume a folder made with other settings.
 results: $(STAMP)
+	rm -rf results/grid/table1 results/grid/table2 results/grid/ablations
 	$(BIN)/python -m probe.reference.report
 	$(BIN)/probe grid configs/table1_offline.yaml --no-progress
 	$(BIN)/probe grid configs/table2_offline.yaml --no-progress
