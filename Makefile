@@ -42,7 +42,7 @@ offline-data:
 
 demo: $(STAMP)
 	$(BIN)/probe eval reference --tasks offline --limit 40 --out runs/demo/dense.csv
-	$(BIN)/probe prune reference --method wanda --pool text --sparsity 0.5 --nsamples 32 --out runs/demo/wanda-text-50
+	$(BIN)/probe prune reference --method wanda --tokens text --sparsity 0.5 --nsamples 32 --out runs/demo/wanda-text-50
 	$(BIN)/probe eval runs/demo/wanda-text-50 --tasks offline --limit 40 --out runs/demo/wanda-text-50.csv --dense runs/demo/dense.csv
 
 test: $(STAMP)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from probe.manifest import RecordError, read_atv_blocks
+from probe.record import RecordError, read_selector_blocks
 
 PAPER_DIR = Path(__file__).resolve().parent.parent / "results" / "paper"
 # hub ids of the paper's models -> the model names in results/paper/*.csv
@@ -69,14 +69,14 @@ def load_cell_records(folder: str | Path) -> dict[str, dict]:
     records = {}
     for path in sorted((Path(folder) / "cells").glob("*.json")):
         record = json.loads(path.read_text())
-        records[record["cell"]] = record
+        records[record.get("cell") or record["context"]["cell"]] = record  # "cell": records before version 2
     return records
 
 
 def load_atv_blocks(source: str | Path) -> pd.DataFrame:
     """Per-block ATV records (mean drift, K, visual tokens kept) from a pruned checkpoint's
     ``manifest.json``, a grid cell record, or a folder holding a manifest."""
-    return pd.DataFrame(read_atv_blocks(Path(source)))
+    return pd.DataFrame(read_selector_blocks(Path(source)))
 
 
 def load_paper(table: str) -> pd.DataFrame:

@@ -5,12 +5,22 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
-from dataclasses import asdict
 from pathlib import Path
 
 from probe.errors import ProbeError
-from probe.names import BUDGETS, DTYPES, EXECUTORS, FIGURES, GRIDS, K_RULES, METHODS, POOLS, SIGNALS
+from probe.names import (
+    ALLOCATION_NAMES,
+    BUDGETS,
+    DTYPES,
+    EXECUTORS,
+    FIGURES,
+    GRIDS,
+    K_RULES,
+    METHODS,
+    SCORER_NAMES,
+    SIGNALS,
+    TOKENS,
+)
 
 DEFAULT_MODEL = "reference"
 
@@ -35,7 +45,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 
 EXAMPLES = """examples:
-  probe prune --method wanda --pool text --sparsity 0.5 --out runs/wanda-text-50
+  probe prune --method wanda --tokens text --sparsity 0.5 --out runs/wanda-text-50
   probe prune llava-hf/llama3-llava-next-8b-hf --device cuda --dtype bfloat16 --method atv --out pruned/atv-50
   probe eval runs/wanda-text-50 --tasks offline --limit 40 --dense runs/dense.csv
   probe grid --quick
@@ -87,32 +97,60 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help, description=help, epilog=epilog, formatter_class=HelpFormatter)
 
     p = command("prune", "prune a model and write a Hugging Face checkpoint with a manifest",
-                "  probe prune --method wanda --pool text --out runs/wanda-text\n"
+                "  probe prune --method wanda --tokens text --out runs/wanda-text\n"
                 "  probe prune MODEL --method sparsegpt --pattern 2:4 --out runs/sgpt-2of4\n"
-                "  probe prune MODEL --method atv --alpha 1.5 --k-rule released --out runs/atv\n")
+                "  probe prune MODEL --method atv --alpha 1.5 --k-rule released --out runs/atv\n"
+                "  probe prune MODEL --tokens atv --scorer sparsegpt --allocation owl --out runs/atv-sgpt-owl\n")
     _add_model_args(p)
     _add_calib_args(p)
-    p.add_argument("--method", default="wanda", choices=METHODS,
-                   help="magnitude, wanda, sparsegpt, atv (ATV-Pruning: Wanda scores over the atv pool) or tamp "
-                        "(TAMP's AMIA token selection per linear, Wanda scores)")
+    p.add_argument("--method", default=None, choices=METHODS,
+                   help="a named method, i.e. a choice on the axes below: magnitude, wanda, sparsegpt, ria; atv "
+                        "(ATV-Pruning: --tokens atv --scorer wanda); tamp (TAMP's token selection, uniform "
+                        "sparsity); tamp-full (with TAMP's layer-wise allocation); owl (--scorer wanda --allocation "
+                        "owl). None: wanda unless an axis is given")
+    p.add_argument("--tokens", "--pool", dest="tokens", default=None, choices=TOKENS,
+                   help="token selector: which calibration tokens feed the statistics (None: the method's, else mixed)")
+    p.add_argument("--scorer", default=None, choices=SCORER_NAMES,
+                   help="which weights go and what the kept ones become (None: the method's, else wanda)")
+    p.add_argument("--allocation", default=None, choices=ALLOCATION_NAMES,
+                   help="sparsity per block or linear: uniform, owl (outlier-weighted, Yin et al. 2024) or tamp "
+                        "(TAMP's per-linear allocation) (None: the method's, else uniform)")
     p.add_argument("--sparsity", type=float, default=None,
                    help="fraction of weights removed, in [0, 1); None: implied by an N:M pattern, else 0.5")
     p.add_argument("--pattern", default="unstructured", help="unstructured, or N:M keeping N of every M (2:4, 4:8)")
-    p.add_argument("--pool", default="", choices=("", *POOLS),
-                   help="positions feeding the statistics ('': the method's own, mixed for magnitude, wanda and "
-                        "sparsegpt); --method sparsegpt --pool atv feeds ATV's tokens to SparseGPT's Hessian")
-    p.add_argument("--alpha", type=float, default=1.0, help="ATV: visual budget scale (0 = text pool)")
-    p.add_argument("--k-rule", default="paper", choices=K_RULES,
-                   help="ATV budget: paper (floor(alpha*s_bar*n_text)) or released (round(min(1,alpha*s_bar)*n_text))")
-    p.add_argument("--signal", default="drift", choices=SIGNALS,
-                   help="ATV selection signal: drift (the method), random, abs (attention from text queries) or "
-                        "dbs (diversity); ablations of the paper's Table 3")
-    p.add_argument("--budget", default="adaptive", choices=BUDGETS,
-                   help="ATV budget: adaptive (per block, from drift) or fixed (the same count in every block)")
-    p.add_argument("--budget-from", type=Path, default=None,
-                   help="with --budget fixed: an adaptive ATV run (folder) whose total of kept visual tokens to keep")
-    p.add_argument("--text-ratio", type=float, default=1.0,
-                   help="ATV: fraction of text tokens kept, ranked by drift (ablation; 1 keeps all)")
+    p.add_argument("--true-sequential", action="store_true",
+                   help="each group of linears sharing an input takes its statistics after the earlier groups of "
+                        "its block are pruned (SparseGPT's --true-sequential; any scorer that uses statistics)")
+    atv = p.add_argument_group("token selector atv")
+    atv.add_argument("--alpha", type=float, default=None, help="visual budget scale (0 = text pool) (None: 1)")
+    atv.add_argument("--k-rule", default=None, choices=K_RULES,
+                     help="budget: paper (floor(alpha*s_bar*n_text)) or released (round(min(1,alpha*s_bar)*n_text)) "
+                          "(None: paper)")
+    atv.add_argument("--signal", default=None, choices=SIGNALS,
+                     help="selection signal: drift (the method), random, abs (attention from text queries) or dbs "
+                          "(diversity); ablations of the paper's Table 3 (None: drift)")
+    atv.add_argument("--budget", default=None, choices=BUDGETS,
+                     help="adaptive (per block, from drift) or fixed (the same count in every block) (None: adaptive)")
+    atv.add_argument("--budget-from", type=Path, default=None,
+                     help="with --budget fixed: an adaptive ATV run (folder) whose total of kept visual tokens to keep")
+    atv.add_argument("--text-ratio", type=float, default=None,
+                     help="fraction of text tokens kept, ranked by drift (ablation) (None: 1, all)")
+    scorer = p.add_argument_group("scorers")
+    scorer.add_argument("--use-variant", action="store_true",
+                        help="wanda: per-row cumulative-score thresholds (the upstream code's use_variant)")
+    scorer.add_argument("--blocksize", type=positive_int, default=None, help="sparsegpt: lazy-update block (None: 128)")
+    scorer.add_argument("--percdamp", type=float, default=None, help="sparsegpt: Hessian dampening (None: 0.01)")
+    scorer.add_argument("--ria-power", type=float, default=None,
+                        help="ria: exponent of the activation norm (None: 0.5)")
+    scorer.add_argument("--ria-per-row", action="store_true",
+                        help="ria: prune each output row alone (default: one threshold per matrix)")
+    allocation = p.add_argument_group("allocations")
+    allocation.add_argument("--owl-m", type=float, default=None,
+                            help="owl: a score is an outlier above M times the block mean (None: 5)")
+    allocation.add_argument("--owl-lambda", type=float, default=None,
+                            help="owl: block sparsities within target +- lambda (None: 0.08)")
+    allocation.add_argument("--max-extra", type=float, default=None,
+                            help="tamp allocation: no linear pruned beyond target + this (None: 0.1)")
     p.add_argument("--out", required=True, type=Path, help="output folder (written atomically)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=cmd_prune)
@@ -212,79 +250,63 @@ def cmd_prune(args: argparse.Namespace) -> int:
                              "once complete); run the command again to start over") from None
 
 
-def _prune(args: argparse.Namespace) -> int:
-    import torch
+# flag -> (axis, entry, setting): an entry's settings given on the command line
+ENTRY_FLAGS: dict[str, tuple[str, str, str]] = {
+    "alpha": ("tokens", "atv", "alpha"), "k_rule": ("tokens", "atv", "k_rule"), "signal": ("tokens", "atv", "signal"),
+    "budget": ("tokens", "atv", "budget"), "text_ratio": ("tokens", "atv", "text_ratio"),
+    "use_variant": ("scorer", "wanda", "use_variant"), "blocksize": ("scorer", "sparsegpt", "blocksize"),
+    "percdamp": ("scorer", "sparsegpt", "percdamp"), "ria_power": ("scorer", "ria", "power"),
+    "ria_per_row": ("scorer", "ria", "per_row"), "owl_m": ("allocation", "owl", "m"),
+    "owl_lambda": ("allocation", "owl", "lam"), "max_extra": ("allocation", "tamp", "max_extra"),
+}
 
-    from probe.atv import AtvSettings
-    from probe.calibrate import capture_calibration
-    from probe.data.calibration import CalibrationSpec, select
-    from probe.devices import check_device
-    from probe.engine import PruneConfig, prune
-    from probe.loading import load_model, parse_dtype
-    from probe.manifest import (
-        check_free_space,
-        check_output_dir,
-        kept_visual_total,
-        package_versions,
-        write_dir_atomic,
-        write_json_atomic,
-    )
-    from probe.models.compat import copy_left_out_processor_files, save_processor
+
+def prune_config_from_args(args: argparse.Namespace):
+    """The PruneConfig the flags describe; a flag of an entry the run does not use is an error."""
+    from probe.engine import PruneConfig, PruneConfigError
+    from probe.record import kept_visual_total
+    from probe.registry import DEFAULTS, PRESETS
     from probe.sparsity.masks import parse_pattern
 
-    check_output_dir(args.out, marker="manifest.json")
     pattern = parse_pattern(args.pattern)
     sparsity = args.sparsity if args.sparsity is not None else (pattern.sparsity if pattern.structured else 0.5)
-    atv = AtvSettings(alpha=args.alpha, k_rule=args.k_rule, signal=args.signal, text_ratio=args.text_ratio,
-                      budget=args.budget, fixed_total=kept_visual_total(args.budget_from) if args.budget_from else 0,
-                      seed=args.seed)
-    config = PruneConfig(method=args.method, sparsity=sparsity, pattern=args.pattern, pool=args.pool, atv=atv)
+    preset = PRESETS.get(args.method or "", {})
+    axes = {axis: getattr(args, axis) or preset.get(axis) or DEFAULTS[axis] for axis in DEFAULTS}
+    settings: dict[str, dict] = {axis: {} for axis in DEFAULTS}
+    for flag, (axis, entry, name) in ENTRY_FLAGS.items():
+        value = getattr(args, flag)
+        if value is None or value is False:
+            continue
+        if axes[axis] != entry:
+            raise PruneConfigError(f"--{flag.replace('_', '-')} is a setting of {axis} {entry!r}; this run uses "
+                                   f"{axes[axis]!r}")
+        settings[axis][name] = value
+    if args.budget_from is not None:
+        if axes["tokens"] != "atv":
+            raise PruneConfigError("--budget-from is a setting of tokens 'atv'")
+        settings["tokens"]["fixed_total"] = kept_visual_total(args.budget_from)
+    if axes["tokens"] == "atv":
+        settings["tokens"].setdefault("seed", args.seed)
+    return PruneConfig(method=args.method or "", tokens=args.tokens or "", scorer=args.scorer or "",
+                       allocation=args.allocation or "", sparsity=sparsity, pattern=args.pattern,
+                       true_sequential=args.true_sequential, tokens_settings=settings["tokens"],
+                       scorer_settings=settings["scorer"], allocation_settings=settings["allocation"])
+
+
+def _prune(args: argparse.Namespace) -> int:
+    from probe.api import prune_checkpoint
+    from probe.data.calibration import CalibrationSpec
+    from probe.manifest import check_output_dir
+
+    check_output_dir(args.out, marker="manifest.json")
+    config = prune_config_from_args(args)
     spec = CalibrationSpec.parse(args.calib, image_root=args.image_root, subset=args.calib_subset,
                                  split=args.calib_split, nsamples=args.nsamples, seed=args.seed)
-    dtype = parse_dtype(args.dtype)
-    run_device = args.run_device or ("cuda" if args.offload else args.device)
-    check_device(args.device)
-    check_device(run_device)
-    started = time.time()
-    selected = select(spec) if config.needs_calibration else None  # every data check before the model loads
-    loaded = load_model(args.model, dtype=dtype, device="cpu" if args.offload else args.device,
-                        max_pixels=args.max_pixels)
-    check_free_space(args.out, sum(p.numel() * p.element_size() for p in loaded.model.parameters()))
-    samples = []
-    if config.needs_calibration:
-        store = "cpu" if args.offload else args.device
-        samples = capture_calibration(loaded, selected, store_device=store, show_progress=not args.no_progress)
-    torch.manual_seed(args.seed)
-    report = prune(loaded.model, loaded.adapter, samples, config, device=run_device,
-                   show_progress=not args.no_progress)
-    manifest = {
-        "command": "prune",
-        "model": args.model,
-        "family": loaded.model.config.model_type,
-        "dtype": args.dtype,
-        "device": run_device,
-        "offload": args.offload,
-        "max_pixels": args.max_pixels,
-        "prune": asdict(config),
-        "calibration": {**asdict(spec), "sample_ids": [s.sample_id for s in samples]},
-        "achieved_sparsity": report.sparsity,
-        "atv_blocks": report.pool_records,
-        "mean_sparsity": sum(report.sparsity.values()) / max(len(report.sparsity), 1),
-        "prune_seconds": report.seconds,
-        "wall_seconds": time.time() - started,
-        "peak_memory_bytes": report.peak_memory_bytes,
-        "versions": package_versions(),
-    }
-
-    def fill(folder: Path) -> None:
-        loaded.model.save_pretrained(folder)
-        save_processor(loaded.processor, folder)
-        if loaded.from_checkpoint:
-            copy_left_out_processor_files(loaded.ref, folder)
-        write_json_atomic(folder / "manifest.json", manifest)
-
-    write_dir_atomic(args.out, fill)
-    print(f"wrote {args.out} (mean sparsity {manifest['mean_sparsity']:.3f}, {report.seconds:.1f} s)")
+    record = prune_checkpoint(args.model, args.out, config, spec, dtype=args.dtype, device=args.device,
+                              offload=args.offload, run_device=args.run_device, max_pixels=args.max_pixels,
+                              show_progress=not args.no_progress)
+    print(f"wrote {args.out} ({record.method}, mean sparsity {record.mean_sparsity:.3f}, "
+          f"{record.timings['prune']:.1f} s)")
     return 0
 
 
@@ -451,7 +473,8 @@ def _drift_title(source: Path, model: str | None) -> str:
     import json
 
     record = source if source.suffix == ".json" else source / "manifest.json"
-    prune = json.loads(record.read_text()).get("prune", {}) if record.is_file() else {}
+    data = json.loads(record.read_text()) if record.is_file() else {}
+    prune = data.get("settings") or data.get("prune") or {}  # "prune": records before version 2
     setting = f", {prune['sparsity']:.0%} {prune.get('pattern', '')}".rstrip() if "sparsity" in prune else ""
     return f"{model + ': ' if model else ''}ATV drift and budget per block{setting}"
 

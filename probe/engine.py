@@ -1,8 +1,17 @@
-"""The sequential pruning loop: for each decoder block, a dense pass that accumulates statistics over
-the pool's positions, the pruning of the block's linears, then a propagation pass so that the next
-block sees the pruned block's outputs. The engine never knows the model family: the adapter says
-where the blocks and linears are; ``targets`` says which weights to prune and where their inputs are
-observed (the MoT probe prunes one pathway's copies while observing the shared routed input).
+"""The sequential pruning loop. It knows four axes and no method by name:
+
+- a token selector (:mod:`probe.tokens`) says which positions feed each weight's statistics;
+- a scorer (:mod:`probe.scorers`) prunes one weight from those statistics;
+- an allocation (:mod:`probe.allocation`) gives each linear its sparsity, from a dense pre-pass if it needs one;
+- a pattern (:mod:`probe.sparsity.masks`): unstructured or N:M.
+
+Per decoder block: a dense pass that accumulates statistics over the selected positions, the pruning of
+the block's linears, then a propagation pass so that the next block sees the pruned block's outputs. With
+``true_sequential``, each group of linears sharing an input (attention inputs, attention output, MLP
+inputs, MLP output) takes its statistics after the earlier groups of the block were pruned, as
+SparseGPT's ``--true-sequential`` does. The engine never knows the model family: the adapter says where
+the blocks and linears are; ``targets`` says which weights to prune and where their inputs are observed
+(the MoT probe prunes one pathway's copies while observing the shared routed input).
 """
 
 from __future__ import annotations
@@ -11,24 +20,24 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
+from probe.allocation.base import Allocation, AllocationError
 from probe.attention import eager_call, recording_attention
-from probe.atv import AtvPool, AtvSettings
 from probe.capture import CapturedSample, run_block
 from probe.errors import ProbeError
 from probe.models.base import Adapter
-from probe.names import METHODS, POOLS
-from probe.pools import Pool, PoolError, check_not_empty, get_pool
 from probe.progress import progress_bar
-from probe.sparsity.masks import Pattern, check_sparsity, magnitude_mask, mask_from_scores, parse_pattern
-from probe.sparsity.sparsegpt import sparsegpt_prune
-from probe.sparsity.stats import InputStats, wanda_scores
-from probe.tamp import TampPool
-
-OWN_POOL = {"atv": "atv", "tamp": "tamp"}  # methods that are a pool with Wanda scores
+from probe.record import linear_key
+from probe.registry import DEFAULTS, PRESETS, check_name, check_preset, entry_class
+from probe.scorers.base import Scorer
+from probe.settings import build_settings
+from probe.sparsity.masks import Pattern, check_sparsity, parse_pattern
+from probe.sparsity.stats import InputStats
+from probe.tokens.base import PerLinearSelector, RankingSelector, TokenSelector, check_not_empty
 
 
 class PruneConfigError(ProbeError):
@@ -37,32 +46,46 @@ class PruneConfigError(ProbeError):
 
 @dataclass(frozen=True)
 class PruneConfig:
-    """Validated settings of one pruning run.
+    """Validated settings of one pruning run: a choice on each axis, each with its own settings.
 
-    ``method="atv"`` is ATV-Pruning: Wanda scores over the ``atv`` pool. ``pool`` defaults to ``atv``
-    for it and to ``mixed`` otherwise; ``pool="atv"`` with ``method="sparsegpt"`` feeds the ATV pool
-    to SparseGPT's Hessian (an extension of the paper).
+    ``method`` names a preset (:data:`probe.registry.PRESETS`, e.g. ``atv`` = ATV tokens + Wanda) that
+    fills the axes left empty; an axis given explicitly must agree with the preset. Axes neither sets take
+    the defaults (mixed tokens, Wanda, uniform allocation). ``*_settings`` are mappings (or the entry's
+    settings dataclass) holding only the chosen entry's settings.
     """
 
-    method: str = "wanda"
+    method: str = ""
+    tokens: str = ""
+    scorer: str = ""
+    allocation: str = ""
     sparsity: float = 0.5
     pattern: str = "unstructured"
-    pool: str = ""
-    blocksize: int = 128
-    percdamp: float = 0.01
-    atv: AtvSettings = field(default_factory=AtvSettings)
+    true_sequential: bool = False
+    tokens_settings: Any = None
+    scorer_settings: Any = None
+    allocation_settings: Any = None
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise PruneConfigError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
+        preset = check_preset(self.method) if self.method else {}
+        for axis in ("tokens", "scorer", "allocation"):
+            given = getattr(self, axis)
+            if given and axis in preset and given != preset[axis]:
+                raise PruneConfigError(f"method {self.method!r} uses {axis} {preset[axis]!r}; it cannot use "
+                                       f"{given!r} (drop the method to combine the axes freely)")
+            name = given or preset.get(axis) or DEFAULTS[axis]
+            check_name(axis, name)
+            object.__setattr__(self, axis, name)
+            settings_type = entry_class(axis, name).Settings
+            value = getattr(self, f"{axis}_settings")
+            object.__setattr__(self, f"{axis}_settings", build_settings(settings_type, value, f"{axis} {name!r}"))
+        if not isinstance(self.true_sequential, bool):
+            raise PruneConfigError(f"true_sequential must be true or false, got {self.true_sequential!r}")
         check_sparsity(self.sparsity, self.parsed_pattern)
-        if not self.pool:
-            object.__setattr__(self, "pool", OWN_POOL.get(self.method, "mixed"))
-        if self.pool not in POOLS:
-            raise PoolError(f"unknown pool {self.pool!r}; choose from {', '.join(POOLS)}")
-        if self.method in OWN_POOL and self.pool != OWN_POOL[self.method]:
-            raise PruneConfigError(
-                f"method {self.method!r} selects its own tokens; it cannot use the {self.pool!r} pool")
+        scorer = self.make_scorer()
+        scorer.check(self.parsed_pattern)
+        self.make_allocation().check(self.sparsity, self.parsed_pattern)
+        if self.true_sequential and scorer.needs == "nothing":
+            raise PruneConfigError(f"true_sequential re-gathers statistics; scorer {self.scorer!r} uses none")
 
     @property
     def parsed_pattern(self) -> Pattern:
@@ -70,20 +93,26 @@ class PruneConfig:
 
     @property
     def needs_calibration(self) -> bool:
-        return self.method != "magnitude"
+        return entry_class("scorer", self.scorer).needs != "nothing" or entry_class(
+            "allocation", self.allocation).needs_prepass
 
     @property
-    def scorer(self) -> str:
-        """How weights are scored: magnitude, wanda or sparsegpt (ATV scores with Wanda)."""
-        return "wanda" if self.method in OWN_POOL else self.method
+    def label(self) -> str:
+        """The preset's name when the axes are exactly a preset's, else ``tokens+scorer+allocation``."""
+        for name, axes in PRESETS.items():
+            if all(getattr(self, axis) == axes.get(axis, DEFAULTS[axis]) for axis in DEFAULTS):
+                return name
+        return f"{self.tokens}+{self.scorer}+{self.allocation}"
 
-    def make_pool(self) -> Pool:
-        """A fresh pool for one run (dynamic pools record their choices)."""
-        if self.pool == "atv":
-            return AtvPool(self.atv)
-        if self.pool == "tamp":
-            return TampPool()
-        return get_pool(self.pool)
+    def make_selector(self) -> TokenSelector:
+        """A fresh token selector for one run (ranking selectors record their choices)."""
+        return entry_class("tokens", self.tokens)(self.tokens_settings)
+
+    def make_scorer(self) -> Scorer:
+        return entry_class("scorer", self.scorer)(self.scorer_settings)
+
+    def make_allocation(self) -> Allocation:
+        return entry_class("allocation", self.allocation)(self.allocation_settings)
 
 
 @dataclass
@@ -96,6 +125,7 @@ class Target:
 
 
 TargetFn = Callable[[int, nn.Module], dict[str, Target]]
+SampleContext = Callable[[CapturedSample], contextlib.AbstractContextManager]
 
 
 def stats_keys(adapter: Adapter, names: list[str]) -> dict[str, str]:
@@ -120,100 +150,151 @@ def default_targets(adapter: Adapter) -> TargetFn:
 
 @dataclass
 class PruneReport:
-    """What a pruning run did: achieved sparsity per matrix, time, memory."""
+    """What a pruning run did: per matrix the sparsity asked and achieved, per block what the token
+    selector chose, what the allocation measured, times and peak memory."""
 
-    sparsity: dict[str, float] = field(default_factory=dict)
+    sparsity: dict[str, float] = field(default_factory=dict)  # achieved, per matrix
+    target_sparsity: dict[str, float] = field(default_factory=dict)  # asked by the allocation, per matrix
+    selector_blocks: list[dict] = field(default_factory=list)  # per block, what a ranking selector chose
+    allocation: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    prepass_seconds: float = 0.0
     peak_memory_bytes: int = 0
-    pool_records: list[dict] = field(default_factory=list)  # per block, what a dynamic pool chose
 
 
-def _observe(targets: dict[str, Target], stats: dict[str, InputStats], current: dict, with_hessian: bool, device,
-             per_linear: bool = False):
-    """Register forward hooks that add the certain pooled input rows of each stats module to its statistics
-    and keep the rows of uncertain positions (a dynamic pool's candidates) in ``current["kept"]``. For a
-    per-linear pool, every target keeps its whole input and output in ``current["io"]`` instead."""
-    handles = []
-    seen: set[str] = set()
-    for name, target in targets.items():
-        key = name if per_linear else target.stats_key
-        if key in seen:
-            continue
-        seen.add(key)
+@dataclass
+class _Run:
+    """What the passes over one block share."""
 
-        def hook(module, inputs, output, key=key):
+    layer: nn.Module
+    index: int
+    samples: list[CapturedSample]
+    states: list[torch.Tensor]  # each sample's input to this block
+    device: torch.device
+    context: SampleContext
+    adapter: Adapter
+
+    def replay(self, i: int, attention: bool = False) -> torch.Tensor:
+        """Run sample ``i`` through the block (eager attention when its probabilities are recorded)."""
+        sample = self.samples[i]
+        hidden = self.states[i].to(self.device)
+        call = sample.calls[self.index]
+        if attention:
+            call = eager_call(call, sample.seq_len, hidden.dtype, hidden.device)
+        with self.context(sample):
+            return run_block(self.layer, hidden, call)
+
+
+def _hook_inputs(modules: dict[str, nn.Module], seen: dict[str, torch.Tensor],
+                 outputs: dict[str, torch.Tensor] | None = None) -> list:
+    """Forward hooks that put each module's input rows (and output rows) of the current replay in ``seen``."""
+
+    def make(key: str):
+        def hook(module, inputs, output):
             x = inputs[0]
-            rows = x.reshape(-1, x.shape[-1])
-            if key not in stats:
-                stats[key] = InputStats.empty(x.shape[-1], device, with_hessian)
-            if per_linear:
-                current["io"][key] = (rows, output.reshape(-1, output.shape[-1]))
-                return
-            stats[key].add(rows[current["certain"].to(x.device)])
-            if current["uncertain"] is not None:
-                current["kept"][key] = rows[current["uncertain"].to(x.device)]
+            seen[key] = x.reshape(-1, x.shape[-1])
+            if outputs is not None:
+                outputs[key] = output.reshape(-1, output.shape[-1])
+        return hook
 
-        handles.append(target.stats_module.register_forward_hook(hook))
-    return handles
+    return [module.register_forward_hook(make(key)) for key, module in modules.items()]
 
 
-def _dense_pass(layer, index: int, samples: list[CapturedSample], states: list[torch.Tensor], pool: Pool,
-                stats: dict[str, InputStats], block_targets: dict[str, Target], with_hessian: bool, run_device,
-                context, adapter: Adapter) -> None:
-    """Run every sample through the (still dense) block, accumulating the pool's statistics. A dynamic
-    pool ranks each sample's candidates from the block's input and output (and attention, run eagerly
-    for it); the chosen ones are added once every sample was seen. ``states`` holds each sample's input
-    to this block."""
-    current: dict = {}
-    candidates: list[dict[str, torch.Tensor]] = []
-    handles = _observe(block_targets, stats, current, with_hessian, run_device, pool.per_linear)
-    attention = (recording_attention(adapter.attention_module(layer)) if pool.needs_attention
+def _stats_modules(block_targets: dict[str, Target], per_linear: bool) -> dict[str, nn.Module]:
+    """The module observed for each statistics key, in the targets' order."""
+    modules: dict[str, nn.Module] = {}
+    for name, target in block_targets.items():
+        modules.setdefault(name if per_linear else target.stats_key, target.stats_module)
+    return modules
+
+
+def _dense_pass(run: _Run, selector: TokenSelector, modules: dict[str, nn.Module], with_hessian: bool,
+                keep_positions: bool) -> tuple[dict[str, InputStats], list[str], dict[str, list[torch.Tensor]]]:
+    """Run every sample through the (still dense) block, adding the selected input rows of each module to
+    its statistics. Returns the statistics, the keys in the order their modules ran, and (with
+    ``keep_positions``) each key's selected positions per sample, for later passes."""
+    stats: dict[str, InputStats] = {}
+    order: list[str] = []
+    positions: dict[str, list[torch.Tensor]] = {key: [] for key in modules}
+    seen: dict[str, torch.Tensor] = {}
+    outputs: dict[str, torch.Tensor] = {}
+    per_linear = isinstance(selector, PerLinearSelector)
+    ranking = isinstance(selector, RankingSelector)
+    handles = _hook_inputs(modules, seen, outputs if per_linear else None)
+    attention = (recording_attention(run.adapter.attention_module(run.layer)) if selector.needs_attention
                  else contextlib.nullcontext({}))
+    held: list[dict[str, torch.Tensor]] = []  # per sample, the ranked candidates' rows of each key
+    ranked: list[torch.Tensor] = []
+
+    def add(key: str, rows: torch.Tensor) -> None:
+        if key not in stats:
+            stats[key] = InputStats.empty(rows.shape[-1], run.device, with_hessian)
+        stats[key].add(rows)
+
     try:
         with attention as record:
-            for i, sample in enumerate(samples):
-                current.update(certain=pool.certain(sample, index), uncertain=pool.uncertain(sample, index), kept={},
-                               io={})
-                hidden = states[i].to(run_device)
-                call = sample.calls[index]
-                if pool.needs_attention:
-                    call = eager_call(call, sample.seq_len, hidden.dtype, hidden.device)
-                with context(sample):
-                    out = run_block(layer, hidden, call)
-                for key, (rows, outputs) in current["io"].items():
-                    chosen = pool.select_linear(sample, outputs, record.get("probs"))
-                    stats[key].add(rows[chosen.to(rows.device)])
-                if pool.dynamic:
-                    order = pool.rank(i, sample, index, hidden, out, record.get("probs"))
-                    slot = torch.full((sample.seq_len,), -1, dtype=torch.long)
-                    slot[current["uncertain"].nonzero().flatten()] = torch.arange(int(current["uncertain"].sum()))
-                    rows = slot[order]
-                    candidates.append({key: kept[rows.to(kept.device)] for key, kept in current["kept"].items()})
+            for i, sample in enumerate(run.samples):
+                seen.clear()
+                out = run.replay(i, attention=selector.needs_attention)
+                order.extend(k for k in seen if k not in order)
+                if per_linear:
+                    for key, rows in seen.items():
+                        chosen = selector.select_linear(sample, outputs[key], record.get("probs")).to(rows.device)
+                        add(key, rows[chosen])
+                        if keep_positions:
+                            positions[key].append(chosen.cpu())
+                    continue
+                if ranking:
+                    certain = selector.certain(sample, run.index)
+                    candidate_order = selector.rank(i, sample, run.index, run.states[i].to(run.device), out,
+                                                    record.get("probs"))
+                    ranked.append(candidate_order)
+                    held.append({key: rows[candidate_order.to(rows.device)] for key, rows in seen.items()})
+                else:
+                    certain = selector.positions(sample, run.index)
+                for key, rows in seen.items():
+                    add(key, rows[certain.to(rows.device)])
+                    if keep_positions and not ranking:
+                        positions[key].append(certain.cpu())
     finally:
         for h in handles:
             h.remove()
-    if pool.dynamic:
-        for count, kept in zip(pool.choose(index), candidates):
-            for key, rows in kept.items():
-                stats[key].add(rows[:count])
+    if ranking:
+        for i, (count, rows_by_key) in enumerate(zip(selector.choose(run.index), held)):
+            chosen = selector.certain(run.samples[i], run.index).clone()
+            chosen[ranked[i][:count].cpu()] = True
+            for key, rows in rows_by_key.items():
+                add(key, rows[:count])
+                if keep_positions:
+                    positions[key].append(chosen)
+    return stats, order, positions
 
 
-def _prune_target(target: Target, stats: InputStats | None, config: PruneConfig) -> float:
+def _regather(run: _Run, key: str, module: nn.Module, positions: list[torch.Tensor], with_hessian: bool
+              ) -> InputStats:
+    """Statistics of ``key`` from a pass over the block as it is now, at the positions chosen before."""
+    seen: dict[str, torch.Tensor] = {}
+    handles = _hook_inputs({key: module}, seen)
+    stats: InputStats | None = None
+    try:
+        for i in range(len(run.samples)):
+            run.replay(i)
+            rows = seen[key]
+            if stats is None:
+                stats = InputStats.empty(rows.shape[-1], run.device, with_hessian)
+            stats.add(rows[positions[i].to(rows.device)])
+    finally:
+        for h in handles:
+            h.remove()
+    return stats
+
+
+def _prune_weight(target: Target, scorer: Scorer, stats: InputStats | None, sparsity: float, pattern: Pattern
+                  ) -> float:
     """Prune one weight in place; returns its achieved sparsity."""
     weight = target.weight_module.weight
-    pattern = config.parsed_pattern
-    if config.method == "magnitude":
-        mask = magnitude_mask(weight.data, config.sparsity, pattern)
-        new = weight.data.masked_fill(mask, 0)
-    elif config.scorer == "wanda":
-        scores = wanda_scores(weight.data, stats.column_norms())
-        mask = mask_from_scores(scores, config.sparsity, pattern)
-        new = weight.data.masked_fill(mask.to(weight.device), 0)
-    else:
-        new, _ = sparsegpt_prune(
-            weight.data, stats.hessian(), config.sparsity, pattern, config.blocksize, config.percdamp
-        )
-    weight.data.copy_(new.to(weight.dtype))
+    new = scorer.prune(weight.data, stats, sparsity, pattern)
+    weight.data.copy_(new.to(weight.device, weight.dtype))
     return float((weight.data == 0).float().mean())
 
 
@@ -225,6 +306,46 @@ def _peak_memory(device: torch.device) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
+def _allocate(config: PruneConfig, allocation: Allocation, layers: list[nn.Module], targets: TargetFn,
+              samples: list[CapturedSample], run_device: torch.device, context: SampleContext, adapter: Adapter,
+              show_progress: bool) -> dict[str, float]:
+    """Every linear's sparsity; an allocation with a pre-pass first watches the dense model on every token."""
+    sizes: dict[str, int] = {}
+    states = [sample.hidden for sample in samples]
+    label = f"{allocation.name} allocation"
+    with progress_bar(label, len(layers), show_progress and allocation.needs_prepass) as bar:
+        for index, layer in enumerate(layers):
+            block_targets = targets(index, layer)
+            sizes.update({linear_key(index, n): t.weight_module.weight.numel() for n, t in block_targets.items()})
+            if not allocation.needs_prepass:
+                continue
+            home = next(layer.parameters()).device
+            layer.to(run_device)
+            run = _Run(layer, index, samples, states, run_device, context, adapter)
+            modules = _stats_modules(block_targets, per_linear=False)
+            seen: dict[str, torch.Tensor] = {}
+            handles = _hook_inputs(modules, seen)
+            try:
+                for i, sample in enumerate(samples):
+                    out = run.replay(i)
+                    for name, target in block_targets.items():
+                        allocation.observe(index, name, sample, seen[target.stats_key], target.weight_module)
+                    states[i] = out.to(sample.hidden.device)
+            finally:
+                for h in handles:
+                    h.remove()
+            allocation.finish_block(index, {n: t.weight_module for n, t in block_targets.items()})
+            layer.to(home)
+            bar.advance()
+    chosen = allocation.sparsities(config.sparsity, sizes)
+    bad = {k: s for k, s in chosen.items() if not 0.0 <= s < 1.0}
+    if bad:
+        key, value = next(iter(bad.items()))
+        raise AllocationError(f"allocation {allocation.name!r} gave {key} sparsity {value:.3f}, outside [0, 1); "
+                              "lower the target or the allocation's spread")
+    return chosen
+
+
 @torch.no_grad()
 def prune(
     model: nn.Module,
@@ -232,10 +353,10 @@ def prune(
     samples: list[CapturedSample],
     config: PruneConfig,
     targets: TargetFn | None = None,
-    pool: Pool | None = None,
+    selector: TokenSelector | None = None,
     device: torch.device | str | None = None,
     show_progress: bool = True,
-    sample_context: Callable[[CapturedSample], contextlib.AbstractContextManager] | None = None,
+    sample_context: SampleContext | None = None,
 ) -> PruneReport:
     """Prune the decoder blocks of ``model`` in place, block by block.
 
@@ -243,44 +364,61 @@ def prune(
     they are: a copy of each hidden state advances through the pruned blocks (the last block needs no
     propagation), so the same samples serve any number of runs.
     ``device`` is where blocks run: if it differs from where a block lives (offload mode), the block
-    is moved there for its two passes and moved back afterwards. ``sample_context`` wraps every
-    replay of a sample (the MoT probe routes tokens by the sample's modality mask there).
+    is moved there for its passes and moved back afterwards. ``sample_context`` wraps every replay of a
+    sample (the MoT probe routes tokens by the sample's modality mask there).
     """
     context = sample_context or (lambda sample: contextlib.nullcontext())
     targets = targets or default_targets(adapter)
-    pool = pool or config.make_pool()
+    selector = selector or config.make_selector()
+    scorer = config.make_scorer()
+    allocation = config.make_allocation()
+    pattern = config.parsed_pattern
     layers = adapter.decoder_layers(model)
-    if config.needs_calibration:
-        if not samples:
-            raise PruneConfigError(f"method {config.method!r} needs calibration samples")
-        check_not_empty(pool, samples)
-    pool.start(len(layers))
+    gathers = scorer.needs != "nothing"
+    if config.needs_calibration and not samples:
+        raise PruneConfigError(f"{config.label} needs calibration samples")
+    if gathers:
+        check_not_empty(selector, samples)
+    selector.start(len(layers))
     run_device = torch.device(device) if device is not None else next(layers[0].parameters()).device
     if run_device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(run_device)
     report = PruneReport()
-    states = [sample.hidden for sample in samples]  # each sample's input to the current block
     start = time.perf_counter()
-    with progress_bar(f"{config.method} {config.sparsity:g} {config.pattern}", len(layers), show_progress) as bar:
+    report.target_sparsity = _allocate(config, allocation, layers, targets, samples, run_device, context, adapter,
+                                       show_progress)
+    report.allocation = allocation.record()
+    report.prepass_seconds = time.perf_counter() - start
+    states = [sample.hidden for sample in samples]  # each sample's input to the current block
+    per_linear = isinstance(selector, PerLinearSelector)
+    with_hessian = scorer.needs == "hessian"
+    with progress_bar(f"{config.label} {config.sparsity:g} {config.pattern}", len(layers), show_progress) as bar:
         for index, layer in enumerate(layers):
             home = next(layer.parameters()).device
             layer.to(run_device)
             block_targets = targets(index, layer)
+            run = _Run(layer, index, samples, states, run_device, context, adapter)
             stats: dict[str, InputStats] = {}
-            if config.needs_calibration:
-                _dense_pass(layer, index, samples, states, pool, stats, block_targets, config.scorer == "sparsegpt",
-                            run_device, context, adapter)
-                if pool.dynamic:
-                    report.pool_records.append(pool.block_record(index))
-            for name, target in block_targets.items():
-                report.sparsity[f"layers.{index}.{name}"] = _prune_target(
-                    target, stats.get(name if pool.per_linear else target.stats_key), config
-                )
-            if config.needs_calibration and index < len(layers) - 1:
+            modules = _stats_modules(block_targets, per_linear)
+            if gathers:
+                stats, order, positions = _dense_pass(run, selector, modules, with_hessian, config.true_sequential)
+                order += [key for key in modules if key not in order]  # modules the forward did not reach
+                if isinstance(selector, RankingSelector):
+                    report.selector_blocks.append(selector.block_record(index))
+            else:
+                order = list(modules)
+            for position, key in enumerate(order):
+                if config.true_sequential and position > 0:
+                    stats[key] = _regather(run, key, modules[key], positions[key], with_hessian)
+                for name, target in block_targets.items():
+                    if (name if per_linear else target.stats_key) == key:
+                        matrix = linear_key(index, name)
+                        report.sparsity[matrix] = _prune_weight(target, scorer, stats.get(key),
+                                                                report.target_sparsity[matrix], pattern)
+                stats.pop(key, None)
+            if gathers and index < len(layers) - 1:
                 for i, sample in enumerate(samples):
-                    with context(sample):
-                        out = run_block(layer, states[i].to(run_device), sample.calls[index])
-                    states[i] = out.to(sample.hidden.device)
+                    states[i] = run.replay(i).to(sample.hidden.device)
             layer.to(home)
             bar.advance()
     report.seconds = time.perf_counter() - start

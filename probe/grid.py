@@ -31,21 +31,20 @@ import yaml
 from filelock import FileLock
 from pydantic import TypeAdapter, ValidationError
 
-from probe.atv import AtvSettings
 from probe.calibrate import capture_calibration
 from probe.capture import CapturedSample
 from probe.data.calibration import CalibrationSpec, select
 from probe.devices import check_device
-from probe.engine import PruneConfig, PruneConfigError, prune
+from probe.engine import PruneConfig, prune
 from probe.errors import ProbeError
 from probe.evaluation.harness import evaluate_with_items, primary_rows, resolve_tasks
 from probe.loading import LoadedModel, load_model, parse_dtype
-from probe.manifest import kept_visual_total, package_versions, write_json_atomic, write_text_atomic
-from probe.method_spec import MethodSpecError, parse_method_spec
+from probe.manifest import package_versions, write_json_atomic, write_text_atomic
+from probe.method_spec import MethodEntry, method_entry
 from probe.mot import PATHWAYS, prune_pathway, to_mot
-from probe.names import GRIDS
-from probe.pools import POOLS, PoolError
-from probe.sparsity.masks import SparsityError, mask_iou, parse_pattern
+from probe.names import GRIDS, MODALITY_POOLS
+from probe.record import RunRecord, kept_visual_total
+from probe.sparsity.masks import mask_iou, parse_pattern
 from probe.vision_cache import VisionFeatureCache
 
 QUICK = {"nsamples": 8, "limit": 5, "sparsities": [0.5], "settings": ["0.5"]}
@@ -67,9 +66,12 @@ class GridConfig:
     limit: int | None = 20  # items per task and cell; None for whole test splits
     sparsities: list[float] = field(default_factory=lambda: [0.5, 0.6])
     pathways: list[str] = field(default_factory=lambda: list(PATHWAYS))
-    pools: list[str] = field(default_factory=lambda: list(POOLS))
-    method: str = "wanda"  # table1's scorer
-    methods: list[str] = field(default_factory=lambda: ["magnitude", "wanda", "sparsegpt", "tamp", "atv"])
+    pools: list[str] = field(default_factory=lambda: list(MODALITY_POOLS))  # table1's token selectors
+    method: str = "wanda"  # table1's method (its scorer and allocation; the pools are its token selectors)
+    # table2's rows: method names, "atv(alpha=2)", or mappings such as {method: atv, alpha: 2} or
+    # {tokens: text, scorer: sparsegpt, allocation: owl, lam: 0.1}
+    methods: list[str | dict[str, Any]] = field(default_factory=lambda: ["magnitude", "wanda", "sparsegpt", "tamp",
+                                                                         "atv"])
     settings: list[str | float] = field(default_factory=lambda: ["0.5", "0.6", "2:4", "4:8"])  # table2's columns
     alpha: float = 1.0  # ATV
     k_rule: str = "paper"  # ATV
@@ -95,22 +97,32 @@ class GridConfig:
             self.out = f"runs/grid/{self.grid}"
         if self.loglikelihood not in ("sum", "mean"):
             raise GridConfigError(f"loglikelihood must be sum or mean, got {self.loglikelihood!r}")
-        for method in self.methods:
-            for setting in self.settings:
-                try:
-                    self.prune_config(method, *parse_setting(setting))
-                except (PoolError, PruneConfigError, SparsityError, MethodSpecError) as exc:
-                    raise GridConfigError(f"method {method!r} at {setting!r}: {exc}") from None
-        fixed = [m for m in self.methods if parse_method_spec(m)[1].get("budget") == "fixed"]
-        if self.grid == "table2" and fixed and "atv" not in self.methods:
+        entries = []
+        for i, method in enumerate(self.methods):
+            try:
+                entry = method_entry(method)
+                for setting in self.settings:
+                    self.prune_config(entry, *parse_setting(setting))
+            except ProbeError as exc:
+                raise GridConfigError(f"methods[{i}] ({method!r}): {exc}") from None
+            entries.append(entry)
+        labels = [e.label for e in entries]
+        if len(set(labels)) < len(labels):
+            twice = next(label for label in labels if labels.count(label) > 1)
+            raise GridConfigError(f"two methods are both labelled {twice!r}; give one a label: key")
+        fixed = [e.label for e in entries if e.settings.get("budget") == "fixed"]
+        if self.grid == "table2" and fixed and "atv" not in labels:
             raise GridConfigError(f"{fixed[0]!r} keeps as many visual tokens as plain atv: add atv to methods")
         for pathway in self.pathways:
             if pathway not in PATHWAYS:
                 raise GridConfigError(f"unknown pathway {pathway!r}; choose from {', '.join(PATHWAYS)}")
-        for sparsity in self.sparsities:
-            PruneConfig(method=self.method, sparsity=sparsity)  # validates method and sparsity
-        for pool in self.pools:
-            PruneConfig(pool=pool)
+        try:
+            for sparsity in self.sparsities:
+                PruneConfig(method=self.method, sparsity=sparsity)  # validates method and sparsity
+            for pool in self.pools:
+                PruneConfig(method=self.method, tokens=pool)
+        except ProbeError as exc:
+            raise GridConfigError(str(exc)) from None
 
     def _check_types(self) -> None:
         """Each setting coerced to its annotated type, or a :class:`GridConfigError` naming it."""
@@ -120,8 +132,10 @@ class GridConfig:
             try:
                 setattr(self, name, TypeAdapter(hints[name]).validate_python(value))
             except ValidationError as exc:
-                expected = exc.errors()[0]["msg"].removeprefix("Input should be ").rstrip(".")
-                raise GridConfigError(f"grid setting {name!r} should be {expected}, got {value!r}") from None
+                error = exc.errors()[0]
+                expected = error["msg"].removeprefix("Input should be ").rstrip(".")
+                where = name + "".join(f"[{part}]" for part in error["loc"][:1] if isinstance(part, int))
+                raise GridConfigError(f"grid setting {where!r} should be {expected}, got {error['input']!r}") from None
 
     @classmethod
     def create(cls, **data) -> GridConfig:
@@ -156,19 +170,18 @@ class GridConfig:
         except GridConfigError as exc:
             raise GridConfigError(f"{path}: {exc}") from None
 
-    def prune_config(self, method: str, sparsity: float, pattern: str = "unstructured", fixed_total: int = 1
-                     ) -> PruneConfig:
-        """Pruning settings of a table2 cell; ``method`` may carry ATV settings, ``atv(alpha=2)``."""
-        name, overrides = parse_method_spec(method)
-        if overrides and name != "atv":
-            raise GridConfigError(f"only atv takes settings in a grid, got {method!r}")
-        unknown = set(overrides) - set(AtvSettings.__dataclass_fields__) - {"fixed_total"}
-        if unknown:
-            raise GridConfigError(f"unknown ATV setting(s) {', '.join(sorted(unknown))} in {method!r}")
-        settings = {"alpha": self.alpha, "k_rule": self.k_rule, "seed": self.seed, **overrides}
-        if settings.get("budget") == "fixed":
-            settings["fixed_total"] = fixed_total
-        return PruneConfig(method=name, sparsity=sparsity, pattern=pattern, atv=AtvSettings(**settings))
+    def prune_config(self, method: str | dict | MethodEntry, sparsity: float, pattern: str = "unstructured",
+                     fixed_total: int = 1) -> PruneConfig:
+        """Pruning settings of a table2 cell from its method entry; ATV entries take the grid's ``alpha``,
+        ``k_rule`` and ``seed`` unless they set their own."""
+        entry = method if isinstance(method, MethodEntry) else method_entry(method)
+        if entry.axes()["tokens"] != "atv":
+            return entry.config(sparsity, pattern)
+        atv = {"alpha": self.alpha, "k_rule": self.k_rule, "seed": self.seed,
+               **{k: v for k, v in entry.settings.items() if k != "fixed_total"}}
+        if atv.get("budget") == "fixed":
+            atv["fixed_total"] = fixed_total
+        return entry.config(sparsity, pattern, tokens_settings=atv)
 
     def calibration(self) -> CalibrationSpec:
         return CalibrationSpec.parse(self.calib, image_root=self.image_root, subset=self.calib_subset,
@@ -185,6 +198,7 @@ class Cell:
     method: str = "-"
     setting: str = "-"  # the column label: 50%, 2:4, ...
     pattern: str = "unstructured"
+    entry: MethodEntry | None = field(default=None, compare=False)  # table2: the method entry (method is its label)
 
     @property
     def cell_id(self) -> str:
@@ -218,7 +232,8 @@ def cells(config: GridConfig) -> list[Cell]:
         pruned = []
         for method, setting in itertools.product(config.methods, config.settings):
             sparsity, pattern = parse_setting(setting)
-            pruned.append(Cell("all", "-", sparsity, method, setting_label(setting), pattern))
+            entry = method_entry(method)
+            pruned.append(Cell("all", "-", sparsity, entry.label, setting_label(setting), pattern, entry))
     else:
         pruned = [Cell(p, q, s, config.method, setting_label(s))
                   for p, q, s in itertools.product(config.pathways, config.pools, config.sparsities)]
@@ -366,7 +381,7 @@ def open_context(plan: GridPlan, show_progress: bool = True, shared_calibration:
 def needs_earlier_cell(cell: Cell) -> bool:
     """An ATV cell with a fixed budget keeps as many visual tokens as the plain ``atv`` cell of its setting,
     so it runs after that one."""
-    return parse_method_spec(cell.method)[1].get("budget") == "fixed"
+    return cell.entry is not None and cell.entry.settings.get("budget") == "fixed"
 
 
 def run_cell(ctx: GridContext, cell: Cell, show_progress: bool = True, log_samples: bool = False) -> bool:
@@ -374,16 +389,15 @@ def run_cell(ctx: GridContext, cell: Cell, show_progress: bool = True, log_sampl
     rows to ``results.csv``; False if another run had added them first (nothing is written twice)."""
     config, base, out = ctx.config, ctx.base, ctx.out
     model = copy.deepcopy(base.model)
-    record: dict = {"cell": cell.cell_id}
+    context: dict[str, Any] = {"command": "grid", "grid": config.grid, "cell": cell.cell_id, "pathway": cell.pathway}
+    prune_config = None
     if cell.pathway == "all":
-        prune_config = config.prune_config(cell.method, cell.sparsity, cell.pattern, _adaptive_total(out, cell))
+        prune_config = config.prune_config(cell.entry, cell.sparsity, cell.pattern, _adaptive_total(out, cell))
         report = prune(model, base.adapter, ctx.captured if prune_config.needs_calibration else [], prune_config,
                        show_progress=show_progress)
-        record.update(prune=asdict(prune_config), seconds=report.seconds, sparsity=report.sparsity,
-                      atv_blocks=report.pool_records)
     elif cell.pathway != "dense":
         probe = to_mot(model, base.adapter, config.replicate_o_proj)
-        prune_config = PruneConfig(method=config.method, sparsity=cell.sparsity, pool=cell.pool)
+        prune_config = PruneConfig(method=config.method, sparsity=cell.sparsity, tokens=cell.pool)
         report = prune_pathway(probe, ctx.captured, prune_config, cell.pathway, show_progress=show_progress)
         if cell.pool in IOU_POOLS:  # kept until both are there for the IoU (large: git ignores them)
             masks = {}
@@ -391,7 +405,12 @@ def run_cell(ctx: GridContext, cell: Cell, show_progress: bool = True, log_sampl
                 for name, routed in probe.routed_linears(layer).items():
                     masks[f"layers.{b}.{name}"] = (getattr(routed, cell.pathway).weight == 0).cpu()
             _save_masks(out / "masks" / f"{cell.pathway}-{cell.pool}-{cell.sparsity:g}.npz", masks)
-        record.update(prune=asdict(prune_config), pathway=cell.pathway, seconds=report.seconds)
+    if prune_config is not None:
+        record = RunRecord.from_report(prune_config, report, model=config.model, family=base.model.config.model_type,
+                                       dtype=config.dtype, device=config.device, context=context,
+                                       calibration={"sample_ids": [s.sample_id for s in ctx.captured]})
+    else:
+        record = RunRecord(settings={}, method="dense", model=config.model, context=context)
     samples_out = cell_path(out, cell.cell_id, "samples", ".jsonl") if log_samples else None
     scores, items = evaluate_with_items(LoadedModel(model, base.processor, base.adapter, base.ref), ctx.tasks,
                                         config.limit, vision_cache=ctx.cache, show_progress=show_progress,
@@ -399,13 +418,26 @@ def run_cell(ctx: GridContext, cell: Cell, show_progress: bool = True, log_sampl
     settings = {"cell": cell.cell_id, "pathway": cell.pathway, "pool": cell.pool, "sparsity": cell.sparsity,
                 "method": cell.method, "setting": cell.setting, "model": config.model,
                 "nsamples": config.nsamples, "seed": config.seed, "limit": config.limit,
-                "loglikelihood": config.loglikelihood}
+                "loglikelihood": config.loglikelihood, **setting_columns(prune_config)}
     rows = [{**settings, **row} for row in primary_rows(scores).to_dict("records")]
     primary = primary_rows(scores)[["task", "metric"]].merge(items, on=["task", "metric"])
     write_text_atomic(cell_path(out, cell.cell_id, "items", ".csv"),
                       primary.assign(cell=cell.cell_id)[["cell", "task", "doc_id", "value"]].to_csv(index=False))
-    write_json_atomic(cell_path(out, cell.cell_id), record)
+    record.write(cell_path(out, cell.cell_id))
     return append_cell_rows(out / "results.csv", cell.cell_id, rows)
+
+
+def setting_columns(config: PruneConfig | None) -> dict[str, Any]:
+    """The axes of a cell's pruning settings and every setting of each chosen entry, one column each
+    (``tokens.alpha``, ``scorer.use_variant``, ``allocation.lam``, ...); none for the dense cell."""
+    if config is None:
+        return {}
+    columns: dict[str, Any] = {"tokens": config.tokens, "scorer": config.scorer, "allocation": config.allocation,
+                               "pattern": config.pattern, "true_sequential": config.true_sequential}
+    for axis in ("tokens", "scorer", "allocation"):
+        for name, value in asdict(getattr(config, f"{axis}_settings")).items():
+            columns[f"{axis}.{name}"] = value
+    return columns
 
 
 def append_cell_rows(path: Path, cell_id: str, rows: list[dict]) -> bool:

@@ -14,7 +14,7 @@ from typing import Any
 
 from safetensors import SafetensorError
 
-from probe.errors import OutputError, ProbeError
+from probe.errors import OutputError
 
 PACKAGES = ("torch", "transformers", "lmms-eval", "probe-lvlm")
 WRITE_ERRORS = (OSError, SafetensorError)
@@ -155,24 +155,3 @@ def check_output_file(path: Path) -> None:
     if path.is_dir():
         raise OutputError(f"--out {path} is a folder; name a file")
     _check_writable(path, path.resolve().parent)
-
-
-class RecordError(ProbeError):
-    """A pruning record (manifest or grid cell record) that is missing or lacks what is asked of it."""
-
-
-def read_atv_blocks(source: Path) -> list[dict]:
-    """Per-block ATV records from a pruned checkpoint's ``manifest.json``, a grid cell record (.json), or
-    a folder holding a manifest."""
-    path = source / "manifest.json" if source.is_dir() else source
-    if not path.is_file():
-        raise RecordError(f"no pruning record at {path}")
-    blocks = json.loads(path.read_text()).get("atv_blocks") or []
-    if not blocks:
-        raise RecordError(f"{path} holds no ATV block records (not an ATV run)")
-    return blocks
-
-
-def kept_visual_total(source: Path) -> int:
-    """Visual tokens an ATV run kept over all blocks and samples (see :func:`read_atv_blocks`)."""
-    return sum(int(block["visual_kept"]) for block in read_atv_blocks(source))

@@ -112,7 +112,7 @@ class MoTProbe:
     def pathway_targets(self, pathway: str) -> TargetFn:
         """Engine targets that prune one pathway's copies, observing the routed (shared) input.
 
-        Statistics come from every position of the pool, whichever pathway those tokens take: the
+        Statistics come from every selected position, whichever pathway those tokens take: the
         probe asks how a pathway's weights fare when calibrated on text, visual or mixed tokens.
         """
         if pathway not in PATHWAYS:
@@ -144,7 +144,7 @@ def prune_pathway(
 ) -> PruneReport:
     """Prune one pathway of the probe with the sequential engine; the other pathway stays dense.
 
-    Statistics come from ``config.pool``; each block's propagation pass runs the partly pruned probe,
+    Statistics come from ``config.tokens``; each block's propagation pass runs the partly pruned probe,
     so the next block sees the probe's own outputs.
     """
     return prune(

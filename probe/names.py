@@ -1,10 +1,14 @@
-"""The names users choose from (methods, pools, ATV settings, figures), kept in one module that imports
-nothing heavy, so the CLI offers them as choices without loading torch, and the modules that act on
-them check against the same tuples."""
+"""The names users choose from (methods, axes' entries, ATV settings, figures), kept in one module that
+imports nothing heavy, so the CLI offers them as choices without loading torch, and the modules that act
+on them check against the same tuples. The axes' names are derived from :mod:`probe.registry`."""
 
-METHODS: tuple[str, ...] = ("magnitude", "wanda", "sparsegpt", "atv", "tamp")
-MODALITY_POOLS: tuple[str, ...] = ("text", "visual", "mixed")
-POOLS: tuple[str, ...] = (*MODALITY_POOLS, "atv", "tamp")
+from probe.registry import ALLOCATIONS, PRESETS, SCORERS, TOKEN_SELECTORS
+
+METHODS: tuple[str, ...] = tuple(PRESETS)
+TOKENS: tuple[str, ...] = tuple(TOKEN_SELECTORS)
+SCORER_NAMES: tuple[str, ...] = tuple(SCORERS)
+ALLOCATION_NAMES: tuple[str, ...] = tuple(ALLOCATIONS)
+MODALITY_POOLS: tuple[str, ...] = ("text", "visual", "mixed")  # the MoT probe's calibration pools
 K_RULES: tuple[str, ...] = ("paper", "released")
 SIGNALS: tuple[str, ...] = ("drift", "random", "abs", "dbs")
 BUDGETS: tuple[str, ...] = ("adaptive", "fixed")

@@ -9,7 +9,7 @@ import pytest
 from analysis import figures
 from analysis.results import ResultsError, load_atv_blocks, load_paper
 from analysis.tables import side_by_side
-from probe.manifest import RecordError
+from probe.record import RecordError
 
 
 def method_results(specs_and_scores):

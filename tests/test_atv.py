@@ -8,14 +8,19 @@ import math
 import pytest
 import torch
 
-from probe.atv import AtvPool, AtvSettings
 from probe.calibrate import capture_calibration
 from probe.capture import run_block
 from probe.data.calibration import CalibrationSpec
 from probe.engine import PruneConfig, PruneConfigError, prune
 from probe.loading import load_model
-from probe.pools import PoolError
 from probe.sparsity.selection import budget_bound, token_drift, visual_budget
+from probe.tokens.atv import AtvSettings, AtvTokens
+from probe.tokens.base import TokenSelectorError
+
+
+def atv_config(atv: AtvSettings | None = None, **settings) -> PruneConfig:
+    """Pruning settings with ATV's settings as ``atv=``."""
+    return PruneConfig(tokens_settings=atv, **settings)
 
 
 @pytest.fixture(scope="module")
@@ -106,28 +111,28 @@ def test_two_pass_atv_matches_a_three_pass_reference(base, alpha, rule):
     model, adapter, samples = fresh(base)
     ref_masks, ref_records = reference_atv_masks(copy.deepcopy(model), adapter, copy.deepcopy(samples), alpha, 0.5,
                                                  rule)
-    config = PruneConfig(method="atv", sparsity=0.5, atv=AtvSettings(alpha=alpha, k_rule=rule))
+    config = atv_config(method="atv", sparsity=0.5, atv=AtvSettings(alpha=alpha, k_rule=rule))
     report = prune(model, adapter, samples, config, show_progress=False)
     ours = masks_of(model, adapter)
     assert all(torch.equal(ours[k], ref_masks[k]) for k in ref_masks)
-    for record, (s_bar, kept) in zip(report.pool_records, ref_records):
+    for record, (s_bar, kept) in zip(report.selector_blocks, ref_records):
         assert record["mean_drift"] == pytest.approx(s_bar, rel=1e-5) and record["visual_kept"] == kept
-    assert any(r["visual_kept"] > 0 for r in report.pool_records)
+    assert any(r["visual_kept"] > 0 for r in report.selector_blocks)
 
 
 def test_alpha_zero_is_the_text_pool_and_a_large_alpha_the_mixed_pool(base):
     for alpha, pool in ((0.0, "text"), (1e6, "mixed")):
         atv_model, adapter, samples = fresh(base)
-        prune(atv_model, adapter, samples, PruneConfig(method="atv", atv=AtvSettings(alpha=alpha)), show_progress=False)
+        prune(atv_model, adapter, samples, atv_config(method="atv", atv=AtvSettings(alpha=alpha)), show_progress=False)
         plain_model, _, samples = fresh(base)
-        prune(plain_model, adapter, samples, PruneConfig(method="wanda", pool=pool), show_progress=False)
+        prune(plain_model, adapter, samples, atv_config(method="wanda", tokens=pool), show_progress=False)
         atv, plain = masks_of(atv_model, adapter), masks_of(plain_model, adapter)
         assert all(torch.equal(atv[k], plain[k]) for k in atv), f"alpha={alpha} vs {pool}"
 
 
 def test_text_ratio_keeps_the_highest_drift_text_tokens(base):
     _, _, samples = fresh(base)
-    pool = AtvPool(AtvSettings(alpha=1.0, text_ratio=0.5))
+    pool = AtvTokens(AtvSettings(alpha=1.0, text_ratio=0.5))
     x_in = samples[0].hidden
     x_out = x_in + torch.randn_like(x_in)
     order = pool.rank(0, samples[0], 0, x_in, x_out)
@@ -145,9 +150,9 @@ def test_random_signal_is_seeded_and_selects_the_same_count(base):
     counts = []
     for signal, seed in (("drift", 0), ("random", 0), ("random", 0), ("random", 1)):
         model, adapter, samples = fresh(base)
-        config = PruneConfig(method="atv", atv=AtvSettings(alpha=2.0, signal=signal, seed=seed))
+        config = atv_config(method="atv", atv=AtvSettings(alpha=2.0, signal=signal, seed=seed))
         report = prune(model, adapter, samples, config, show_progress=False)
-        counts.append(([r["visual_kept"] for r in report.pool_records], masks_of(model, adapter)))
+        counts.append(([r["visual_kept"] for r in report.selector_blocks], masks_of(model, adapter)))
     (drift_kept, drift_masks), (r0_kept, r0), (r0b_kept, r0b), (_, r1) = counts
     assert all(torch.equal(r0[k], r0b[k]) for k in r0)
     assert r0_kept[0] == drift_kept[0]  # block 0 sees the same inputs, hence the same budget
@@ -155,17 +160,17 @@ def test_random_signal_is_seeded_and_selects_the_same_count(base):
 
 
 def test_bad_atv_settings_are_named():
-    with pytest.raises(PoolError, match="alpha"):
+    with pytest.raises(TokenSelectorError, match="alpha"):
         AtvSettings(alpha=-1)
-    with pytest.raises(PoolError, match="budget rule"):
+    with pytest.raises(TokenSelectorError, match="budget rule"):
         AtvSettings(k_rule="median")
-    with pytest.raises(PoolError, match="signal"):
+    with pytest.raises(TokenSelectorError, match="signal"):
         AtvSettings(signal="entropy")
-    with pytest.raises(PoolError, match="text ratio"):
+    with pytest.raises(TokenSelectorError, match="text ratio"):
         AtvSettings(text_ratio=1.5)
     with pytest.raises(PruneConfigError, match="atv"):
-        PruneConfig(method="atv", pool="text")
-    assert PruneConfig(method="sparsegpt", pool="atv").make_pool().name == "atv"
+        atv_config(method="atv", tokens="text")
+    assert atv_config(method="sparsegpt", tokens="atv").make_selector().name == "atv"
 
 
 def test_cli_atv_writes_per_block_records(tmp_path):
@@ -175,16 +180,16 @@ def test_cli_atv_writes_per_block_records(tmp_path):
     assert main(["prune", "tiny:llava_next", "--method", "atv", "--alpha", "1.5", "--k-rule", "released",
                  "--nsamples", "3", "--out", str(out), "--no-progress"]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["prune"]["pool"] == "atv" and manifest["prune"]["atv"]["alpha"] == 1.5
-    assert manifest["prune"]["atv"]["k_rule"] == "released"
-    records = manifest["atv_blocks"]
+    assert manifest["settings"]["tokens"] == "atv" and manifest["settings"]["tokens_settings"]["alpha"] == 1.5
+    assert manifest["settings"]["tokens_settings"]["k_rule"] == "released" and manifest["method"] == "atv"
+    records = manifest["selector_blocks"]
     assert len(records) == load_model("tiny:llava_next").model.config.text_config.num_hidden_layers
     assert {"block", "mean_drift", "k_mean", "k_min", "k_max", "visual_kept"} <= set(records[0])
     assert main(["prune", "tiny:llava_next", "--method", "atv", "--alpha", "-1", "--out", str(tmp_path / "x")]) == 2
     fixed = tmp_path / "fixed"
     assert main(["prune", "tiny:llava_next", "--method", "atv", "--budget", "fixed", "--budget-from", str(out),
                  "--nsamples", "3", "--out", str(fixed), "--no-progress"]) == 0
-    kept = json.loads((fixed / "manifest.json").read_text())["atv_blocks"]
+    kept = json.loads((fixed / "manifest.json").read_text())["selector_blocks"]
     assert sum(b["visual_kept"] for b in kept) == sum(b["visual_kept"] for b in records)
 
 
@@ -248,41 +253,41 @@ def test_recorded_attention_is_the_blocks_own(base):
 @pytest.mark.parametrize("signal", ["abs", "dbs"])
 def test_abs_and_dbs_signals_prune_with_their_own_budget(base, signal):
     model, adapter, samples = fresh(base)
-    report = prune(model, adapter, samples, PruneConfig(method="atv", atv=AtvSettings(alpha=50.0, signal=signal)),
+    report = prune(model, adapter, samples, atv_config(method="atv", atv=AtvSettings(alpha=50.0, signal=signal)),
                    show_progress=False)
     drift_model, _, drift_samples = fresh(base)
-    drift_report = prune(drift_model, adapter, drift_samples, PruneConfig(method="atv", atv=AtvSettings(alpha=50.0)),
+    drift_report = prune(drift_model, adapter, drift_samples, atv_config(method="atv", atv=AtvSettings(alpha=50.0)),
                          show_progress=False)
-    assert [r["mean_drift"] for r in report.pool_records] != [r["mean_drift"] for r in drift_report.pool_records]
+    assert [r["mean_drift"] for r in report.selector_blocks] != [r["mean_drift"] for r in drift_report.selector_blocks]
     sparsity = list(report.sparsity.values())
     assert sparsity == pytest.approx([0.5] * len(sparsity))
 
 
 def test_fixed_budget_keeps_the_adaptive_total_evenly_over_blocks(base):
     model, adapter, samples = fresh(base)
-    adaptive = prune(model, adapter, samples, PruneConfig(method="atv", atv=AtvSettings(alpha=3.0)),
+    adaptive = prune(model, adapter, samples, atv_config(method="atv", atv=AtvSettings(alpha=3.0)),
                      show_progress=False)
-    total = sum(r["visual_kept"] for r in adaptive.pool_records)
-    assert len({r["visual_kept"] for r in adaptive.pool_records}) > 1  # adaptive: varies by block
+    total = sum(r["visual_kept"] for r in adaptive.selector_blocks)
+    assert len({r["visual_kept"] for r in adaptive.selector_blocks}) > 1  # adaptive: varies by block
     model, adapter, samples = fresh(base)
     fixed = prune(model, adapter, samples,
-                  PruneConfig(method="atv", atv=AtvSettings(alpha=3.0, budget="fixed", fixed_total=total)),
+                  atv_config(method="atv", atv=AtvSettings(alpha=3.0, budget="fixed", fixed_total=total)),
                   show_progress=False)
-    kept = [r["visual_kept"] for r in fixed.pool_records]
+    kept = [r["visual_kept"] for r in fixed.selector_blocks]
     assert sum(kept) == total and max(kept) - min(kept) <= 1
-    with pytest.raises(PoolError, match="fixed_total"):
+    with pytest.raises(TokenSelectorError, match="fixed_total"):
         AtvSettings(budget="fixed")
 
 
 def test_atv_pool_feeds_sparsegpt(base):
     """The extension: SparseGPT's Hessian over ATV's tokens; alpha = 0 equals SparseGPT over the text pool."""
     model, adapter, samples = fresh(base)
-    report = prune(model, adapter, samples, PruneConfig(method="sparsegpt", pool="atv", atv=AtvSettings(alpha=0.0)),
+    report = prune(model, adapter, samples, atv_config(method="sparsegpt", tokens="atv", atv=AtvSettings(alpha=0.0)),
                    show_progress=False)
     plain, _, samples = fresh(base)
-    prune(plain, adapter, samples, PruneConfig(method="sparsegpt", pool="text"), show_progress=False)
+    prune(plain, adapter, samples, atv_config(method="sparsegpt", tokens="text"), show_progress=False)
     ours, theirs = masks_of(model, adapter), masks_of(plain, adapter)
-    assert all(torch.equal(ours[k], theirs[k]) for k in ours) and report.pool_records
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours) and report.selector_blocks
 
 
 def test_shipped_grid_configs_are_valid():

@@ -122,8 +122,12 @@ GRID_YAML_ERRORS = [
     ("settings: 0.5\n", "'settings' should be a valid list"),
     ("tasks: [digits]\n", "'tasks' should be a valid string"),
     ("methods: wanda\n", "'methods' should be a valid list"),
-    ("grid: table2\nmethods: ['atv(alpha=x)']\n", "ATV alpha must be a number, got 'x'"),
-    ("grid: table2\nmethods: ['atv(seed=0.5)']\n", "ATV seed must be an integer"),
+    ("grid: table2\nmethods: ['atv(alpha=x)']\n",
+     "methods[0] ('atv(alpha=x)'): tokens 'atv' setting 'alpha' should be a valid number, got 'x'"),
+    ("grid: table2\nmethods: ['atv(seed=0.5)']\n", "tokens 'atv' setting 'seed' should be a valid integer"),
+    ("grid: table2\nmethods: [{method: atv, alpha: 2, lam: 0.1}]\n",
+     "methods[0] ({'method': 'atv', 'alpha': 2, 'lam': 0.1}): unknown setting 'lam'"),
+    ("grid: table2\nmethods: [{scorer: obd}]\n", "unknown scorer 'obd'; choose from magnitude, wanda"),
     ("device: cuda:99\n", "'cuda:99'"),
     ("sparsitys: [0.5]\n", "unknown grid setting(s) sparsitys"),
 ]
@@ -155,12 +159,12 @@ def test_plots_from_the_wrong_records(tmp_path, capsys):
 
 
 def test_interrupted_prune_writes_nothing_and_says_so(tmp_path, capsys, monkeypatch):
-    import probe.engine
+    import probe.api
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(probe.engine, "prune", interrupted)
+    monkeypatch.setattr(probe.api, "prune", interrupted)
     out = tmp_path / "o"
     assert main(["prune", "tiny:llava", "--nsamples", "2", "--no-progress", OUT, str(out)]) == 130
     err = capsys.readouterr().err.strip()

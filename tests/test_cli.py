@@ -15,15 +15,30 @@ def test_prune_writes_loadable_checkpoint_and_manifest(tmp_path, capsys):
                  "--out", str(out), "--no-progress"])
     assert code == 0
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["prune"]["sparsity"] == 0.5 and manifest["prune"]["pattern"] == "2:4"
+    assert manifest["settings"]["sparsity"] == 0.5 and manifest["settings"]["pattern"] == "2:4"
     assert len(manifest["calibration"]["sample_ids"]) == 3
     assert manifest["versions"]["torch"] and manifest["peak_memory_bytes"] > 0
     model = AutoModelForImageTextToText.from_pretrained(out)
     weight = model.model.language_model.layers[1].self_attn.q_proj.weight
     groups = (weight == 0).reshape(weight.shape[0], -1, 4).sum(-1)
     assert (groups >= 2).all()
-    assert abs(manifest["achieved_sparsity"]["layers.1.self_attn.q_proj"] - (weight == 0).float().mean().item()) < 1e-6
+    assert abs(manifest["sparsity"]["layers.1.self_attn.q_proj"] - (weight == 0).float().mean().item()) < 1e-6
     assert (out / "processor_config.json").exists() and not list(tmp_path.glob(".pruned.*"))
+
+
+def test_prune_composes_the_axes_from_flags(tmp_path):
+    out = tmp_path / "composed"
+    assert main(["prune", "tiny:llava", "--tokens", "atv", "--scorer", "sparsegpt", "--allocation", "owl",
+                 "--owl-lambda", "0.05", "--alpha", "2", "--true-sequential", "--nsamples", "3", "--out", str(out),
+                 "--no-progress"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    settings = manifest["settings"]
+    assert (settings["tokens"], settings["scorer"], settings["allocation"]) == ("atv", "sparsegpt", "owl")
+    assert settings["allocation_settings"]["lam"] == 0.05 and settings["tokens_settings"]["alpha"] == 2.0
+    assert settings["true_sequential"] and manifest["method"] == "atv+sparsegpt+owl"
+    blocks = sorted({v for v in manifest["target_sparsity"].values()})
+    assert len(blocks) > 1 and max(blocks) - min(blocks) <= 0.1 + 1e-9
+    assert set(manifest["timings"]) >= {"capture", "prepass", "prune", "wall"} and manifest["selector_blocks"]
 
 
 def test_bad_input_is_one_clear_line(tmp_path, capsys):
@@ -34,11 +49,17 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys):
         (["prune", "tiny:nosuchfamily"], "no tiny model for 'nosuchfamily'"),
         (["prune", "--calib", str(tmp_path / "none.json")], "not found"),
         (["prune", "--nsamples", "5000"], "only"),
+        (["prune", "--owl-m", "3"], "--owl-m is a setting of allocation 'owl'; this run uses 'uniform'"),
+        (["prune", "--method", "sparsegpt", "--use-variant"], "--use-variant is a setting of scorer"),
+        (["prune", "--method", "atv", "--tokens", "text"], "method 'atv' uses tokens 'atv'"),
+        (["prune", "--method", "owl", "--pattern", "2:4"], "N:M"),
+        (["prune", "--scorer", "sparsegpt", "--blocksize", "6", "--pattern", "4:8"], "not a multiple of M"),
     ]
     for argv, message in cases:
         assert main(argv + ["--out", str(tmp_path / "o"), "--no-progress"]) == 2
         assert message in capsys.readouterr().err
-    for argv in (["prune", "--method", "prune-everything"], ["prune", "--pool", "audio"],
+    for argv in (["prune", "--method", "prune-everything"], ["prune", "--pool", "audio"], ["prune", "--scorer", "obd"],
+                 ["prune", "--allocation", "owl2"],
                  ["prune", "--k-rule", "mine"], ["eval", "--dtype", "int3"], ["plot", "table9"]):
         with pytest.raises(SystemExit) as exit_info:  # argparse's choices: usage and one error line
             main(argv + ["--out", str(tmp_path / "o")])

@@ -10,7 +10,8 @@ from probe.capture import run_block
 from probe.data.calibration import CalibrationSpec
 from probe.engine import PruneConfig, PruneConfigError, prune
 from probe.loading import load_model
-from probe.pools import PoolError
+from probe.registry import UnknownEntryError
+from probe.tokens.base import TokenSelectorError
 
 SPEC = CalibrationSpec(source="bundled", nsamples=3, seed=0)
 
@@ -64,7 +65,7 @@ def test_wanda_masks_match_plain_reference(base, pool):
     model, adapter, samples = fresh(base)
     ref_model = copy.deepcopy(model)
     ref = reference_wanda_masks(ref_model, adapter, copy.deepcopy(samples), pool, 0.5)
-    prune(model, adapter, samples, PruneConfig(method="wanda", sparsity=0.5, pool=pool), show_progress=False)
+    prune(model, adapter, samples, PruneConfig(method="wanda", sparsity=0.5, tokens=pool), show_progress=False)
     for b, layer in enumerate(adapter.decoder_layers(model)):
         for name, lin in adapter.prunable_linears(layer).items():
             assert torch.equal(lin.weight == 0, ref[f"{b}.{name}"]), f"{b}.{name}"
@@ -79,7 +80,7 @@ def test_text_pool_ignores_visual_activations(base):
         if perturb:
             for s in samples:
                 s.hidden[0, s.visual_mask] = 50 * torch.randn_like(s.hidden[0, s.visual_mask])
-        prune(model, adapter, samples, PruneConfig(method="wanda", sparsity=0.5, pool=pool), show_progress=False)
+        prune(model, adapter, samples, PruneConfig(method="wanda", sparsity=0.5, tokens=pool), show_progress=False)
         layer = adapter.decoder_layers(model)[0]
         return {n: (layer.get_submodule(n).weight == 0) for n in ("self_attn.q_proj", "self_attn.v_proj")}
 
@@ -97,7 +98,7 @@ def test_text_pool_ignores_visual_activations(base):
 def test_pruned_matrices_have_the_target_pattern_and_the_rest_is_untouched(base, method, pattern, sparsity):
     model, adapter, samples = fresh(base)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    config = PruneConfig(method=method, sparsity=sparsity, pattern=pattern, pool="mixed")
+    config = PruneConfig(method=method, sparsity=sparsity, pattern=pattern, tokens="mixed")
     report = prune(model, adapter, samples, config, show_progress=False)
     pruned_names = set()
     for b, layer in enumerate(adapter.decoder_layers(model)):
@@ -134,12 +135,16 @@ def test_empty_pool_and_bad_settings_fail_before_work(base):
     model, adapter, samples = fresh(base)
     samples[1].visual_mask[:] = False
     samples[1].sample_id = "text-only"
-    with pytest.raises(PoolError, match="text-only"):
-        prune(model, adapter, samples, PruneConfig(pool="visual"), show_progress=False)
-    with pytest.raises(PruneConfigError, match="unknown method"):
+    with pytest.raises(TokenSelectorError, match="text-only"):
+        prune(model, adapter, samples, PruneConfig(tokens="visual"), show_progress=False)
+    with pytest.raises(UnknownEntryError, match="unknown method 'obs'; choose from magnitude, wanda"):
         PruneConfig(method="obs")
-    with pytest.raises(PoolError, match="unknown pool"):
-        PruneConfig(pool="atvv")
+    with pytest.raises(UnknownEntryError, match="unknown token selector 'atvv'; choose from text, visual, mixed"):
+        PruneConfig(tokens="atvv")
+    with pytest.raises(UnknownEntryError, match="unknown scorer 'obd'"):
+        PruneConfig(scorer="obd")
+    with pytest.raises(UnknownEntryError, match="unknown allocation 'owl2'; choose from uniform, owl, tamp"):
+        PruneConfig(allocation="owl2")
     with pytest.raises(PruneConfigError, match="calibration"):
         prune(model, adapter, [], PruneConfig(), show_progress=False)
 

@@ -99,7 +99,7 @@ def test_method_grid_prunes_every_method_and_setting(tmp_path):
     records = load_cell_records(tmp_path / "grid")
     assert set(records) == set(results.cell)
     record = records["atv/2:4"]
-    assert record["prune"]["pattern"] == "2:4" and record["atv_blocks"]
+    assert record["settings"]["pattern"] == "2:4" and record["selector_blocks"]
     assert set(record["sparsity"].values()) == {0.5}
     table = table2(results)
     assert list(table.index) == [("dense", "dense"), ("50%", "magnitude"), ("50%", "atv"), ("50%", "tamp"),
@@ -108,6 +108,32 @@ def test_method_grid_prunes_every_method_and_setting(tmp_path):
     with pytest.raises(GridConfigError, match="other settings.*methods"):
         run_grid(small_config(tmp_path, grid="table2", methods=["wanda"], settings=["0.5", "2:4"], tasks="digits"),
                  show_progress=False)
+
+
+def test_method_entries_are_mappings_and_every_setting_a_column(tmp_path):
+    methods = [{"method": "atv", "alpha": 2}, {"tokens": "text", "scorer": "ria", "allocation": "owl", "lam": 0.05}]
+    config = small_config(tmp_path, grid="table2", methods=methods, settings=["0.5"], tasks="digits")
+    results = run_grid(config, show_progress=False).set_index("cell")
+    assert list(results.index) == ["dense", "atv(alpha=2)/50%", "text+ria+owl(lam=0.05)/50%"]
+    atv, ria = results.loc["atv(alpha=2)/50%"], results.loc["text+ria+owl(lam=0.05)/50%"]
+    assert (atv["tokens"], atv["scorer"], atv["allocation"], atv["tokens.alpha"]) == ("atv", "wanda", "uniform", 2.0)
+    assert atv["tokens.k_rule"] == "paper" and pd.isna(atv["allocation.lam"])
+    assert (ria["tokens"], ria["scorer"], ria["allocation.lam"], ria["scorer.power"]) == ("text", "ria", 0.05, 0.5)
+    assert pd.isna(results.loc["dense", "tokens"])
+
+
+@pytest.mark.parametrize("methods, match", [
+    ([{"method": "atv", "beta": 2}], r"methods\[0\].*unknown setting 'beta'"),
+    (["wanda", {"scorer": "obd"}], r"methods\[1\].*unknown scorer 'obd'; choose from magnitude, wanda"),
+    ([{"method": "owl", "lam": "wide"}], r"methods\[0\].*'lam'"),
+    ([{"method": "owl", "lam": 0.6}], r"methods\[0\].*lam must lie in"),
+    ([{"method": "wanda"}, "wanda"], "both labelled 'wanda'"),
+    ([{"method": "owl"}], r"methods\[0\].*N:M"),
+    ([7], r"methods\[0\].*should be"),
+])
+def test_grid_method_entry_errors_name_the_entry_and_key(tmp_path, methods, match):
+    with pytest.raises(GridConfigError, match=match):
+        small_config(tmp_path, grid="table2", methods=methods, settings=["0.5", "2:4"])
     with pytest.raises(GridConfigError, match="neither"):
         small_config(tmp_path, grid="table2", settings=["half"])
 
@@ -136,12 +162,13 @@ def test_ablation_cells_take_atv_settings_and_fixed_budgets_match_adaptive(tmp_p
     # a fixed-budget cell runs after the cells it takes its budget from
     assert list(results.cell) == ["dense", "atv/50%", "atv(alpha=0)/50%", "atv(signal=random, budget=fixed)/50%"]
     records = {p.name: json.loads(p.read_text()) for p in (tmp_path / "grid" / "cells").glob("*.json")}
-    adaptive = records["atv_50.json"]["atv_blocks"]
+    adaptive = records["atv_50.json"]["selector_blocks"]
     fixed = records["atv_signal_random_budget_fixed_50.json"]
-    assert fixed["prune"]["atv"]["signal"] == "random"
-    assert sum(b["visual_kept"] for b in fixed["atv_blocks"]) == sum(b["visual_kept"] for b in adaptive)
-    assert {b["visual_kept"] for b in records["atv_alpha_0_50.json"]["atv_blocks"]} == {0}
-    for bad, match in (("wanda(alpha=2)", "only atv"), ("atv(beta=2)", "beta"), ("atv(alpha)", "key=value")):
+    assert fixed["settings"]["tokens_settings"]["signal"] == "random"
+    assert sum(b["visual_kept"] for b in fixed["selector_blocks"]) == sum(b["visual_kept"] for b in adaptive)
+    assert {b["visual_kept"] for b in records["atv_alpha_0_50.json"]["selector_blocks"]} == {0}
+    for bad, match in (("wanda(alpha=2)", r"methods\[0\].*unknown setting 'alpha'.*wanda' takes use_variant"),
+                       ("atv(beta=2)", "beta"), ("atv(alpha)", "key=value")):
         with pytest.raises(GridConfigError, match=match):
             small_config(tmp_path, grid="table2", methods=[bad])
 

@@ -82,7 +82,7 @@ def test_pruning_one_pathway_leaves_the_other_bit_identical(calibrated, pathway,
     before_other = pathway_weights(probe, other)
     shared_before = {k: v.clone() for k, v in tiny.model.state_dict().items()
                      if ".text." not in k and ".visual." not in k}
-    report = prune_pathway(probe, samples, PruneConfig(method="wanda", sparsity=0.5, pool=pool), pathway,
+    report = prune_pathway(probe, samples, PruneConfig(method="wanda", sparsity=0.5, tokens=pool), pathway,
                            show_progress=False)
     after_other = pathway_weights(probe, other)
     assert all(torch.equal(before_other[k], after_other[k]) for k in before_other)
@@ -98,7 +98,7 @@ def test_pathway_statistics_come_from_the_pool_not_the_route(calibrated):
     masks = {}
     for pool in ("text", "visual"):
         tiny, probe, samples = calibrated()
-        prune_pathway(probe, samples, PruneConfig(sparsity=0.5, pool=pool), "text", show_progress=False)
+        prune_pathway(probe, samples, PruneConfig(sparsity=0.5, tokens=pool), "text", show_progress=False)
         masks[pool] = probe.adapter.decoder_layers(probe.model)[0].self_attn.q_proj.text.weight == 0
     assert not torch.equal(masks["text"], masks["visual"])
 
@@ -109,7 +109,7 @@ def test_text_only_prompts_are_unaffected_by_pruning_the_visual_pathway(calibrat
     with_image = inputs_for(tiny, probe.adapter)
     with torch.no_grad():
         before_text, before_image = tiny.model(**text_only).logits, tiny.model(**with_image).logits
-    prune_pathway(probe, samples, PruneConfig(sparsity=0.6, pool="mixed"), "visual", show_progress=False)
+    prune_pathway(probe, samples, PruneConfig(sparsity=0.6, tokens="mixed"), "visual", show_progress=False)
     with torch.no_grad():
         assert torch.equal(tiny.model(**text_only).logits, before_text)
         assert not torch.allclose(tiny.model(**with_image).logits, before_image)

@@ -96,4 +96,4 @@ def test_engine_feeds_each_linear_its_own_picks():
 
 def test_tamp_uses_its_own_pool():
     with pytest.raises(PruneConfigError, match="tamp"):
-        PruneConfig(method="tamp", pool="mixed")
+        PruneConfig(method="tamp", tokens="mixed")

@@ -25,8 +25,9 @@ SUPPRESSION = 0.2
 MMD_SCALE = 0.1
 
 
-def modality_density(unit: torch.Tensor, visual: torch.Tensor) -> float:
-    """Mean of the visual-visual, text-text (positive distinct pairs) and visual-text cosine similarities."""
+def modality_similarities(unit: torch.Tensor, visual: torch.Tensor) -> tuple[float, float, float]:
+    """Mean cosine similarity of unit rows: visual-visual and text-text (each over the distinct pairs with a
+    positive similarity) and visual-text (over all pairs); 0 where a modality has no such pair."""
     v, t = unit[visual], unit[~visual]
 
     def positive_pairs_mean(x: torch.Tensor) -> float:
@@ -35,7 +36,12 @@ def modality_density(unit: torch.Tensor, visual: torch.Tensor) -> float:
         return float(positive.mean()) if positive.numel() else 0.0
 
     cross = float((v @ t.T).mean()) if v.shape[0] and t.shape[0] else 0.0
-    return (positive_pairs_mean(v) + positive_pairs_mean(t) + cross) / 3.0
+    return positive_pairs_mean(v), positive_pairs_mean(t), cross
+
+
+def modality_density(unit: torch.Tensor, visual: torch.Tensor) -> float:
+    """Mean of the three :func:`modality_similarities`."""
+    return sum(modality_similarities(unit, visual)) / 3.0
 
 
 def amia_select(outputs: torch.Tensor, visual: torch.Tensor, attention_score: torch.Tensor,

@@ -80,13 +80,17 @@ def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     return _lowest(grouped, m - n, dim=2).reshape(rows, cols)
 
 
+def matrix_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Prune the ``int(numel * sparsity)`` lowest scores of the whole matrix (one threshold per matrix)."""
+    return _lowest(scores.flatten(), int(scores.numel() * sparsity), dim=0).reshape(scores.shape)
+
+
 def magnitude_mask(weight: torch.Tensor, sparsity: float, pattern: Pattern = Pattern()) -> torch.Tensor:
     """Magnitude pruning: one threshold per matrix (or N:M groups on ``|W|``)."""
     scores = weight.abs().float()
     if pattern.structured:
         return nm_mask(scores, pattern.n, pattern.m)
-    flat = _lowest(scores.flatten(), int(scores.numel() * sparsity), dim=0)
-    return flat.reshape(scores.shape)
+    return matrix_mask(scores, sparsity)
 
 
 def mask_from_scores(scores: torch.Tensor, sparsity: float, pattern: Pattern) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""TAMP (AMIA) as a token pool: each linear picks its own tokens from its outputs and the attention the
+"""TAMP (AMIA) as a token selector: each linear picks its own tokens from its outputs and the attention the
 last query gives them (see :mod:`probe.sparsity.amia`); Wanda statistics come from those tokens."""
 
 from __future__ import annotations
@@ -6,19 +6,15 @@ from __future__ import annotations
 import torch
 
 from probe.capture import CapturedSample
-from probe.pools import Pool
 from probe.sparsity.amia import amia_select
+from probe.tokens.base import PerLinearSelector
 
 
-class TampPool(Pool):
+class TampTokens(PerLinearSelector):
     """Per-linear token selection; the engine shows it every linear's outputs and the block's attention."""
 
     name = "tamp"
-    per_linear = True
     needs_attention = True
-
-    def certain(self, sample: CapturedSample, block: int) -> torch.Tensor:
-        return torch.zeros_like(sample.visual_mask)
 
     def select_linear(self, sample: CapturedSample, outputs: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
         """Positions whose inputs enter the statistics of the linear that produced ``outputs``."""

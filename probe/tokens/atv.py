@@ -1,4 +1,4 @@
-"""ATV-Pruning as a token pool: all text tokens plus a block-adaptive top-K of visual tokens.
+"""ATV-Pruning as a token selector: all text tokens plus a block-adaptive top-K of visual tokens.
 
 Per block, from the block's dense pass over the calibration set:
 
@@ -30,7 +30,6 @@ import torch
 
 from probe.capture import CapturedSample
 from probe.names import BUDGETS, SIGNALS
-from probe.pools import Pool, PoolError
 from probe.sparsity.selection import (
     K_RULES,
     attention_from_text,
@@ -44,11 +43,12 @@ from probe.sparsity.selection import (
     token_drift,
     visual_budget,
 )
+from probe.tokens.base import RankingSelector, TokenSelectorError
 
 
 @dataclass(frozen=True)
 class AtvSettings:
-    """Validated settings of the ATV pool."""
+    """Validated settings of the ATV token selector."""
 
     alpha: float = 1.0
     k_rule: str = "paper"
@@ -64,23 +64,24 @@ class AtvSettings:
             whole = name in ("fixed_total", "seed")
             if isinstance(value, bool) or not isinstance(value, (int, float)) or (whole and value != int(value)):
                 kind = "an integer" if whole else "a number"
-                raise PoolError(f"ATV {name.replace('_', ' ')} must be {kind}, got {value!r}")
+                raise TokenSelectorError(f"ATV {name.replace('_', ' ')} must be {kind}, got {value!r}")
             if whole:
                 object.__setattr__(self, name, int(value))
         if not self.alpha >= 0:
-            raise PoolError(f"ATV alpha must be >= 0, got {self.alpha}")
+            raise TokenSelectorError(f"ATV alpha must be >= 0, got {self.alpha}")
         if self.k_rule not in K_RULES:
-            raise PoolError(f"unknown ATV budget rule {self.k_rule!r}; choose from {', '.join(K_RULES)}")
+            raise TokenSelectorError(f"unknown ATV budget rule {self.k_rule!r}; choose from {', '.join(K_RULES)}")
         if self.signal not in SIGNALS:
-            raise PoolError(f"unknown ATV selection signal {self.signal!r}; choose from {', '.join(SIGNALS)}")
+            raise TokenSelectorError(f"unknown ATV selection signal {self.signal!r}; choose from {', '.join(SIGNALS)}")
         if not 0.0 <= self.text_ratio <= 1.0:
-            raise PoolError(f"ATV text ratio must lie in [0, 1], got {self.text_ratio}")
+            raise TokenSelectorError(f"ATV text ratio must lie in [0, 1], got {self.text_ratio}")
         if self.budget not in BUDGETS:
-            raise PoolError(f"unknown ATV budget {self.budget!r}; choose from {', '.join(BUDGETS)}")
+            raise TokenSelectorError(f"unknown ATV budget {self.budget!r}; choose from {', '.join(BUDGETS)}")
         if self.budget == "fixed" and self.fixed_total <= 0:
-            raise PoolError("a fixed ATV budget needs fixed_total > 0 (e.g. the visual tokens an adaptive run kept)")
+            raise TokenSelectorError("a fixed ATV budget needs fixed_total > 0 (e.g. the visual tokens an adaptive "
+                                     "run kept)")
         if self.alpha == 0 and self.text_ratio == 0:
-            raise PoolError("ATV with alpha 0 and text ratio 0 selects no token")
+            raise TokenSelectorError("ATV with alpha 0 and text ratio 0 selects no token")
 
 
 @dataclass
@@ -94,19 +95,19 @@ class _BlockState:
     record: dict[str, Any] = field(default_factory=dict)
 
 
-class AtvPool(Pool):
-    """The ATV pool; one instance serves one pruning run (it records what it chose per block)."""
+class AtvTokens(RankingSelector):
+    """The ATV selector; one instance serves one pruning run (it records what it chose per block)."""
 
     name = "atv"
-    dynamic = True
+    Settings = AtvSettings
 
     def __init__(self, settings: AtvSettings | None = None) -> None:
-        self.settings = settings or AtvSettings()
+        super().__init__(settings)
         self._blocks: dict[int, _BlockState] = {}
         self._n_blocks = 1
 
     @property
-    def needs_attention(self) -> bool:
+    def needs_attention(self) -> bool:  # type: ignore[override]
         return self.settings.signal == "abs"
 
     def start(self, n_blocks: int) -> None:
@@ -124,7 +125,7 @@ class AtvPool(Pool):
         text = ~sample.visual_mask
         return text if self.settings.text_ratio == 1.0 else torch.zeros_like(text)
 
-    def uncertain(self, sample: CapturedSample, block: int) -> torch.Tensor:
+    def candidates(self, sample: CapturedSample, block: int) -> torch.Tensor:
         visual = sample.visual_mask
         return visual.clone() if self.settings.text_ratio == 1.0 else torch.ones_like(visual)
 
@@ -132,7 +133,7 @@ class AtvPool(Pool):
              attention: torch.Tensor | None = None) -> torch.Tensor:
         state = self._state(block)
         if index != len(state.n_text):
-            raise PoolError("ATV must see the samples of a block in order, once each")
+            raise TokenSelectorError("ATV must see the samples of a block in order, once each")
         settings = self.settings
         visual = sample.visual_mask.to(x_in.device)
         drift = token_drift(x_in, x_out)
@@ -142,7 +143,7 @@ class AtvPool(Pool):
 
         if settings.signal == "abs":
             if attention is None:
-                raise PoolError("ABS selection needs the block's attention probabilities")
+                raise TokenSelectorError("ABS selection needs the block's attention probabilities")
             score = attention_from_text(attention, ~visual, visual_positions)
             order = rank_descending(score)
         elif settings.signal == "dbs":

@@ -1,0 +1,79 @@
+"""The four axes of a pruning run and the entries each offers, as ``name -> "module:Class"``.
+
+- token selector (:mod:`probe.tokens`): which token rows of the calibration set feed a weight's statistics;
+- scorer (:mod:`probe.scorers`): which weights go, and what the kept weights become;
+- allocation (:mod:`probe.allocation`): how much sparsity each block or linear gets;
+- pattern (:mod:`probe.sparsity.masks`): unstructured, or N:M.
+
+Adding an entry is one file plus one line here. Entries are imported only when a run uses them, so this
+module (and the CLI's choices derived from it) loads no torch. :data:`PRESETS` are the named methods:
+each is a choice on the axes.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from probe.errors import ProbeError
+
+TOKEN_SELECTORS: dict[str, str] = {
+    "text": "probe.tokens.modality:TextTokens",
+    "visual": "probe.tokens.modality:VisualTokens",
+    "mixed": "probe.tokens.modality:MixedTokens",
+    "atv": "probe.tokens.atv:AtvTokens",
+    "tamp": "probe.tokens.tamp:TampTokens",
+}
+
+SCORERS: dict[str, str] = {
+    "magnitude": "probe.scorers.magnitude:MagnitudeScorer",
+    "wanda": "probe.scorers.wanda:WandaScorer",
+    "sparsegpt": "probe.scorers.sparsegpt:SparseGptScorer",
+    "ria": "probe.scorers.ria:RiaScorer",
+}
+
+ALLOCATIONS: dict[str, str] = {
+    "uniform": "probe.allocation.uniform:UniformAllocation",
+    "owl": "probe.allocation.owl:OwlAllocation",
+    "tamp": "probe.allocation.tamp:TampAllocation",
+}
+
+# Named methods: a choice on each axis (axes left out take the defaults: mixed tokens, uniform allocation).
+PRESETS: dict[str, dict[str, str]] = {
+    "magnitude": {"scorer": "magnitude"},
+    "wanda": {"scorer": "wanda"},
+    "sparsegpt": {"scorer": "sparsegpt"},
+    "ria": {"scorer": "ria"},
+    "atv": {"tokens": "atv", "scorer": "wanda"},  # ATV-Pruning
+    "tamp": {"tokens": "tamp", "scorer": "wanda"},  # TAMP's AMIA tokens at uniform sparsity (the ATV paper's TAMP)
+    "tamp-full": {"tokens": "tamp", "scorer": "wanda", "allocation": "tamp"},  # with TAMP's layer-wise sparsity
+    "owl": {"scorer": "wanda", "allocation": "owl"},  # OWL: Wanda with outlier-weighted layer-wise sparsity
+}
+
+AXES: dict[str, dict[str, str]] = {"tokens": TOKEN_SELECTORS, "scorer": SCORERS, "allocation": ALLOCATIONS}
+DEFAULTS: dict[str, str] = {"tokens": "mixed", "scorer": "wanda", "allocation": "uniform"}
+AXIS_TITLES: dict[str, str] = {"tokens": "token selector", "scorer": "scorer", "allocation": "allocation"}
+
+
+class UnknownEntryError(ProbeError):
+    """A name that no registry holds."""
+
+
+def check_name(axis: str, name: str) -> None:
+    """Raise :class:`UnknownEntryError` (listing the choices) unless ``name`` is an entry of ``axis``."""
+    if name not in AXES[axis]:
+        raise UnknownEntryError(f"unknown {AXIS_TITLES[axis]} {name!r}; choose from {', '.join(AXES[axis])}")
+
+
+def check_preset(name: str) -> dict[str, str]:
+    """The axes of a named method, or :class:`UnknownEntryError` listing the methods."""
+    if name not in PRESETS:
+        raise UnknownEntryError(f"unknown method {name!r}; choose from {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def entry_class(axis: str, name: str) -> Any:
+    """The class implementing entry ``name`` of ``axis`` (imported now)."""
+    check_name(axis, name)
+    module, _, attribute = AXES[axis][name].partition(":")
+    return getattr(importlib.import_module(module), attribute)
