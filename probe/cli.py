@@ -151,6 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
                             help="owl: block sparsities within target +- lambda (None: 0.08)")
     allocation.add_argument("--max-extra", type=float, default=None,
                             help="tamp allocation: no linear pruned beyond target + this (None: 0.1)")
+    p.add_argument("--token-pruning", default=None, metavar="METHOD",
+                   help="the visual token pruning the model will be served with (e.g. 'fastv(k=2, ratio=0.5)'): "
+                        "written into the checkpoint so that evaluation applies it; --tokens kept calibrates on the "
+                        "tokens it keeps")
+    p.add_argument("--comp-style", type=positive_int, default=None, metavar="STAGES",
+                   help="reach --sparsity and the ratio of --token-pruning in STAGES steps of each, taking at every "
+                        "stage the step (weights or tokens) whose KL to the dense logits is lower (a training-free, "
+                        "unofficial reading of CoMP's strategy; see the README)")
+    p.add_argument("--comp-epsilon", type=float, default=0.1, help="comp-style: probability of a random step")
     p.add_argument("--out", required=True, type=Path, help="output folder (written atomically)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=cmd_prune)
@@ -174,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="multiple-choice scoring: the summed negative log-likelihood of an option, or its mean "
                         "per token (as lmms-eval's llava_hf returns it); accuracies differ between the two")
     p.add_argument("--seed", type=int, default=0, help="seed of lmms-eval's random generators")
+    p.add_argument("--token-pruning", default=None, metavar="METHOD",
+                   help="drop visual tokens at inference: fastv (after layer K-1, the R least attended; "
+                        "'fastv(k=2, ratio=0.5)'), random (the control; 'random(k=2, ratio=0.5, seed=0)') or none "
+                        "(None: the checkpoint's own, if it was pruned with one)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=cmd_eval)
 
@@ -300,11 +313,17 @@ def _prune(args: argparse.Namespace) -> int:
 
     check_output_dir(args.out, marker="manifest.json")
     config = prune_config_from_args(args)
+    comp_style = None
+    if args.comp_style is not None:
+        from probe.token_pruning.comp_style import CompStyleSettings
+
+        comp_style = CompStyleSettings(stages=args.comp_style, epsilon=args.comp_epsilon, seed=args.seed)
     spec = CalibrationSpec.parse(args.calib, image_root=args.image_root, subset=args.calib_subset,
                                  split=args.calib_split, nsamples=args.nsamples, seed=args.seed)
     record = prune_checkpoint(args.model, args.out, config, spec, dtype=args.dtype, device=args.device,
                               offload=args.offload, run_device=args.run_device, max_pixels=args.max_pixels,
-                              show_progress=not args.no_progress)
+                              show_progress=not args.no_progress, token_pruning=args.token_pruning,
+                              comp_style=comp_style)
     print(f"wrote {args.out} ({record.method}, mean sparsity {record.mean_sparsity:.3f}, "
           f"{record.timings['prune']:.1f} s)")
     return 0
@@ -327,11 +346,13 @@ def _eval(args: argparse.Namespace) -> int:
     from probe.evaluation.harness import evaluate, primary_rows, resolve_tasks
     from probe.loading import load_model, parse_dtype
     from probe.manifest import check_output_file, write_text_atomic
+    from probe.token_pruning.base import make_pruner
 
     if args.out is not None:
         check_output_file(args.out)
     check_device(args.device)
     tasks = resolve_tasks(args.tasks)  # every task checked before the model loads
+    make_pruner(args.token_pruning)
     dense = None
     if args.dense is not None:
         dense_table = load_scores(args.dense)
@@ -346,7 +367,7 @@ def _eval(args: argparse.Namespace) -> int:
         check_output_file(samples_out)
     loaded = load_model(args.model, dtype=parse_dtype(args.dtype), device=args.device, max_pixels=args.max_pixels)
     table = evaluate(loaded, tasks, args.limit, show_progress=not args.no_progress, seed=args.seed,
-                     loglikelihood=args.loglikelihood, samples_out=samples_out)
+                     loglikelihood=args.loglikelihood, samples_out=samples_out, token_pruning=args.token_pruning)
     print(table.to_string(index=False))
     if args.out:
         write_text_atomic(args.out, table.to_csv(index=False))

@@ -298,6 +298,13 @@ def _prune_weight(target: Target, scorer: Scorer, stats: InputStats | None, spar
     return float((weight.data == 0).float().mean())
 
 
+def achieved_sparsity(model: nn.Module, adapter: Adapter) -> dict[str, float]:
+    """The fraction of zeros of every prunable linear of ``model``, by :func:`probe.record.linear_key`."""
+    return {linear_key(b, name): float((lin.weight == 0).float().mean())
+            for b, layer in enumerate(adapter.decoder_layers(model))
+            for name, lin in adapter.prunable_linears(layer).items()}
+
+
 def _peak_memory(device: torch.device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))

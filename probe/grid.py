@@ -45,6 +45,8 @@ from probe.mot import PATHWAYS, prune_pathway, to_mot
 from probe.names import GRIDS, MODALITY_POOLS
 from probe.record import RunRecord, kept_visual_total
 from probe.sparsity.masks import mask_iou, parse_pattern
+from probe.token_pruning.base import make_pruner
+from probe.token_pruning.schedule import with_token_schedule
 from probe.vision_cache import VisionFeatureCache
 
 QUICK = {"nsamples": 8, "limit": 5, "sparsities": [0.5], "settings": ["0.5"]}
@@ -73,6 +75,8 @@ class GridConfig:
     methods: list[str | dict[str, Any]] = field(default_factory=lambda: ["magnitude", "wanda", "sparsegpt", "tamp",
                                                                          "atv"])
     settings: list[str | float] = field(default_factory=lambda: ["0.5", "0.6", "2:4", "4:8"])  # table2's columns
+    # table2: visual token pruning at inference per cell ("none", "fastv(k=2, ratio=0.5)", "random(...)")
+    token_methods: list[str] = field(default_factory=lambda: ["none"])
     alpha: float = 1.0  # ATV
     k_rule: str = "paper"  # ATV
     calib: str = "bundled"
@@ -106,6 +110,14 @@ class GridConfig:
             except ProbeError as exc:
                 raise GridConfigError(f"methods[{i}] ({method!r}): {exc}") from None
             entries.append(entry)
+        try:
+            pruners = {spec: make_pruner(spec) for spec in self.token_methods}
+        except ProbeError as exc:
+            raise GridConfigError(f"token_methods: {exc}") from None
+        kept = [e.label for e in entries if e.axes()["tokens"] == "kept"]
+        if kept and all(p is None for p in pruners.values()):
+            raise GridConfigError(f"{kept[0]!r} follows a token-pruning method's alive tokens; token_methods "
+                                  "names none")
         labels = [e.label for e in entries]
         if len(set(labels)) < len(labels):
             twice = next(label for label in labels if labels.count(label) > 1)
@@ -199,14 +211,22 @@ class Cell:
     setting: str = "-"  # the column label: 50%, 2:4, ...
     pattern: str = "unstructured"
     entry: MethodEntry | None = field(default=None, compare=False)  # table2: the method entry (method is its label)
+    token_pruning: str = "none"  # visual token pruning at inference
 
     @property
     def cell_id(self) -> str:
+        tokens = "" if self.token_pruning == "none" else f"/{self.token_pruning}"
         if self.pathway == "dense":
             return "dense"
         if self.pathway == "all":
-            return f"{self.method}/{self.setting}"
+            return f"{self.method}/{self.setting}{tokens}"
         return f"{self.pathway}/{self.pool}/{self.sparsity:g}"
+
+
+def _token_spec(text: str) -> str:
+    """A token-pruning method in its full form (``fastv`` -> ``fastv(k=2, ratio=0.5)``); ``none`` stays."""
+    pruner = make_pruner(text)
+    return "none" if pruner is None else pruner.spec()
 
 
 def parse_setting(setting: str | float) -> tuple[float, str]:
@@ -230,10 +250,17 @@ def cells(config: GridConfig) -> list[Cell]:
     """The dense cell first, then the grid's pruned cells."""
     if config.grid == "table2":
         pruned = []
-        for method, setting in itertools.product(config.methods, config.settings):
-            sparsity, pattern = parse_setting(setting)
-            entry = method_entry(method)
-            pruned.append(Cell("all", "-", sparsity, entry.label, setting_label(setting), pattern, entry))
+        for tokens in config.token_methods:
+            for method, setting in itertools.product(config.methods, config.settings):
+                sparsity, pattern = parse_setting(setting)
+                entry = method_entry(method)
+                if tokens == "none" and entry.axes()["tokens"] == "kept":
+                    continue  # the kept selector follows a token method's alive tokens
+                pruned.append(Cell("all", "-", sparsity, entry.label, setting_label(setting), pattern, entry,
+                                   _token_spec(tokens)))
+        token_only = [Cell("all", "-", 0.0, "dense", "-", token_pruning=_token_spec(t))
+                      for t in config.token_methods if t != "none"]
+        return [Cell(), *token_only, *pruned]
     else:
         pruned = [Cell(p, q, s, config.method, setting_label(s))
                   for p, q, s in itertools.product(config.pathways, config.pools, config.sparsities)]
@@ -391,11 +418,14 @@ def run_cell(ctx: GridContext, cell: Cell, show_progress: bool = True, log_sampl
     model = copy.deepcopy(base.model)
     context: dict[str, Any] = {"command": "grid", "grid": config.grid, "cell": cell.cell_id, "pathway": cell.pathway}
     prune_config = None
-    if cell.pathway == "all":
+    context["token_pruning"] = cell.token_pruning
+    if cell.pathway == "all" and cell.entry is not None:
         prune_config = config.prune_config(cell.entry, cell.sparsity, cell.pattern, _adaptive_total(out, cell))
-        report = prune(model, base.adapter, ctx.captured if prune_config.needs_calibration else [], prune_config,
-                       show_progress=show_progress)
-    elif cell.pathway != "dense":
+        samples = ctx.captured if prune_config.needs_calibration else []
+        if prune_config.tokens == "kept":
+            samples = with_token_schedule(base.model, base.adapter, samples, make_pruner(cell.token_pruning))
+        report = prune(model, base.adapter, samples, prune_config, show_progress=show_progress)
+    elif cell.pathway in PATHWAYS:  # table1: one MoT pathway
         probe = to_mot(model, base.adapter, config.replicate_o_proj)
         prune_config = PruneConfig(method=config.method, sparsity=cell.sparsity, tokens=cell.pool)
         report = prune_pathway(probe, ctx.captured, prune_config, cell.pathway, show_progress=show_progress)
@@ -414,11 +444,13 @@ def run_cell(ctx: GridContext, cell: Cell, show_progress: bool = True, log_sampl
     samples_out = cell_path(out, cell.cell_id, "samples", ".jsonl") if log_samples else None
     scores, items = evaluate_with_items(LoadedModel(model, base.processor, base.adapter, base.ref), ctx.tasks,
                                         config.limit, vision_cache=ctx.cache, show_progress=show_progress,
-                                        seed=config.seed, loglikelihood=config.loglikelihood, samples_out=samples_out)
+                                        seed=config.seed, loglikelihood=config.loglikelihood, samples_out=samples_out,
+                                        token_pruning=None if cell.token_pruning == "none" else cell.token_pruning)
     settings = {"cell": cell.cell_id, "pathway": cell.pathway, "pool": cell.pool, "sparsity": cell.sparsity,
                 "method": cell.method, "setting": cell.setting, "model": config.model,
                 "nsamples": config.nsamples, "seed": config.seed, "limit": config.limit,
-                "loglikelihood": config.loglikelihood, **setting_columns(prune_config)}
+                "loglikelihood": config.loglikelihood, "token_pruning": cell.token_pruning,
+                **setting_columns(prune_config)}
     rows = [{**settings, **row} for row in primary_rows(scores).to_dict("records")]
     primary = primary_rows(scores)[["task", "metric"]].merge(items, on=["task", "metric"])
     write_text_atomic(cell_path(out, cell.cell_id, "items", ".csv"),

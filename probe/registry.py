@@ -23,6 +23,7 @@ TOKEN_SELECTORS: dict[str, str] = {
     "mixed": "probe.tokens.modality:MixedTokens",
     "atv": "probe.tokens.atv:AtvTokens",
     "tamp": "probe.tokens.tamp:TampTokens",
+    "kept": "probe.tokens.kept:KeptTokens",  # the tokens a token-pruning method keeps (joint pruning)
 }
 
 SCORERS: dict[str, str] = {
@@ -50,6 +51,13 @@ PRESETS: dict[str, dict[str, str]] = {
     "owl": {"scorer": "wanda", "allocation": "owl"},  # OWL: Wanda with outlier-weighted layer-wise sparsity
 }
 
+# Visual token pruning at inference (probe.token_pruning): not an axis of weight pruning, but a runtime
+# that evaluation, grids and the kept-tokens selector use.
+TOKEN_PRUNERS: dict[str, str] = {
+    "fastv": "probe.token_pruning.fastv:FastvPruner",
+    "random": "probe.token_pruning.random_tokens:RandomPruner",
+}
+
 AXES: dict[str, dict[str, str]] = {"tokens": TOKEN_SELECTORS, "scorer": SCORERS, "allocation": ALLOCATIONS}
 DEFAULTS: dict[str, str] = {"tokens": "mixed", "scorer": "wanda", "allocation": "uniform"}
 AXIS_TITLES: dict[str, str] = {"tokens": "token selector", "scorer": "scorer", "allocation": "allocation"}
@@ -72,8 +80,13 @@ def check_preset(name: str) -> dict[str, str]:
     return PRESETS[name]
 
 
+def load_entry(path: str) -> Any:
+    """The object a registry names as ``module:attribute`` (imported now)."""
+    module, _, attribute = path.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
 def entry_class(axis: str, name: str) -> Any:
     """The class implementing entry ``name`` of ``axis`` (imported now)."""
     check_name(axis, name)
-    module, _, attribute = AXES[axis][name].partition(":")
-    return getattr(importlib.import_module(module), attribute)
+    return load_entry(AXES[axis][name])

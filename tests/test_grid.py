@@ -191,3 +191,21 @@ def test_a_rerun_with_other_calibration_samples_is_refused(tmp_path):
 def test_a_fixed_budget_cell_needs_plain_atv_in_the_grid(tmp_path):
     with pytest.raises(GridConfigError, match="add atv to methods"):
         small_config(tmp_path, grid="table2", methods=["wanda", "atv(budget=fixed)"])
+
+
+def test_token_methods_are_a_grid_axis(tmp_path):
+    config = small_config(tmp_path, grid="table2", methods=["wanda", {"tokens": "kept", "scorer": "wanda"}],
+                          settings=["0.5"], tasks="digits", token_methods=["none", "fastv(k=1, ratio=0.5)"])
+    results = run_grid(config, show_progress=False).set_index("cell")
+    fastv = "fastv(k=1, ratio=0.5)"
+    assert list(results.index) == ["dense", f"dense/-/{fastv}", "wanda/50%", f"wanda/50%/{fastv}",
+                                   f"kept+wanda+uniform/50%/{fastv}"]
+    assert results.loc["wanda/50%", "token_pruning"] == "none" and pd.isna(results.loc["wanda/50%", "visual_tokens"])
+    visual = results.loc[f"dense/-/{fastv}", "visual_tokens"]
+    assert visual > 0 and visual == results.loc[f"wanda/50%/{fastv}", "visual_tokens"]  # same count dropped
+    table = table2(results.reset_index())
+    assert ("-", f"dense | {fastv}") in table.index and ("50%", f"wanda | {fastv}") in table.index
+    with pytest.raises(GridConfigError, match="token_methods names none"):
+        small_config(tmp_path, grid="table2", methods=[{"tokens": "kept"}], token_methods=["none"])
+    with pytest.raises(GridConfigError, match="token_methods: unknown token-pruning method 'fast'"):
+        small_config(tmp_path, grid="table2", token_methods=["fast"])

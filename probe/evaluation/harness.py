@@ -168,6 +168,7 @@ def evaluate_with_items(
     seed: int = 0,
     loglikelihood: str = "sum",
     samples_out: Path | None = None,
+    token_pruning: str | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Score a model in memory on ``tasks`` through lmms-eval: the tidy table (task, metric, score, stderr,
     n) and every item's score (task, metric, doc_id, value), from which intervals are drawn.
@@ -175,7 +176,9 @@ def evaluate_with_items(
     ``limit`` takes the first N items of each task. A ``vision_cache`` shared by models with the same
     vision side computes each image's features once. ``loglikelihood`` (``sum`` or ``mean``) is how
     multiple-choice options are scored (see :mod:`probe.evaluation.wrapper`). ``samples_out`` receives
-    what the model answered for every item, one JSON object per line.
+    what the model answered for every item, one JSON object per line. ``token_pruning`` (e.g.
+    ``fastv(k=2, ratio=0.5)``) drops visual tokens at inference; the table then says which method ran and
+    how many visual tokens were alive per layer on average (``visual_tokens``).
     """
     from lmms_eval.evaluator import simple_evaluate
     from lmms_eval.tasks import TaskManager
@@ -190,7 +193,7 @@ def evaluate_with_items(
     if unknown:
         raise UnknownTaskError(f"unknown task(s) {', '.join(unknown)} (neither offline nor an lmms-eval task)")
     model = ProbeLVLM(loaded=loaded, vision_cache=vision_cache, show_progress=show_progress,
-                      loglikelihood=loglikelihood)
+                      loglikelihood=loglikelihood, token_pruning=token_pruning)
     with quiet_libraries(not show_progress):
         results = simple_evaluate(model=model, tasks=tasks, limit=limit, task_manager=manager, log_samples=True,
                                   verbosity="WARNING", random_seed=seed, numpy_random_seed=seed,
@@ -198,7 +201,17 @@ def evaluate_with_items(
     if samples_out is not None:
         write_text_atomic(samples_out, "".join(json.dumps(row) + "\n" for row in sample_rows(results)))
     items = item_scores(results)
-    return tidy_results(results, items), items
+    table = tidy_results(results, items)
+    if model.token_runtime is not None:
+        table = table.assign(token_pruning=model.token_runtime.pruner.spec(),
+                             visual_tokens=mean_visual_tokens(model.token_runtime.records))
+    return table, items
+
+
+def mean_visual_tokens(records: list[dict]) -> float:
+    """Visual tokens alive per decoder layer, averaged over the layers and the requests that had images."""
+    per_request = [sum(r["alive_visual"]) / len(r["alive_visual"]) for r in records if r["alive_visual"]]
+    return sum(per_request) / len(per_request) if per_request else float("nan")
 
 
 def _plain(value: Any) -> Any:

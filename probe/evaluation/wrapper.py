@@ -14,6 +14,12 @@ default, the log-probability of the whole option) or their mean (``"mean"``, wha
 ``llava_hf`` returns: the mean token loss). lmms-eval's multiple-choice scoring picks the choice with
 the lowest value (``argmin``); options of different token lengths can rank differently under the two,
 so say which one a result used.
+
+``token_pruning`` (e.g. ``fastv(k=2, ratio=0.5)``; in lmms-eval's ``--model_args`` as
+``token_pruning=fastv,token_k=2,token_ratio=0.5``) drops visual tokens inside the decoder at inference
+(:mod:`probe.token_pruning`); a checkpoint pruned with a token method carries it in its config
+(``probe_token_pruning``) and is served with it unless told otherwise (``token_pruning=none``).
+Log-likelihoods then read the logits of the last positions, which are all text.
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ class ProbeLVLM(lmms):
         vision_cache: VisionFeatureCache | None = None,
         show_progress: bool = True,
         loglikelihood: str = "sum",
+        token_pruning: str | None = None,
         **unused: Any,
     ) -> None:
         super().__init__()
@@ -66,6 +73,27 @@ class ProbeLVLM(lmms):
                                            max_pixels=int(max_pixels) if max_pixels else None)
         self.vision_cache = vision_cache
         self.show_progress = show_progress
+        self.token_runtime = self._token_runtime(token_pruning, unused)
+
+    def _token_runtime(self, spec: str | None, extra: dict[str, Any]):
+        """The token-pruning runtime the settings (or the checkpoint's config) ask for, checked now."""
+        from probe.token_pruning.base import make_pruner
+        from probe.token_pruning.runtime import TokenPruningRuntime
+
+        settings = {k.removeprefix("token_"): v for k, v in extra.items() if k.startswith("token_")}
+        if spec is None:
+            spec = getattr(self._model.config, "probe_token_pruning", None)
+        if spec and settings and "(" not in spec:
+            spec = f"{spec}({', '.join(f'{k}={v}' for k, v in settings.items())})"
+        pruner = make_pruner(spec)
+        if pruner is None:
+            return None
+        if any(type(m).__name__ == "RoutedLinear" for m in self._model.modules()):
+            raise UnsupportedRequestError("token pruning cannot serve the MoT probe (its routing reads the whole "
+                                          "sequence)")
+        runtime = TokenPruningRuntime(pruner, self.loaded.adapter)
+        runtime.check(self._model)
+        return runtime
 
     # --- helpers -------------------------------------------------------------------------------
     @property
@@ -79,8 +107,14 @@ class ProbeLVLM(lmms):
     @contextlib.contextmanager
     def _serving(self) -> Iterator[None]:
         cache = self.vision_cache
-        with cache.attached(self._model, self.loaded.adapter) if cache is not None else contextlib.nullcontext():
+        runtime = self.token_runtime
+        with cache.attached(self._model, self.loaded.adapter) if cache is not None else contextlib.nullcontext(), \
+                runtime.attached(self._model) if runtime is not None else contextlib.nullcontext():
             yield
+
+    def _request(self, input_ids: torch.Tensor) -> contextlib.AbstractContextManager:
+        runtime = self.token_runtime
+        return runtime.request(input_ids, self._model.config) if runtime is not None else contextlib.nullcontext()
 
     def _doc_visuals(self, doc_to_visual: Any, task: str, split: str, doc_id: int) -> list[Image.Image]:
         if doc_to_visual is None:
@@ -126,7 +160,8 @@ class ProbeLVLM(lmms):
                 if sample:
                     settings.update(temperature=float(gen_kwargs["temperature"]),
                                     top_p=float(gen_kwargs.get("top_p") or 1.0))
-                out = self._model.generate(**inputs, **settings)
+                with self._request(inputs["input_ids"]):
+                    out = self._model.generate(**inputs, **settings)
                 text = tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
                 for stop in until:
                     if stop and stop in text:
@@ -174,8 +209,10 @@ class ProbeLVLM(lmms):
         start = max(start, 1)
         if start >= len(ids):
             raise UnsupportedRequestError(f"continuation {continuation!r} adds no token to its context")
-        logits = self._model(**inputs).logits[0].float()
-        logprobs = torch.log_softmax(logits[start - 1 : len(ids) - 1], dim=-1)
+        with self._request(inputs["input_ids"]):
+            logits = self._model(**inputs).logits[0].float()
+        shift = logits.shape[0] - len(ids)  # token pruning drops positions before the continuation
+        logprobs = torch.log_softmax(logits[start - 1 + shift : len(ids) - 1 + shift], dim=-1)
         targets = torch.tensor(ids[start:], device=logprobs.device)
         chosen = logprobs.gather(1, targets[:, None])
         total = float(chosen.mean() if reduction == "mean" else chosen.sum())

@@ -1,0 +1,137 @@
+"""What token pruning and weight pruning buy at inference, measured side by side in one run on one model:
+prefill latency, per-token decode latency, KV-cache size, peak memory (CUDA only) and FLOPs counted by
+``torch.utils.flop_counter`` for the decoder (with the LM head) and the vision tower separately, for the
+dense model, a token-pruned one, a weight-pruned one and the joint one (weights calibrated on the kept
+tokens). Ratios are against dense. Unstructured weight sparsity saves nothing here: dense kernels multiply
+the zeros; its FLOPs column counts them too.
+
+    python bench/bench_tokens.py [MODEL] [--device cpu] [--token-pruning "fastv(k=2, ratio=0.5)"]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from probe.calibrate import capture_calibration
+from probe.data.calibration import CalibrationSpec
+from probe.data.offline import digits_split_indices
+from probe.engine import PruneConfig, prune
+from probe.evaluation.wrapper import ProbeLVLM
+from probe.loading import LoadedModel, load_model, parse_dtype
+from probe.token_pruning.base import make_pruner
+from probe.token_pruning.schedule import with_token_schedule
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_seconds(fn, device: torch.device, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _kv_bytes(cache) -> int:
+    return sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values)
+               if isinstance(t, torch.Tensor))
+
+
+@torch.no_grad()
+def measure(loaded: LoadedModel, inputs: dict, token_pruning: str | None, new_tokens: int, repeats: int) -> dict:
+    wrapper = ProbeLVLM(loaded=loaded, show_progress=False, token_pruning=token_pruning or "none")
+    model, device = loaded.model, next(loaded.model.parameters()).device
+
+    def served(fn):
+        def run():
+            with wrapper._serving(), wrapper._request(inputs["input_ids"]):
+                return fn()
+        return run
+
+    prefill = _median_seconds(served(lambda: model(**inputs, use_cache=True)), device, repeats)
+    generate = _median_seconds(served(lambda: model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False,
+                                                             min_new_tokens=new_tokens)), device, repeats)
+    cache = served(lambda: model(**inputs, use_cache=True).past_key_values)()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        served(lambda: model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False))()
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else float("nan")
+    counter = FlopCounterMode(display=False)
+    with counter:
+        served(lambda: model(**inputs, use_cache=False))()
+    total = counter.get_total_flops()
+    vision = FlopCounterMode(display=False)
+    with vision:
+        loaded.adapter.image_features_owner(model).get_image_features(
+            **{k: v for k, v in inputs.items() if k.startswith("pixel") or k.startswith("image")})
+    return {"prefill s": prefill, "decode s/token": (generate - prefill) / max(new_tokens - 1, 1),
+            "KV cache MiB": _kv_bytes(cache) / 2**20, "peak MiB": peak / 2**20,
+            "decoder GFLOPs": (total - vision.get_total_flops()) / 1e9, "vision GFLOPs": vision.get_total_flops() / 1e9}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", nargs="?", default="reference")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--token-pruning", default="fastv(k=2, ratio=0.5)")
+    parser.add_argument("--sparsity", type=float, default=0.5)
+    parser.add_argument("--nsamples", type=int, default=8, help="calibration samples of the weight pruning")
+    parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+
+    dense = load_model(args.model, dtype=parse_dtype(args.dtype), device=args.device)
+    pruner = make_pruner(args.token_pruning)
+    from sklearn.datasets import load_digits
+
+    pixels = load_digits().images[digits_split_indices("test")[0]]
+    from PIL import Image
+
+    picture = Image.fromarray((pixels / 16 * 255).astype("uint8")).convert("RGB").resize((64, 64))
+    inputs = ProbeLVLM(loaded=dense, show_progress=False)._visual_inputs("Which digit is this?", [picture])
+    samples = capture_calibration(dense, CalibrationSpec(nsamples=args.nsamples), store_device=args.device,
+                                  show_progress=False)
+    weights = copy.deepcopy(dense.model)
+    prune(weights, dense.adapter, samples, PruneConfig(method="wanda", sparsity=args.sparsity), show_progress=False)
+    joint = copy.deepcopy(dense.model)
+    kept = with_token_schedule(dense.model, dense.adapter, samples, pruner)
+    prune(joint, dense.adapter, kept, PruneConfig(tokens="kept", sparsity=args.sparsity), show_progress=False)
+
+    def loaded(model):
+        return LoadedModel(model, dense.processor, dense.adapter, dense.ref)
+
+    rows = {
+        "dense": measure(dense, inputs, None, args.new_tokens, args.repeats),
+        f"tokens {pruner.spec()}": measure(dense, inputs, args.token_pruning, args.new_tokens, args.repeats),
+        f"weights wanda {args.sparsity:g}": measure(loaded(weights), inputs, None, args.new_tokens, args.repeats),
+        "joint (kept tokens + both)": measure(loaded(joint), inputs, args.token_pruning, args.new_tokens,
+                                              args.repeats),
+    }
+    print(f"model {args.model}, device {args.device} ({'CUDA events' if args.device != 'cpu' else 'CPU wall time'}), "
+          f"{int(inputs['input_ids'].shape[1])} prompt tokens, {args.new_tokens} new tokens, median of "
+          f"{args.repeats}")
+    columns = list(rows["dense"])
+    print(f"{'':34}" + "".join(f"{c:>16}" for c in columns))
+    for name, row in rows.items():
+        print(f"{name:34}" + "".join(f"{row[c]:16.4f}" for c in columns))
+    print("ratios to dense:")
+    for name, row in list(rows.items())[1:]:
+        ratios = [row[c] / rows["dense"][c] if rows["dense"][c] else float("nan") for c in columns]
+        print(f"{name:34}" + "".join(f"{r:16.2f}" for r in ratios))
+
+
+if __name__ == "__main__":
+    main()

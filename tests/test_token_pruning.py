@@ -1,0 +1,282 @@
+"""Visual token pruning at inference against a hand-built reference forward: FastV and the random control,
+prefill and greedy decoding, no-op settings, log-likelihood alignment, the kept-tokens selector, errors."""
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from probe.capture import BlockCall, capture, run_block
+from probe.engine import PruneConfig, prune
+from probe.errors import ProbeError
+from probe.evaluation.wrapper import ProbeLVLM
+from probe.loading import load_model
+from probe.token_pruning.base import make_pruner
+from probe.token_pruning.runtime import UNSUPPORTED, TokenPruningRuntime
+from probe.token_pruning.schedule import with_token_schedule
+
+FAMILIES = ["llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "idefics3", "internvl", "fast_vlm"]
+
+
+def image(seed=0):
+    return Image.fromarray((np.random.RandomState(seed).rand(32, 32, 3) * 255).astype("uint8"))
+
+
+def request(family, question="What is in the picture?", seed=0):
+    loaded = load_model(f"tiny:{family}")
+    wrapper = ProbeLVLM(loaded=loaded, show_progress=False)
+    return loaded, wrapper._visual_inputs(question, [image(seed)])
+
+
+def cut(call, index, length):
+    """The block call with every sequence axis cut to ``index``, written out by hand."""
+    kwargs = dict(call.kwargs)
+    cos, sin = kwargs["position_embeddings"]
+    kwargs["position_embeddings"] = (cos[..., index, :], sin[..., index, :])
+    if kwargs.get("position_ids") is not None:
+        kwargs["position_ids"] = kwargs["position_ids"][..., index]
+    if kwargs.get("cache_position") is not None:
+        kwargs["cache_position"] = kwargs["cache_position"][index]
+    mask = kwargs.get("attention_mask")
+    if isinstance(mask, torch.Tensor) and mask.dim() == 4 and mask.shape[-1] == length:
+        kwargs["attention_mask"] = mask[:, :, index][:, :, :, index]
+    return BlockCall(call.args, kwargs, call.injection)
+
+
+def manual_logits(loaded, inputs, k, keep):
+    """Layers 0..k-1 on every token, then only the positions ``keep`` (bool (seq,)); final norm and head."""
+    model, adapter = loaded.model, loaded.adapter
+    sample = capture(model, adapter, inputs)
+    index = keep.nonzero().flatten()
+    hidden = sample.hidden
+    for i, layer in enumerate(adapter.decoder_layers(model)):
+        call = sample.calls[i]
+        if i == k:
+            hidden = hidden[:, index]
+        if i >= k:
+            call = cut(call, index, sample.seq_len)
+        hidden = run_block(layer, hidden, call)
+    return model.lm_head(adapter.final_norm(model)(hidden))[0]
+
+
+def fastv_keep(loaded, inputs, k, ratio):
+    """FastV's choice from the model's own eager attention probabilities at layer k-1."""
+    eager = copy.deepcopy(loaded.model)
+    eager.set_attn_implementation("eager")
+    attentions = eager(**inputs, output_attentions=True).attentions
+    score = attentions[k - 1][0, :, -1, :].mean(0)
+    visual = loaded.adapter.visual_mask(inputs["input_ids"][0], loaded.model.config)
+    positions = visual.nonzero().flatten()
+    count = int(positions.numel() * (1 - ratio))
+    top = positions[torch.sort(score[positions], descending=True, stable=True).indices[:count]]
+    keep = ~visual
+    keep[top] = True
+    return keep
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+def test_fastv_prefill_equals_a_hand_built_forward(family):
+    loaded, inputs = request(family)
+    keep = fastv_keep(loaded, inputs, 1, 0.5)
+    expected = manual_logits(loaded, inputs, 1, keep)
+    runtime = TokenPruningRuntime(make_pruner("fastv(k=1, ratio=0.5)"), loaded.adapter)
+    with runtime.attached(loaded.model), runtime.request(inputs["input_ids"], loaded.model.config):
+        ours = loaded.model(**inputs).logits[0]
+    assert ours.shape == expected.shape and torch.allclose(ours, expected, atol=1e-5)
+    visual = int(loaded.adapter.visual_mask(inputs["input_ids"][0], loaded.model.config).sum())
+    counts = runtime.records[-1]["alive_visual"]
+    assert counts == [visual] + [visual // 2] * (len(counts) - 1)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_greedy_decoding_equals_full_forwards_with_the_same_kept_tokens(attention):
+    """Each decoding step with the cache equals a full forward of prompt + answer so far with the prompt's
+    dropped tokens left out of layers >= k (generated tokens are never dropped)."""
+    loaded, inputs = request("llava")
+    loaded.model.set_attn_implementation(attention)
+    keep = fastv_keep(loaded, inputs, 2, 0.5)
+    runtime = TokenPruningRuntime(make_pruner("fastv(k=2, ratio=0.5)"), loaded.adapter)
+    with runtime.attached(loaded.model), runtime.request(inputs["input_ids"], loaded.model.config):
+        ours = loaded.model.generate(**inputs, max_new_tokens=6, do_sample=False)[0, inputs["input_ids"].shape[1]:]
+    ids = inputs["input_ids"]
+    expected = []
+    for _ in range(6):
+        grown = {**inputs, "input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        full_keep = torch.cat([keep, torch.ones(ids.shape[1] - keep.numel(), dtype=torch.bool)])
+        token = manual_logits(loaded, grown, 2, full_keep)[-1].argmax()
+        expected.append(int(token))
+        ids = torch.cat([ids, token.view(1, 1)], dim=1)
+    assert ours.tolist() == expected
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("family", FAMILIES)
+def test_no_op_token_pruning_equals_the_dense_model(family):
+    loaded, inputs = request(family)
+    dense = loaded.model(**inputs).logits
+    dense_tokens = loaded.model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    for spec in ("fastv(k=1, ratio=0)", "random(k=1, ratio=0)"):
+        runtime = TokenPruningRuntime(make_pruner(spec), loaded.adapter)
+        with runtime.attached(loaded.model):
+            with runtime.request(inputs["input_ids"], loaded.model.config):
+                logits = loaded.model(**inputs).logits
+            with runtime.request(inputs["input_ids"], loaded.model.config):
+                tokens = loaded.model.generate(**inputs, max_new_tokens=4, do_sample=False)
+        assert torch.allclose(logits, dense, atol=1e-5) and torch.equal(tokens, dense_tokens)
+
+
+@torch.no_grad()
+def test_loglikelihood_reads_the_tail_and_text_only_requests_run_dense():
+    loaded, _ = request("llava")
+    dense = ProbeLVLM(loaded=loaded, show_progress=False)
+    pruned = ProbeLVLM(loaded=loaded, show_progress=False, token_pruning="random(k=1, ratio=0.75, seed=3)")
+    context, answer = "What is in the picture?", " a cat"
+    with pruned._serving():
+        ours, _ = pruned.continuation_loglikelihood(context, answer, [image()])
+    prefix = pruned._visual_inputs(context, [image()])["input_ids"][0]
+    inputs = pruned._visual_inputs(context, [image()], answer=answer)
+    ids = inputs["input_ids"][0]
+    visual = loaded.adapter.visual_mask(ids, loaded.model.config)
+    positions = visual.nonzero().flatten()
+    order = torch.randperm(positions.numel(), generator=torch.Generator().manual_seed(3))
+    keep = ~visual
+    keep[positions[order[: int(positions.numel() * 0.25)]]] = True
+    logits = manual_logits(loaded, inputs, 1, keep).log_softmax(-1)
+    start, shift = len(prefix), logits.shape[0] - len(ids)
+    expected = sum(logits[t - 1 + shift, ids[t]].item() for t in range(start, len(ids)))
+    assert ours == pytest.approx(expected, abs=1e-4)
+    with pruned._serving():
+        text_only = pruned.continuation_loglikelihood("The cat sat on the", " mat")
+    assert text_only == dense.continuation_loglikelihood("The cat sat on the", " mat")
+    assert pruned.token_runtime.records[-1] == {"visual": 0, "alive_visual": []}
+
+
+def test_random_control_is_seeded():
+    visual = torch.arange(5, 25)
+    a, b, c = (make_pruner(f"random(ratio=0.5, seed={s})").keep(visual, None) for s in (1, 1, 2))
+    assert torch.equal(a, b) and not torch.equal(a, c) and a.numel() == 10 and torch.equal(a, a.sort().values)
+    assert make_pruner("fastv").spec() == "fastv(k=2, ratio=0.5)"
+
+
+def test_kept_selector_follows_the_alive_tokens(tmp_path):
+    loaded = load_model("tiny:llava")
+    from probe.calibrate import capture_calibration
+    from probe.data.calibration import CalibrationSpec
+
+    samples = capture_calibration(loaded, CalibrationSpec(nsamples=2), show_progress=False)
+    every = with_token_schedule(loaded.model, loaded.adapter, samples, make_pruner("fastv(k=1, ratio=0)"))
+    kept, mixed = copy.deepcopy(loaded.model), copy.deepcopy(loaded.model)
+    prune(kept, loaded.adapter, every, PruneConfig(tokens="kept"), show_progress=False)
+    prune(mixed, loaded.adapter, samples, PruneConfig(tokens="mixed"), show_progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(kept.state_dict().values(), mixed.state_dict().values()))
+    half = with_token_schedule(loaded.model, loaded.adapter, samples, make_pruner("fastv(k=1, ratio=0.5)"))
+    alive = half[0].meta["alive"]
+    visual = samples[0].visual_mask
+    assert bool(alive[0].all()) and int((alive[1] & visual).sum()) == int(visual.sum()) // 2
+    assert bool(alive[1][~visual].all()) and "alive" not in samples[0].meta
+    with pytest.raises(ProbeError, match="needs a token-pruning method"):
+        prune(copy.deepcopy(loaded.model), loaded.adapter, samples, PruneConfig(tokens="kept"), show_progress=False)
+
+
+def test_pruned_checkpoint_carries_its_token_method(tmp_path):
+    from probe.cli import main
+
+    out = tmp_path / "joint"
+    assert main(["prune", "tiny:llava", "--tokens", "kept", "--token-pruning", "fastv(k=1, ratio=0.5)",
+                 "--nsamples", "2", "--out", str(out), "--no-progress"]) == 0
+    wrapper = ProbeLVLM(pretrained=str(out), show_progress=False)
+    assert wrapper.token_runtime.pruner.spec() == "fastv(k=1, ratio=0.5)"
+    assert ProbeLVLM(pretrained=str(out), show_progress=False, token_pruning="none").token_runtime is None
+    lmms_style = ProbeLVLM(pretrained="tiny:llava", show_progress=False, token_pruning="random", token_k=1,
+                           token_ratio=0.25)
+    assert lmms_style.token_runtime.pruner.spec() == "random(k=1, ratio=0.25, seed=0)"
+
+
+@pytest.mark.parametrize("spec, family, match", [
+    ("fastv(k=1)", "qwen3_vl", "DeepStack"),
+    ("fastv(k=1)", "gemma3", "sliding-window"),
+    ("fastv(k=0)", "llava", "first cannot be it"),
+    ("fastv(k=99)", "llava", "layers 0.."),
+    ("fastv(ratio=2)", "llava", "ratio must lie in"),
+    ("fastv(r=2)", "llava", "unknown token pruning 'fastv' setting"),
+    ("vitcop9", "llava", "unknown token-pruning method 'vitcop9'; choose from none, fastv, random"),
+])
+def test_unsupported_token_pruning_is_one_clear_error(spec, family, match):
+    assert set(UNSUPPORTED) == {"qwen3_vl", "gemma3"}
+    with pytest.raises(ProbeError, match=match):
+        ProbeLVLM(loaded=load_model(f"tiny:{family}"), show_progress=False, token_pruning=spec)
+
+
+def test_mot_probe_refuses_token_pruning():
+    from probe.mot import to_mot
+
+    loaded = load_model("tiny:llava")
+    to_mot(loaded.model, loaded.adapter)
+    with pytest.raises(ProbeError, match="MoT"):
+        ProbeLVLM(loaded=loaded, show_progress=False, token_pruning="fastv(k=1)")
+
+
+def comp_inputs(count=2):
+    from probe.calibrate import capture_items
+    from probe.data.calibration import CalibrationSpec, prepare
+
+    loaded = load_model("tiny:llava")
+    items = prepare(CalibrationSpec(nsamples=count), loaded.adapter, loaded.processor, loaded.model.config)
+    return loaded, capture_items(loaded, items, show_progress=False), [item.inputs for item in items]
+
+
+def plain_kl(p_logits, q_logits):
+    p = torch.softmax(p_logits.double(), -1).tolist()
+    q = torch.softmax(q_logits.double(), -1).tolist()
+    return sum(a * math.log(a / b) for a, b in zip(p, q) if a > 0)
+
+
+def test_comp_style_takes_the_cheaper_step_and_reaches_both_targets():
+    from probe.token_pruning.comp_style import CompStyleSettings, comp_style
+
+    loaded, samples, inputs = comp_inputs()
+    result = comp_style(loaded, samples, inputs, 0.5, "fastv(k=1, ratio=0.5)", CompStyleSettings(stages=2, epsilon=0))
+    assert [s["choice"] for s in result.stages].count("weights") == 2 == len(result.stages) - 2
+    assert result.token_pruning == "fastv(k=1, ratio=0.5)" and result.stages[-1]["sparsity"] == 0.5
+    for stage in result.stages:
+        if len(stage["mixed"]) == 2:
+            assert stage["choice"] == min(stage["mixed"], key=stage["mixed"].get) and not stage["explored"]
+    q = loaded.adapter.decoder_layers(result.model)[0].self_attn.q_proj.weight
+    assert (q == 0).float().mean().item() == 0.5
+    # the first stage's costs, computed independently
+    dense = [loaded.model(**x).logits[0, -1] for x in inputs]
+    weights = copy.deepcopy(loaded.model)
+    prune(weights, loaded.adapter, samples, PruneConfig(sparsity=0.25), show_progress=False)
+    expected = sum(plain_kl(d, weights(**x).logits[0, -1]) for d, x in zip(dense, inputs)) / len(inputs)
+    assert result.stages[0]["costs"]["weights"] == pytest.approx(expected, rel=1e-6)
+    tokens = []
+    for d, x in zip(dense, inputs):
+        keep = fastv_keep(loaded, x, 1, 0.25)
+        tokens.append(plain_kl(d, manual_logits(loaded, x, 1, keep)[-1]))
+    assert result.stages[0]["costs"]["tokens"] == pytest.approx(sum(tokens) / len(tokens), rel=1e-4)
+    explored = comp_style(loaded, samples, inputs, 0.5, "random(k=1, ratio=0.5)",
+                          CompStyleSettings(stages=2, epsilon=1.0, seed=5))
+    again = comp_style(loaded, samples, inputs, 0.5, "random(k=1, ratio=0.5)",
+                       CompStyleSettings(stages=2, epsilon=1.0, seed=5))
+    assert [s["choice"] for s in explored.stages] == [s["choice"] for s in again.stages]
+    assert all(s["explored"] for s in explored.stages if len(s["mixed"]) == 2)
+
+
+def test_cli_comp_style_writes_its_stages(tmp_path):
+    import json
+
+    from probe.cli import main
+
+    out = tmp_path / "comp"
+    assert main(["prune", "tiny:llava", "--comp-style", "2", "--token-pruning", "fastv(k=1, ratio=0.5)",
+                 "--sparsity", "0.4", "--nsamples", "2", "--out", str(out), "--no-progress"]) == 0
+    record = json.loads((out / "manifest.json").read_text())
+    stages = record["context"]["comp_style"]["stages"]
+    assert len(stages) == 4 and record["context"]["token_pruning"] == "fastv(k=1, ratio=0.5)"
+    assert 0.35 < record["mean_sparsity"] <= 0.4 and record["method"] == "comp-style"  # int(d_in * 0.4) per row
+    assert main(["prune", "tiny:llava", "--comp-style", "2", "--out", str(tmp_path / "x")]) == 2
