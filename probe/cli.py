@@ -185,8 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of lmms-eval's random generators")
     p.add_argument("--token-pruning", default=None, metavar="METHOD",
                    help="drop visual tokens at inference: fastv (after layer K-1, the R least attended; "
-                        "'fastv(k=2, ratio=0.5)'), random (the control; 'random(k=2, ratio=0.5, seed=0)') or none "
-                        "(None: the checkpoint's own, if it was pruned with one)")
+                        "'fastv(k=2, ratio=0.5)'), random (the control; 'random(k=2, ratio=0.5, seed=0)'), vitcop "
+                        "(its decoder stages; presets vitcop-1/3, vitcop-2/9, vitcop-1/9) or none (None: the "
+                        "checkpoint's own, if it was pruned with one)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=cmd_eval)
 

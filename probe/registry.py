@@ -56,6 +56,14 @@ PRESETS: dict[str, dict[str, str]] = {
 TOKEN_PRUNERS: dict[str, str] = {
     "fastv": "probe.token_pruning.fastv:FastvPruner",
     "random": "probe.token_pruning.random_tokens:RandomPruner",
+    "vitcop": "probe.token_pruning.vitcop:VitcopPruner",
+}
+# named settings of a token-pruning method: ViTCoP's three shipped configurations (its rho, vision_keep and
+# cluster share)
+TOKEN_PRUNER_PRESETS: dict[str, tuple[str, dict[str, float]]] = {
+    "vitcop-1/3": ("vitcop", {"rho": 1 / 3, "vision_keep": 0.5, "cluster_pct": 0.18}),
+    "vitcop-2/9": ("vitcop", {"rho": 2 / 9, "vision_keep": 0.4, "cluster_pct": 0.15}),
+    "vitcop-1/9": ("vitcop", {"rho": 1 / 9, "vision_keep": 0.3, "cluster_pct": 0.12}),
 }
 
 AXES: dict[str, dict[str, str]] = {"tokens": TOKEN_SELECTORS, "scorer": SCORERS, "allocation": ALLOCATIONS}

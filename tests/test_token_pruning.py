@@ -157,9 +157,13 @@ def test_loglikelihood_reads_the_tail_and_text_only_requests_run_dense():
 
 
 def test_random_control_is_seeded():
-    visual = torch.arange(5, 25)
-    a, b, c = (make_pruner(f"random(ratio=0.5, seed={s})").keep(visual, None) for s in (1, 1, 2))
-    assert torch.equal(a, b) and not torch.equal(a, c) and a.numel() == 10 and torch.equal(a, a.sort().values)
+    from probe.token_pruning.base import StageView
+
+    mask = torch.zeros(30, dtype=torch.bool)
+    mask[5:25] = True
+    view = StageView(2, torch.arange(30), mask, torch.zeros(30, 4), torch.zeros(30, 4))
+    a, b, c = (make_pruner(f"random(ratio=0.5, seed={s})").select(view).keep for s in (1, 1, 2))
+    assert torch.equal(a, b) and not torch.equal(a, c) and int(mask[a].sum()) == 10 and bool((~mask)[a].sum() == 10)
     assert make_pruner("fastv").spec() == "fastv(k=2, ratio=0.5)"
 
 
@@ -204,7 +208,10 @@ def test_pruned_checkpoint_carries_its_token_method(tmp_path):
     ("fastv(k=99)", "llava", "layers 0.."),
     ("fastv(ratio=2)", "llava", "ratio must lie in"),
     ("fastv(r=2)", "llava", "unknown token pruning 'fastv' setting"),
-    ("vitcop9", "llava", "unknown token-pruning method 'vitcop9'; choose from none, fastv, random"),
+    ("vitcop9", "llava", "unknown token-pruning method 'vitcop9'; choose from none, fastv, random, vitcop, vitcop-1/3"),
+    ("vitcop(shallow=1, deep=2)", "qwen2_vl", "M-RoPE: use deep_positions=keep"),
+    ("vitcop(shallow=2, deep=1)", "llava", "0 < shallow < deep"),
+    ("vitcop(shallow=1, deep=2, merge=sum)", "llava", "merge must be one of upstream, mean"),
 ])
 def test_unsupported_token_pruning_is_one_clear_error(spec, family, match):
     assert set(UNSUPPORTED) == {"qwen3_vl", "gemma3"}
@@ -280,3 +287,117 @@ def test_cli_comp_style_writes_its_stages(tmp_path):
     assert len(stages) == 4 and record["context"]["token_pruning"] == "fastv(k=1, ratio=0.5)"
     assert 0.35 < record["mean_sparsity"] <= 0.4 and record["method"] == "comp-style"  # int(d_in * 0.4) per row
     assert main(["prune", "tiny:llava", "--comp-style", "2", "--out", str(tmp_path / "x")]) == 2
+
+
+def manual_vitcop(loaded, inputs, settings):
+    """ViTCoP's decoder stages by hand on tiny llava: keys from k_proj of the layer's normed input, the
+    maths functions for the choices, merges, cuts and (compact) renumbered positions written out."""
+    from probe.sparsity.vitcop import (
+        cluster_plan,
+        deep_keep,
+        grid_positions,
+        key_saliency,
+        vic_labels,
+        vitcop_budgets,
+    )
+
+    model, adapter = loaded.model, loaded.adapter
+    layers = adapter.decoder_layers(model)
+    sample = capture(model, adapter, inputs)
+    visual = sample.visual_mask
+    n = int(visual.sum())
+    budgets = vitcop_budgets(settings["rho"], 1.0, n, len(layers), settings["shallow"], settings["deep"],
+                             settings.get("deep_divisor", 5))
+    r, d = min(budgets.shallow, n), min(budgets.deep, n)
+    hidden, alive, positions = sample.hidden, torch.arange(visual.numel()), None
+    first, previous_input = sample.hidden[0], sample.hidden
+    for i, layer in enumerate(layers):
+        call = sample.calls[i]
+        if i in (settings["shallow"], settings["deep"]):
+            prev = layers[i - 1]
+            keys = prev.self_attn.k_proj(prev.input_layernorm(previous_input))[0].reshape(hidden.shape[1], -1, 8)
+            local = visual[alive].nonzero().flatten()
+            saliency = key_saliency(keys[local])
+            vis = alive[local]
+            if i == settings["shallow"]:
+                side = int(math.isqrt(n))
+                labels = vic_labels(first[vis], grid_positions(side, side), settings.get("cluster_pct", 0.18))
+                plan = cluster_plan(labels, saliency, r)
+                hidden = hidden.clone()
+                for rep, group in zip(plan.representatives, plan.groups):
+                    mean = hidden[0, local[group]].mean(0)
+                    upstream = settings.get("merge", "upstream") == "upstream"
+                    hidden[0, local[rep]] = hidden[0, local[rep]] + mean if upstream else mean
+                chosen = sorted(plan.kept + plan.representatives)
+            else:
+                chosen = deep_keep(saliency, d).tolist()
+            keep = torch.sort(torch.cat([alive[~visual[alive]], vis[chosen]])).values
+            rows = torch.searchsorted(alive, keep)
+            hidden = hidden[:, rows]
+            if i == settings["deep"] and settings.get("deep_positions", "compact") == "compact":
+                positions = rows
+            alive = keep
+        if alive.numel() < visual.numel():
+            call = cut(call, alive, visual.numel())
+            if positions is not None:
+                ids = positions.unsqueeze(0)
+                kwargs = dict(call.kwargs, position_ids=ids,
+                              position_embeddings=adapter.language_model(model).rotary_emb(hidden, ids))
+                call = BlockCall(call.args, kwargs, call.injection)
+        previous_input = hidden
+        hidden = run_block(layer, hidden, call)
+    return model.lm_head(adapter.final_norm(model)(hidden))[0]
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("options", [{}, {"merge": "mean", "deep_positions": "keep"}])
+def test_vitcop_stages_equal_a_hand_built_forward(options):
+    loaded, inputs = request("llava")
+    settings = {"rho": 0.5, "shallow": 1, "deep": 2, "deep_divisor": 2, "cluster_pct": 0.25, **options}
+    spec = "vitcop(" + ", ".join(f"{k}={v}" for k, v in settings.items()) + ")"
+    runtime = TokenPruningRuntime(make_pruner(spec), loaded.adapter)
+    with runtime.attached(loaded.model), runtime.request(inputs["input_ids"], loaded.model.config):
+        ours = loaded.model(**inputs).logits[0]
+    expected = manual_vitcop(loaded, inputs, settings)
+    assert ours.shape == expected.shape and torch.allclose(ours, expected, atol=1e-5)
+    counts = runtime.records[-1]["alive_visual"]
+    assert counts[0] == 16 and counts[0] > counts[1] > counts[2]  # tiny llava: 16 visual tokens, R, then D
+    assert [s["stage"] for s in runtime.records[-1]["stages"]] == ["II", "III"]
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_vitcop_without_pruning_is_the_dense_model(attention):
+    loaded, inputs = request("llava")
+    loaded.model.set_attn_implementation(attention)
+    dense = loaded.model(**inputs).logits
+    dense_tokens = loaded.model.generate(**inputs, max_new_tokens=5, do_sample=False)
+    spec = "vitcop(rho=1, shallow=1, deep=2, deep_divisor=1, merge=mean, deep_positions=keep)"
+    runtime = TokenPruningRuntime(make_pruner(spec), loaded.adapter)
+    with runtime.attached(loaded.model):
+        with runtime.request(inputs["input_ids"], loaded.model.config):
+            ours = loaded.model(**inputs).logits
+        with runtime.request(inputs["input_ids"], loaded.model.config):
+            tokens = loaded.model.generate(**inputs, max_new_tokens=5, do_sample=False)
+    assert torch.allclose(ours, dense, atol=1e-5) and torch.equal(tokens, dense_tokens)
+    real = TokenPruningRuntime(make_pruner("vitcop(rho=0.5, shallow=1, deep=2, deep_divisor=2)"), loaded.adapter)
+    with real.attached(loaded.model), real.request(inputs["input_ids"], loaded.model.config):  # decoding runs
+        pruned = loaded.model.generate(**inputs, max_new_tokens=5, do_sample=False, min_new_tokens=5)
+    assert pruned.shape == dense_tokens.shape and real.records[-1]["alive_visual"][2] < 16
+    assert make_pruner("vitcop-1/9").settings.rho == pytest.approx(1 / 9)
+
+
+@torch.no_grad()
+def test_key_saliency_is_the_same_before_and_after_rope():
+    """The head-mean key norm from k_proj's output equals the one from the cache's rotated keys."""
+    from probe.sparsity.vitcop import key_saliency
+
+    loaded, inputs = request("qwen2_vl")
+    layer = loaded.adapter.decoder_layers(loaded.model)[0]
+    seen = {}
+    handle = layer.self_attn.k_proj.register_forward_hook(lambda m, i, o: seen.update(keys=o[0]))
+    cache = loaded.model(**inputs, use_cache=True).past_key_values
+    handle.remove()
+    from_hook = key_saliency(seen["keys"].reshape(seen["keys"].shape[0], -1, layer.self_attn.head_dim))
+    from_cache = key_saliency(cache.layers[0].keys[0].transpose(0, 1))
+    assert torch.allclose(from_hook, from_cache, atol=1e-5)

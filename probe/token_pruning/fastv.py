@@ -8,7 +8,15 @@ from dataclasses import dataclass
 
 import torch
 
-from probe.token_pruning.base import TokenPruner, TokenPruningError, kept_count
+from probe.token_pruning.base import (
+    ATTENTION,
+    Selection,
+    StageView,
+    TokenPruner,
+    TokenPruningError,
+    kept_count,
+    with_text,
+)
 
 
 @dataclass(frozen=True)
@@ -24,13 +32,16 @@ class FastvSettings:
 class FastvPruner(TokenPruner):
     name = "fastv"
     Settings = FastvSettings
-    needs_attention = True
 
-    def layer(self) -> int:
-        return self.settings.k
+    def stage_layers(self) -> list[int]:
+        return [self.settings.k]
 
-    def keep(self, visual: torch.Tensor, attention: torch.Tensor | None) -> torch.Tensor:
-        count = kept_count(int(visual.numel()), self.settings.ratio)
-        scores = attention[visual]
-        chosen = torch.sort(scores, descending=True, stable=True).indices[:count]
-        return torch.sort(visual[chosen]).values
+    def observe(self, layer: int) -> set[str]:
+        return {ATTENTION} if layer == self.settings.k - 1 else set()
+
+    def select(self, view: StageView) -> Selection:
+        local = view.visual[view.alive].nonzero().flatten()
+        count = kept_count(int(local.numel()), self.settings.ratio)
+        scores = view.observed[ATTENTION][local]
+        chosen = local[torch.sort(scores, descending=True, stable=True).indices[:count]]
+        return Selection(with_text(view, view.alive[chosen]))

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from probe.token_pruning.base import TokenPruner, TokenPruningError, kept_count
+from probe.token_pruning.base import Selection, StageView, TokenPruner, TokenPruningError, kept_count, with_text
 
 
 @dataclass(frozen=True)
@@ -25,10 +25,11 @@ class RandomPruner(TokenPruner):
     name = "random"
     Settings = RandomSettings
 
-    def layer(self) -> int:
-        return self.settings.k
+    def stage_layers(self) -> list[int]:
+        return [self.settings.k]
 
-    def keep(self, visual: torch.Tensor, attention: torch.Tensor | None) -> torch.Tensor:
+    def select(self, view: StageView) -> Selection:
+        visual = view.alive[view.visual[view.alive]]
         count = kept_count(int(visual.numel()), self.settings.ratio)
         order = torch.randperm(int(visual.numel()), generator=torch.Generator().manual_seed(self.settings.seed))
-        return torch.sort(visual[order[:count].to(visual.device)]).values
+        return Selection(with_text(view, visual[order[:count].to(visual.device)]))

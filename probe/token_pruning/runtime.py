@@ -1,10 +1,12 @@
 """A token-pruning method attached to a loaded model: every decoder layer's forward is wrapped so that,
-during the prefill of a request with visual tokens, the method drops visual tokens before its layer, and
-every later layer sees only the tokens alive (hidden states, rotary embeddings, position ids, masks
-and cache positions cut to them; kept tokens keep their original positions, as FastV does). Decoding
-steps need no selection: the later layers' caches simply hold fewer entries, and a 4-D mask is cut to
-them. Requests without visual tokens run dense. For each request the visual tokens alive at every layer
-are recorded (:attr:`TokenPruningRuntime.records`), and with ``keep_alive`` the alive positions too.
+during the prefill of a request with visual tokens, the method selects (drops, merges) visual tokens
+before its stage layers, and every later layer sees only the tokens alive: hidden states, rotary
+embeddings, position ids, masks and cache positions cut to them. Staying tokens keep their positions
+unless a stage renumbers them (``compact``: rotary embeddings recomputed from the model's own rotary
+module). Decoding steps need no selection: the later layers' caches hold fewer entries, and a 4-D mask is
+cut to them. Requests without visual tokens run dense. For each request the visual tokens alive at every
+layer are recorded (:attr:`TokenPruningRuntime.records`), with each stage's record, and with
+``keep_alive`` the alive positions too.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from torch import nn
 
 from probe.attention import additive_mask
 from probe.models.base import Adapter
-from probe.token_pruning.base import TokenPruner, TokenPruningError
+from probe.token_pruning.base import ATTENTION, KEYS, StageView, TokenPruner, TokenPruningError
 
 UNSUPPORTED = {
     "qwen3_vl": "its DeepStack adds visual features inside the first decoder layers",
@@ -31,9 +33,13 @@ UNSUPPORTED = {
 class _Request:
     visual: torch.Tensor  # (seq,) bool, of the prefill sequence
     alive: torch.Tensor  # positions (in the prefill sequence) still in the sequence
-    attention: torch.Tensor | None = None  # last query's head-mean attention at the layer before pruning
+    first_hidden: torch.Tensor | None = None
+    observed: dict[str, torch.Tensor] = field(default_factory=dict)
+    stages: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # (layer, alive from it on)
+    positions: torch.Tensor | None = None  # renumbered positions of the alive tokens (compact stages)
     counts: list[int] = field(default_factory=list)  # visual tokens alive at each layer
     alive_by_layer: list[torch.Tensor] = field(default_factory=list)
+    records: list[dict] = field(default_factory=list)
     prefilled: bool = False
 
 
@@ -72,13 +78,14 @@ class TokenPruningRuntime:
         self.keep_alive = keep_alive
         self.records: list[dict[str, Any]] = []
         self._request: _Request | None = None
+        self._rotary: nn.Module | None = None
 
     def check(self, model: nn.Module) -> None:
         """Raise :class:`TokenPruningError` before any work if the method cannot run on ``model``."""
         family = model.config.model_type
         if family in UNSUPPORTED:
             raise TokenPruningError(f"token pruning does not support {family}: {UNSUPPORTED[family]}")
-        self.pruner.check(len(self.adapter.decoder_layers(model)))
+        self.pruner.check(len(self.adapter.decoder_layers(model)), family)
 
     @contextlib.contextmanager
     def attached(self, model: nn.Module) -> Iterator[TokenPruningRuntime]:
@@ -86,6 +93,7 @@ class TokenPruningRuntime:
         self.check(model)
         layers = self.adapter.decoder_layers(model)
         self._n_layers = len(layers)
+        self._rotary = getattr(self.adapter.language_model(model), "rotary_emb", None)
         for index, layer in enumerate(layers):
             layer.forward = self._wrapped(index, layer, layer.forward)
         try:
@@ -106,16 +114,17 @@ class TokenPruningRuntime:
             yield
         finally:
             request, self._request = self._request, None
+            record: dict[str, Any] = {"visual": 0, "alive_visual": []}
             if request is not None:
-                record: dict[str, Any] = {"visual": int(request.visual.sum()), "alive_visual": request.counts}
+                record = {"visual": int(request.visual.sum()), "alive_visual": request.counts,
+                          "stages": request.records}
                 if self.keep_alive:
                     record["alive"] = [a.cpu() for a in request.alive_by_layer]
-                self.records.append(record)
-            else:
-                self.records.append({"visual": 0, "alive_visual": []})
+            self.records.append(record)
 
     def _wrapped(self, index: int, layer: nn.Module, forward: Any) -> Any:
         attention_module = self.adapter.attention_module(layer)
+        stages = set(self.pruner.stage_layers())
 
         def run(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
             request = self._request
@@ -123,16 +132,15 @@ class TokenPruningRuntime:
                 return forward(hidden_states, *args, **kwargs)
             full = request.visual.numel()
             if hidden_states.shape[1] == 1 and request.prefilled:
-                if index >= self.pruner.layer():
-                    kwargs = self._decode_kwargs(kwargs, request, full)
-                return forward(hidden_states, *args, **kwargs)
-            if index == self.pruner.layer():
-                before = request.alive
-                self._select(request)
-                local = torch.searchsorted(before, request.alive)
-                hidden_states = hidden_states.index_select(1, local.to(hidden_states.device))
+                return forward(hidden_states, *args, **self._decode_kwargs(kwargs, request, index, full))
+            if index == 0:
+                request.first_hidden = hidden_states[0]
+            if index in stages:
+                hidden_states = self._stage(index, request, hidden_states, kwargs, full)
             if request.alive.numel() < full:
                 kwargs = cut_layer_kwargs(kwargs, request.alive, full)
+                if request.positions is not None:
+                    kwargs = self._renumbered(kwargs, request, hidden_states)
             request.counts.append(int(request.visual[request.alive].sum()))
             if self.keep_alive:
                 alive = torch.zeros(full, dtype=torch.bool)
@@ -140,43 +148,94 @@ class TokenPruningRuntime:
                 request.alive_by_layer.append(alive)
             if index == self._n_layers - 1:
                 request.prefilled = True
-            if index == self.pruner.layer() - 1 and self.pruner.needs_attention:
-                with _eager_probs(attention_module, kwargs, hidden_states) as (call_kwargs, record):
-                    out = forward(hidden_states, *args, **call_kwargs)
-                request.attention = record["probs"][:, -1, :].mean(dim=0)
-                return out
-            return forward(hidden_states, *args, **kwargs)
+            wanted = self.pruner.observe(index)
+            request.observed = {}
+            with contextlib.ExitStack() as stack:
+                if KEYS in wanted:
+                    stack.enter_context(_recording_keys(attention_module, request.observed))
+                if ATTENTION in wanted:
+                    kwargs = stack.enter_context(_eager_probs(attention_module, kwargs, hidden_states,
+                                                              request.observed))
+                return forward(hidden_states, *args, **kwargs)
 
         return run
 
-    def _select(self, request: _Request) -> None:
-        visual_positions = request.alive[request.visual[request.alive]]
-        keep = self.pruner.keep(visual_positions, request.attention)
-        text = request.alive[~request.visual[request.alive]]
-        request.alive = torch.sort(torch.cat([text, keep.to(text.device)])).values
+    def _stage(self, index: int, request: _Request, hidden: torch.Tensor, kwargs: dict, full: int) -> torch.Tensor:
+        """Select before layer ``index``: merge rows, cut the sequence, record."""
+        before = request.alive
+        view = StageView(index, before, request.visual, hidden[0], request.first_hidden, dict(request.observed))
+        selection = self.pruner.select(view)
+        hidden = hidden.clone()
+        for rep, group in selection.merged.items():
+            rows = torch.searchsorted(before, torch.tensor(group, device=before.device))
+            rep_row = int(torch.searchsorted(before, torch.tensor(rep, device=before.device)))
+            mean = hidden[0, rows.to(hidden.device)].mean(dim=0)
+            hidden[0, rep_row] = hidden[0, rep_row] + mean if selection.merge == "upstream" else mean
+        keep = selection.keep.to(before.device)
+        local = torch.searchsorted(before, keep)
+        if selection.compact:
+            request.positions = local
+        elif request.positions is not None:
+            request.positions = request.positions[local]
+        request.alive = keep
+        request.stages.append((index, keep))
+        request.records.append({"layer": index, "alive": int(keep.numel()),
+                                "visual": int(request.visual[keep].sum()), **selection.record})
+        return hidden.index_select(1, local.to(hidden.device))
+
+    def _renumbered(self, kwargs: dict, request: _Request, hidden: torch.Tensor) -> dict:
+        """Positions of a compact stage: position ids and rotary embeddings for the renumbered positions."""
+        if self._rotary is None or "position_embeddings" not in kwargs:
+            raise TokenPruningError("renumbering positions needs the decoder's rotary embedding")
+        ids = request.positions.to(hidden.device).unsqueeze(0)
+        if isinstance(kwargs.get("position_ids"), torch.Tensor) and kwargs["position_ids"].dim() != 2:
+            raise TokenPruningError("renumbering positions needs 1-D rotary positions (not M-RoPE)")
+        out = dict(kwargs)
+        out["position_embeddings"] = self._rotary(hidden, ids)
+        if "position_ids" in out:
+            out["position_ids"] = ids
+        return out
 
     @staticmethod
-    def _decode_kwargs(kwargs: dict[str, Any], request: _Request, full: int) -> dict[str, Any]:
-        """A decoding step at a layer whose cache holds only the alive prefill positions: cut a 4-D mask's
-        key columns to them and the positions after the prefill."""
+    def _decode_kwargs(kwargs: dict[str, Any], request: _Request, index: int, full: int) -> dict[str, Any]:
+        """A decoding step at a layer whose cache holds only the positions alive there: cut a 4-D mask's key
+        columns to them and the positions after the prefill."""
+        alive = None
+        for layer, kept in request.stages:
+            if index >= layer:
+                alive = kept
         mask = kwargs.get("attention_mask")
-        if request.alive.numel() == full or not isinstance(mask, torch.Tensor) or mask.dim() != 4:
+        if alive is None or not isinstance(mask, torch.Tensor) or mask.dim() != 4:
             return kwargs
-        columns = torch.cat([request.alive, torch.arange(full, mask.shape[-1], device=request.alive.device)])
+        columns = torch.cat([alive, torch.arange(full, mask.shape[-1], device=alive.device)])
         return {**kwargs, "attention_mask": mask.index_select(-1, columns.to(mask.device))}
 
 
 @contextlib.contextmanager
-def _eager_probs(attention: nn.Module, kwargs: dict[str, Any], hidden: torch.Tensor
-                 ) -> Iterator[tuple[dict[str, Any], dict[str, torch.Tensor]]]:
-    """Run one layer's attention eagerly (an additive mask in place of an implicit causal one) and keep
-    its probabilities (heads, queries, keys) of the first batch row."""
-    record: dict[str, torch.Tensor] = {}
+def _recording_keys(attention: nn.Module, observed: dict[str, torch.Tensor]) -> Iterator[None]:
+    """Keep the layer's key projections (tokens, kv heads, head_dim) of the first batch row."""
+    head_dim = attention.head_dim
+
+    def keep(module: nn.Module, args: Any, output: torch.Tensor) -> None:
+        observed[KEYS] = output[0].reshape(output.shape[1], -1, head_dim)
+
+    handle = attention.k_proj.register_forward_hook(keep)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
+def _eager_probs(attention: nn.Module, kwargs: dict[str, Any], hidden: torch.Tensor,
+                 observed: dict[str, torch.Tensor]) -> Iterator[dict[str, Any]]:
+    """Run one layer's attention eagerly (an additive mask in place of an implicit causal one); keep the
+    head-mean attention its last query gives every token."""
 
     def keep(module: nn.Module, args: Any, output: Any) -> None:
         if output[1] is None:
-            raise TokenPruningError("this attention returns no probabilities in eager mode; FastV needs them")
-        record["probs"] = output[1][0].float()
+            raise TokenPruningError("this attention returns no probabilities in eager mode")
+        observed[ATTENTION] = output[1][0].float()[:, -1, :].mean(dim=0)
 
     call_kwargs = dict(kwargs)
     call_kwargs["attention_mask"] = additive_mask(kwargs.get("attention_mask"), hidden.shape[1], hidden.dtype,
@@ -186,7 +245,7 @@ def _eager_probs(attention: nn.Module, kwargs: dict[str, Any], hidden: torch.Ten
     handle = attention.register_forward_hook(keep)
     config._attn_implementation = "eager"
     try:
-        yield call_kwargs, record
+        yield call_kwargs
     finally:
         config._attn_implementation = previous
         handle.remove()
