@@ -152,6 +152,50 @@ def plot_text_ratio(results: pd.DataFrame, out: Path, model: str | None = None) 
                        model=model)
 
 
+def flops_points(results: pd.DataFrame, sparse: bool = True) -> pd.DataFrame:
+    """Per pruned cell of a grid with FLOPs columns: its kind (weights, tokens or joint), GFLOPs (of the
+    language side; ``sparse``: pruned weights skipped, as sparse kernels would) and average retention."""
+    column = "gflops_sparse" if sparse else "gflops"
+    if column not in results:
+        raise ResultsError(f"the grid holds no {column} column (grids record FLOPs per cell since token pruning)")
+    dense = results[results.pathway == "dense"]
+    if dense.empty:
+        raise ResultsError("the grid holds no dense cell to compute retention against")
+    dense_scores = dense.set_index("task")["score"]
+    rows = []
+    for cell, group in results[results.pathway != "dense"].groupby("cell", sort=False):
+        tokens = str(group.get("token_pruning", pd.Series(["none"])).iloc[0])
+        weights = str(group.method.iloc[0]) != "dense"
+        kind = "joint" if weights and tokens != "none" else ("weights" if weights else "tokens")
+        rows.append({"cell": cell, "kind": kind, "gflops": float(group[column].iloc[0]),
+                     "retention": retention(group.set_index("task")["score"], dense_scores)})
+    points = pd.DataFrame(rows)
+    dense_flops = float(dense[column].iloc[0]) if column in dense and dense[column].notna().any() else np.nan
+    return points.assign(dense_gflops=dense_flops)
+
+
+def plot_retention_vs_flops(results: pd.DataFrame, out: Path, model: str | None = None, sparse: bool = True
+                            ) -> Figure:
+    """Average retention against the language side's GFLOPs per request for weight-only, token-only and
+    joint cells, the dense model at 100%."""
+    points = flops_points(results, sparse)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for kind, marker in (("weights", "o"), ("tokens", "s"), ("joint", "^")):
+        part = points[points.kind == kind]
+        if not part.empty:
+            ax.scatter(part.gflops, part.retention, marker=marker, label=kind)
+            for _, row in part.iterrows():
+                ax.annotate(row.cell, (row.gflops, row.retention), fontsize="xx-small", alpha=0.7)
+    if points.dense_gflops.notna().any():
+        ax.scatter([points.dense_gflops.iloc[0]], [100.0], marker="*", s=120, color="black", label="dense")
+    ax.set_xlabel("GFLOPs per request, language side" + (" (pruned weights skipped)" if sparse else ""))
+    ax.set_ylabel("average retention (%)")
+    ax.legend(fontsize="small")
+    ax.set_title(_title("retention vs FLOPs", model))
+    save(fig, out)
+    return fig
+
+
 def plot_drift(blocks: pd.DataFrame, out: Path, title: str | None = None) -> Figure:
     """Mean budget K per block as bars (right axis) under the mean visual drift s̄ as a line (left axis)."""
     fig, ax = plt.subplots(figsize=(6.5, 3.5))

@@ -1,9 +1,10 @@
 """What token pruning and weight pruning buy at inference, measured side by side in one run on one model:
 prefill latency, per-token decode latency, KV-cache size, peak memory (CUDA only) and FLOPs counted by
-``torch.utils.flop_counter`` for the decoder (with the LM head) and the vision tower separately, for the
+``torch.utils.flop_counter`` (:mod:`probe.flops`) for the language side (decoder and LM head; also as
+sparse kernels would run it) and the vision tower separately, for the
 dense model, a token-pruned one, a weight-pruned one and the joint one (weights calibrated on the kept
-tokens). Ratios are against dense. Unstructured weight sparsity saves nothing here: dense kernels multiply
-the zeros; its FLOPs column counts them too.
+tokens). Ratios are against dense. Unstructured weight sparsity saves no time here: dense kernels multiply
+the zeros; the sparse-kernel column shows what skipping them would save.
 
     python bench/bench_tokens.py [MODEL] [--device cpu] [--token-pruning "fastv(k=2, ratio=0.5)"]
 """
@@ -16,13 +17,13 @@ import statistics
 import time
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from probe.calibrate import capture_calibration
 from probe.data.calibration import CalibrationSpec
 from probe.data.offline import digits_split_indices
 from probe.engine import PruneConfig, prune
 from probe.evaluation.wrapper import ProbeLVLM
+from probe.flops import count_flops
 from probe.loading import LoadedModel, load_model, parse_dtype
 from probe.token_pruning.base import make_pruner
 from probe.token_pruning.schedule import with_token_schedule
@@ -68,17 +69,12 @@ def measure(loaded: LoadedModel, inputs: dict, token_pruning: str | None, new_to
         torch.cuda.reset_peak_memory_stats(device)
         served(lambda: model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False))()
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else float("nan")
-    counter = FlopCounterMode(display=False)
-    with counter:
-        served(lambda: model(**inputs, use_cache=False))()
-    total = counter.get_total_flops()
-    vision = FlopCounterMode(display=False)
-    with vision:
-        loaded.adapter.image_features_owner(model).get_image_features(
-            **{k: v for k, v in inputs.items() if k.startswith("pixel") or k.startswith("image")})
+    runtime = wrapper.token_runtime
+    flops = count_flops(model, loaded.adapter, inputs, runtime)
     return {"prefill s": prefill, "decode s/token": (generate - prefill) / max(new_tokens - 1, 1),
             "KV cache MiB": _kv_bytes(cache) / 2**20, "peak MiB": peak / 2**20,
-            "decoder GFLOPs": (total - vision.get_total_flops()) / 1e9, "vision GFLOPs": vision.get_total_flops() / 1e9}
+            "language GFLOPs": flops["gflops"], "sparse-kernel GFLOPs": flops["gflops_sparse"],
+            "vision GFLOPs": flops["vision_gflops"]}
 
 
 def main() -> None:

@@ -233,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("figure", choices=FIGURES,
                    help="iou (Fig. 1b, from a table1 grid), alpha (Fig. 4) and text-ratio (Fig. 5) (from a table2 grid "
                         "of atv(alpha=...) / atv(text_ratio=...) cells), drift (Fig. A6, from an ATV run or grid cell "
-                        "record), tsne (Fig. 1a, computed from a model)")
+                        "record), tsne (Fig. 1a, computed from a model), flops (retention vs FLOPs of a grid with "
+                        "token_methods)")
     p.add_argument("source", nargs="?", default=None,
                    help="grid folder, ATV run folder or cell record (.json); for tsne a model (None: reference)")
     p.add_argument("--out", type=Path, default=None, help="output file stem (None: beside the source)")
@@ -470,6 +471,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
         if iou.empty:
             raise ResultsError(f"{path} holds no IoU records (the grid needs text- and visual-pool cells)")
         figures.plot_mask_iou(iou, out, model=model)
+    elif args.figure == "flops":
+        figures.plot_retention_vs_flops(load_grid(source), out, model=model)
     elif args.figure in ("alpha", "text-ratio"):
         plot = figures.plot_alpha if args.figure == "alpha" else figures.plot_text_ratio
         plot(load_grid(source), out, model=model)

@@ -451,12 +451,31 @@ def run_cell(ctx: GridContext, cell: Cell, show_progress: bool = True, log_sampl
                 "nsamples": config.nsamples, "seed": config.seed, "limit": config.limit,
                 "loglikelihood": config.loglikelihood, "token_pruning": cell.token_pruning,
                 **setting_columns(prune_config)}
+    if config.grid == "table2":
+        settings.update(_request_flops(ctx, model, cell))
     rows = [{**settings, **row} for row in primary_rows(scores).to_dict("records")]
     primary = primary_rows(scores)[["task", "metric"]].merge(items, on=["task", "metric"])
     write_text_atomic(cell_path(out, cell.cell_id, "items", ".csv"),
                       primary.assign(cell=cell.cell_id)[["cell", "task", "doc_id", "value"]].to_csv(index=False))
     record.write(cell_path(out, cell.cell_id))
     return append_cell_rows(out / "results.csv", cell.cell_id, rows)
+
+
+def _request_flops(ctx: GridContext, model: torch.nn.Module, cell: Cell) -> dict[str, float]:
+    """FLOPs of one fixed request (a grey 64 x 64 image and a short question) on the cell's model and token
+    method, for retention-vs-FLOPs figures."""
+    from PIL import Image
+
+    from probe.evaluation.wrapper import ProbeLVLM
+    from probe.flops import count_flops
+    from probe.token_pruning.runtime import TokenPruningRuntime
+
+    loaded = LoadedModel(model, ctx.base.processor, ctx.base.adapter, ctx.base.ref)
+    inputs = ProbeLVLM(loaded=loaded, show_progress=False, token_pruning="none")._visual_inputs(
+        "Describe the image.", [Image.new("RGB", (64, 64), (128, 128, 128))])
+    pruner = make_pruner(cell.token_pruning)
+    runtime = TokenPruningRuntime(pruner, loaded.adapter) if pruner is not None else None
+    return count_flops(model, loaded.adapter, inputs, runtime)
 
 
 def setting_columns(config: PruneConfig | None) -> dict[str, Any]:

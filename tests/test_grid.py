@@ -205,6 +205,18 @@ def test_token_methods_are_a_grid_axis(tmp_path):
     assert visual > 0 and visual == results.loc[f"wanda/50%/{fastv}", "visual_tokens"]  # same count dropped
     table = table2(results.reset_index())
     assert ("-", f"dense | {fastv}") in table.index and ("50%", f"wanda | {fastv}") in table.index
+    flops = results.groupby(level=0)[["gflops", "gflops_sparse"]].first()
+    assert flops.loc[f"dense/-/{fastv}", "gflops"] < flops.loc["dense", "gflops"]  # fewer tokens, fewer FLOPs
+    assert flops.loc["wanda/50%", "gflops"] == flops.loc["dense", "gflops"]  # dense kernels multiply zeros
+    assert flops.loc["wanda/50%", "gflops_sparse"] < flops.loc["dense", "gflops_sparse"]
+    from analysis.figures import flops_points
+    from probe.cli import main
+
+    points = flops_points(results.reset_index()).set_index("cell")
+    assert points.loc[f"dense/-/{fastv}", "kind"] == "tokens" and points.loc["wanda/50%", "kind"] == "weights"
+    assert points.loc[f"wanda/50%/{fastv}", "kind"] == "joint"
+    assert main(["plot", "flops", str(tmp_path / "grid")]) == 0
+    assert (tmp_path / "grid" / "figures" / "flops.png").is_file()
     with pytest.raises(GridConfigError, match="token_methods names none"):
         small_config(tmp_path, grid="table2", methods=[{"tokens": "kept"}], token_methods=["none"])
     with pytest.raises(GridConfigError, match="token_methods: unknown token-pruning method 'fast'"):

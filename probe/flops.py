@@ -1,0 +1,40 @@
+"""FLOPs of one request, counted by ``torch.utils.flop_counter`` (every matmul and attention op as it runs,
+token pruning included): the language side (decoder and LM head) and the vision tower apart, and the
+language side as sparse kernels would run it (each prunable linear's FLOPs times its share of nonzero
+weights; dense kernels on this machine multiply the zeros too)."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from probe.models.base import Adapter
+
+
+@torch.no_grad()
+def count_flops(model: nn.Module, adapter: Adapter, inputs: dict[str, Any], runtime: Any = None) -> dict[str, float]:
+    """``gflops`` (language side), ``gflops_sparse`` (the same with pruned weights skipped) and
+    ``vision_gflops`` of one forward over ``inputs``, with a token-pruning ``runtime`` attached if given."""
+    attach = runtime.attached(model) if runtime is not None else contextlib.nullcontext()
+    request = runtime.request(inputs["input_ids"], model.config) if runtime is not None else contextlib.nullcontext()
+    counter = FlopCounterMode(display=False)
+    with attach, request, counter:
+        model(**inputs, use_cache=False)
+    counts = counter.get_flop_counts()
+    vision = FlopCounterMode(display=False)
+    with vision:
+        adapter.image_features_owner(model).get_image_features(
+            **{k: v for k, v in inputs.items() if k.startswith(("pixel", "image"))})
+    names = {module: f"{type(model).__name__}.{name}" for name, module in model.named_modules()}
+    skipped = 0.0
+    for layer in adapter.decoder_layers(model):
+        for linear in adapter.prunable_linears(layer).values():
+            flops = sum(counts.get(names[linear], {}).values())
+            skipped += flops * float((linear.weight == 0).float().mean())
+    language = counter.get_total_flops() - vision.get_total_flops()
+    return {"gflops": language / 1e9, "gflops_sparse": (language - skipped) / 1e9,
+            "vision_gflops": vision.get_total_flops() / 1e9}
