@@ -57,17 +57,19 @@ def measure(loaded: LoadedModel, inputs: dict, token_pruning: str | None, new_to
 
     def served(fn):
         def run():
-            with wrapper._serving(), wrapper._request(inputs["input_ids"]):
-                return fn()
+            with wrapper._serving():
+                request = wrapper._prepared(inputs)
+                with wrapper._request(request["input_ids"]):
+                    return fn(request)
         return run
 
-    prefill = _median_seconds(served(lambda: model(**inputs, use_cache=True)), device, repeats)
-    generate = _median_seconds(served(lambda: model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False,
-                                                             min_new_tokens=new_tokens)), device, repeats)
-    cache = served(lambda: model(**inputs, use_cache=True).past_key_values)()
+    prefill = _median_seconds(served(lambda x: model(**x, use_cache=True)), device, repeats)
+    generate = _median_seconds(served(lambda x: model.generate(**x, max_new_tokens=new_tokens, do_sample=False,
+                                                               min_new_tokens=new_tokens)), device, repeats)
+    cache = served(lambda x: model(**x, use_cache=True).past_key_values)()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-        served(lambda: model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False))()
+        served(lambda x: model.generate(**x, max_new_tokens=new_tokens, do_sample=False))()
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else float("nan")
     runtime = wrapper.token_runtime
     flops = count_flops(model, loaded.adapter, inputs, runtime)
@@ -111,22 +113,23 @@ def main() -> None:
 
     rows = {
         "dense": measure(dense, inputs, None, args.new_tokens, args.repeats),
-        f"tokens {pruner.spec()}": measure(dense, inputs, args.token_pruning, args.new_tokens, args.repeats),
-        f"weights wanda {args.sparsity:g}": measure(loaded(weights), inputs, None, args.new_tokens, args.repeats),
-        "joint (kept tokens + both)": measure(loaded(joint), inputs, args.token_pruning, args.new_tokens,
-                                              args.repeats),
+        "tokens": measure(dense, inputs, args.token_pruning, args.new_tokens, args.repeats),
+        "weights": measure(loaded(weights), inputs, None, args.new_tokens, args.repeats),
+        "joint": measure(loaded(joint), inputs, args.token_pruning, args.new_tokens, args.repeats),
     }
     print(f"model {args.model}, device {args.device} ({'CUDA events' if args.device != 'cpu' else 'CPU wall time'}), "
           f"{int(inputs['input_ids'].shape[1])} prompt tokens, {args.new_tokens} new tokens, median of "
           f"{args.repeats}")
+    print(f"tokens: {pruner.spec()}; weights: wanda {args.sparsity:g} (mixed tokens); joint: wanda {args.sparsity:g} "
+          "calibrated on the kept tokens, served with the token method")
     columns = list(rows["dense"])
-    print(f"{'':34}" + "".join(f"{c:>16}" for c in columns))
+    print(f"{'':8}" + "".join(f"{c:>22}" for c in columns))
     for name, row in rows.items():
-        print(f"{name:34}" + "".join(f"{row[c]:16.4f}" for c in columns))
+        print(f"{name:8}" + "".join(f"{row[c]:22.4f}" for c in columns))
     print("ratios to dense:")
     for name, row in list(rows.items())[1:]:
         ratios = [row[c] / rows["dense"][c] if rows["dense"][c] else float("nan") for c in columns]
-        print(f"{name:34}" + "".join(f"{r:16.2f}" for r in ratios))
+        print(f"{name:8}" + "".join(f"{r:22.2f}" for r in ratios))
 
 
 if __name__ == "__main__":

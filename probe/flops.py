@@ -19,11 +19,12 @@ from probe.models.base import Adapter
 def count_flops(model: nn.Module, adapter: Adapter, inputs: dict[str, Any], runtime: Any = None) -> dict[str, float]:
     """``gflops`` (language side), ``gflops_sparse`` (the same with pruned weights skipped) and
     ``vision_gflops`` of one forward over ``inputs``, with a token-pruning ``runtime`` attached if given."""
-    attach = runtime.attached(model) if runtime is not None else contextlib.nullcontext()
-    request = runtime.request(inputs["input_ids"], model.config) if runtime is not None else contextlib.nullcontext()
     counter = FlopCounterMode(display=False)
-    with attach, request, counter:
-        model(**inputs, use_cache=False)
+    with runtime.attached(model) if runtime is not None else contextlib.nullcontext():
+        served = runtime.prepare(inputs, model.config) if runtime is not None else inputs
+        with runtime.request(served["input_ids"], model.config) if runtime is not None else contextlib.nullcontext():
+            with counter:
+                model(**served, use_cache=False)
     counts = counter.get_flop_counts()
     vision = FlopCounterMode(display=False)
     with vision:

@@ -443,7 +443,8 @@ def run_cell(ctx: GridContext, cell: Cell, show_progress: bool = True, log_sampl
         record = RunRecord(settings={}, method="dense", model=config.model, context=context)
     samples_out = cell_path(out, cell.cell_id, "samples", ".jsonl") if log_samples else None
     scores, items = evaluate_with_items(LoadedModel(model, base.processor, base.adapter, base.ref), ctx.tasks,
-                                        config.limit, vision_cache=ctx.cache, show_progress=show_progress,
+                                        config.limit, show_progress=show_progress,
+                                        vision_cache=ctx.cache if cell.token_pruning == "none" else None,
                                         seed=config.seed, loglikelihood=config.loglikelihood, samples_out=samples_out,
                                         token_pruning=None if cell.token_pruning == "none" else cell.token_pruning)
     settings = {"cell": cell.cell_id, "pathway": cell.pathway, "pool": cell.pool, "sparsity": cell.sparsity,

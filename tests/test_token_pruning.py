@@ -306,8 +306,12 @@ def manual_vitcop(loaded, inputs, settings):
     sample = capture(model, adapter, inputs)
     visual = sample.visual_mask
     n = int(visual.sum())
-    budgets = vitcop_budgets(settings["rho"], 1.0, n, len(layers), settings["shallow"], settings["deep"],
-                             settings.get("deep_divisor", 5))
+    if "patches" in settings:  # after Stage I: budgets of the image's patches
+        budgets = vitcop_budgets(settings["rho"], settings["vision_keep"], settings["patches"], len(layers),
+                                 settings["shallow"], settings["deep"], settings.get("deep_divisor", 5))
+    else:
+        budgets = vitcop_budgets(settings["rho"], 1.0, n, len(layers), settings["shallow"], settings["deep"],
+                                 settings.get("deep_divisor", 5))
     r, d = min(budgets.shallow, n), min(budgets.deep, n)
     hidden, alive, positions = sample.hidden, torch.arange(visual.numel()), None
     first, previous_input = sample.hidden[0], sample.hidden
@@ -321,7 +325,9 @@ def manual_vitcop(loaded, inputs, settings):
             vis = alive[local]
             if i == settings["shallow"]:
                 side = int(math.isqrt(n))
-                labels = vic_labels(first[vis], grid_positions(side, side), settings.get("cluster_pct", 0.18))
+                labels = settings.get("labels")
+                if labels is None:
+                    labels = vic_labels(first[vis], grid_positions(side, side), settings.get("cluster_pct", 0.18))
                 plan = cluster_plan(labels, saliency, r)
                 hidden = hidden.clone()
                 for rep, group in zip(plan.representatives, plan.groups):
@@ -353,7 +359,8 @@ def manual_vitcop(loaded, inputs, settings):
 @pytest.mark.parametrize("options", [{}, {"merge": "mean", "deep_positions": "keep"}])
 def test_vitcop_stages_equal_a_hand_built_forward(options):
     loaded, inputs = request("llava")
-    settings = {"rho": 0.5, "shallow": 1, "deep": 2, "deep_divisor": 2, "cluster_pct": 0.25, **options}
+    settings = {"rho": 0.5, "shallow": 1, "deep": 2, "deep_divisor": 2, "cluster_pct": 0.25, "stage_one": "off",
+                **options}
     spec = "vitcop(" + ", ".join(f"{k}={v}" for k, v in settings.items()) + ")"
     runtime = TokenPruningRuntime(make_pruner(spec), loaded.adapter)
     with runtime.attached(loaded.model), runtime.request(inputs["input_ids"], loaded.model.config):
@@ -372,7 +379,7 @@ def test_vitcop_without_pruning_is_the_dense_model(attention):
     loaded.model.set_attn_implementation(attention)
     dense = loaded.model(**inputs).logits
     dense_tokens = loaded.model.generate(**inputs, max_new_tokens=5, do_sample=False)
-    spec = "vitcop(rho=1, shallow=1, deep=2, deep_divisor=1, merge=mean, deep_positions=keep)"
+    spec = "vitcop(rho=1, shallow=1, deep=2, deep_divisor=1, merge=mean, deep_positions=keep, stage_one=off)"
     runtime = TokenPruningRuntime(make_pruner(spec), loaded.adapter)
     with runtime.attached(loaded.model):
         with runtime.request(inputs["input_ids"], loaded.model.config):
@@ -381,9 +388,12 @@ def test_vitcop_without_pruning_is_the_dense_model(attention):
             tokens = loaded.model.generate(**inputs, max_new_tokens=5, do_sample=False)
     assert torch.allclose(ours, dense, atol=1e-5) and torch.equal(tokens, dense_tokens)
     real = TokenPruningRuntime(make_pruner("vitcop(rho=0.5, shallow=1, deep=2, deep_divisor=2)"), loaded.adapter)
-    with real.attached(loaded.model), real.request(inputs["input_ids"], loaded.model.config):  # decoding runs
-        pruned = loaded.model.generate(**inputs, max_new_tokens=5, do_sample=False, min_new_tokens=5)
-    assert pruned.shape == dense_tokens.shape and real.records[-1]["alive_visual"][2] < 16
+    with real.attached(loaded.model):  # all three stages; decoding runs
+        prepared = real.prepare(inputs, loaded.model.config)
+        with real.request(prepared["input_ids"], loaded.model.config):
+            pruned = loaded.model.generate(**prepared, max_new_tokens=5, do_sample=False, min_new_tokens=5)
+    assert pruned.shape[1] - prepared["input_ids"].shape[1] == 5
+    assert real.records[-1]["alive_visual"][0] == 8 > real.records[-1]["alive_visual"][2]  # 16 patches, 8 enter
     assert make_pruner("vitcop-1/9").settings.rho == pytest.approx(1 / 9)
 
 
@@ -401,3 +411,68 @@ def test_key_saliency_is_the_same_before_and_after_rope():
     from_hook = key_saliency(seen["keys"].reshape(seen["keys"].shape[0], -1, layer.self_attn.head_dim))
     from_cache = key_saliency(cache.layers[0].keys[0].transpose(0, 1))
     assert torch.allclose(from_hook, from_cache, atol=1e-5)
+
+
+@torch.no_grad()
+def test_cls_attention_from_projections_equals_eager_probabilities():
+    from probe.token_pruning.vitcop import cls_saliency, stage_one_layer
+
+    loaded, inputs = request("llava")
+    tower = copy.deepcopy(loaded.model.model.vision_tower)
+    tower.set_attn_implementation("eager")
+    layer = stage_one_layer(loaded.model)
+    attention = tower.encoder.layers[layer].self_attn
+    seen = {}
+    hooks = [attention.q_proj.register_forward_hook(lambda m, i, o: seen.update(q=o[0])),
+             attention.k_proj.register_forward_hook(lambda m, i, o: seen.update(k=o[0]))]
+    out = tower(inputs["pixel_values"], output_attentions=True)
+    for hook in hooks:
+        hook.remove()
+    shape = (-1, attention.num_heads, attention.head_dim)
+    ours = cls_saliency(seen["q"].reshape(shape), seen["k"].reshape(shape), attention.scale)
+    assert torch.allclose(ours, out.attentions[layer][0, :, 0, 1:].sum(0), atol=1e-6)
+
+
+@torch.no_grad()
+def test_vitcop_with_its_vision_stage_equals_a_hand_built_forward():
+    """Stage I on tiny llava: the most CLS-attended patches (from the eager attention probabilities), their
+    features in place of fewer placeholders, clusters from the feature layer's keys; then Stages II-III."""
+    from probe.sparsity.vitcop import grid_positions, vic_labels
+    from probe.token_pruning.vitcop import stage_one_layer
+
+    loaded, inputs = request("llava")
+    model = loaded.model
+    settings = {"rho": 0.4, "vision_keep": 0.75, "shallow": 1, "deep": 2, "deep_divisor": 2, "cluster_pct": 0.25}
+    spec = "vitcop(" + ", ".join(f"{k}={v}" for k, v in settings.items()) + ")"
+    wrapper = ProbeLVLM(loaded=loaded, show_progress=False, token_pruning=spec)
+    with wrapper._serving():
+        cut_inputs = wrapper._prepared(inputs)
+        with wrapper._request(cut_inputs["input_ids"]):
+            ours = model(**cut_inputs).logits[0]
+    record = wrapper.token_runtime.records[-1]
+    assert record["visual"] == 12 and record["stages"][0]["after_stage_one"]  # int(0.75 * 16) patches enter
+
+    tower = copy.deepcopy(model.model.vision_tower)
+    tower.set_attn_implementation("eager")
+    layer = stage_one_layer(model)
+    vision = tower(inputs["pixel_values"], output_attentions=True, output_hidden_states=True)
+    saliency = vision.attentions[layer][0, :, 0, 1:].sum(0)
+    kept = torch.sort(torch.topk(saliency, 12).indices).values
+    attention = tower.encoder.layers[layer]
+    keys = attention.self_attn.k_proj(attention.layer_norm1(vision.hidden_states[layer]))[0, 1:][kept]
+    labels = vic_labels(keys, grid_positions(4, 4)[kept], 0.25)
+    features = model.model.get_image_features(inputs["pixel_values"], vision_feature_layer=-1,
+                                              vision_feature_select_strategy="default").pooler_output[0][kept]
+    image = inputs["input_ids"][0] == model.config.image_token_id
+    drop = image.nonzero().flatten()[12:]
+    keep_ids = torch.ones_like(image)
+    keep_ids[drop] = False
+    manual_inputs = {**inputs, "input_ids": inputs["input_ids"][:, keep_ids],
+                     "attention_mask": inputs["attention_mask"][:, keep_ids]}
+    owner = loaded.adapter.image_features_owner(model)
+    owner.get_image_features = lambda *a, **k: type(vision)(pooler_output=[features])
+    try:
+        expected = manual_vitcop(loaded, manual_inputs, {**settings, "labels": labels, "patches": 16})
+    finally:
+        del owner.get_image_features
+    assert ours.shape == expected.shape and torch.allclose(ours, expected, atol=1e-5)

@@ -112,6 +112,10 @@ class ProbeLVLM(lmms):
                 runtime.attached(self._model) if runtime is not None else contextlib.nullcontext():
             yield
 
+    def _prepared(self, inputs: dict) -> dict:
+        runtime = self.token_runtime
+        return runtime.prepare(inputs, self._model.config) if runtime is not None else inputs
+
     def _request(self, input_ids: torch.Tensor) -> contextlib.AbstractContextManager:
         runtime = self.token_runtime
         return runtime.request(input_ids, self._model.config) if runtime is not None else contextlib.nullcontext()
@@ -154,7 +158,7 @@ class ProbeLVLM(lmms):
                 until = gen_kwargs.pop("until", None) or []
                 until = [until] if isinstance(until, str) else list(until)
                 images = self._doc_visuals(doc_to_visual, task, split, doc_id)
-                inputs = self._visual_inputs(context, images)
+                inputs = self._prepared(self._visual_inputs(context, images))
                 sample = bool(gen_kwargs.get("do_sample")) and float(gen_kwargs.get("temperature") or 0) > 0
                 settings = {"max_new_tokens": int(gen_kwargs.get("max_new_tokens", 128)), "do_sample": sample}
                 if sample:
@@ -209,6 +213,7 @@ class ProbeLVLM(lmms):
         start = max(start, 1)
         if start >= len(ids):
             raise UnsupportedRequestError(f"continuation {continuation!r} adds no token to its context")
+        inputs = self._prepared(inputs)
         with self._request(inputs["input_ids"]):
             logits = self._model(**inputs).logits[0].float()
         shift = logits.shape[0] - len(ids)  # token pruning drops positions before the continuation

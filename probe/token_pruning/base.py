@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
@@ -59,6 +60,14 @@ class TokenPruner:
     def stage_layers(self) -> list[int]:
         """The decoder layers before which tokens are selected, ascending."""
         raise NotImplementedError
+
+    def attached(self, model: Any, adapter: Any) -> contextlib.AbstractContextManager:
+        """Whatever the method changes outside the decoder while it serves ``model`` (e.g. the vision tower)."""
+        return contextlib.nullcontext()
+
+    def prepare_inputs(self, inputs: dict[str, Any], config: Any) -> dict[str, Any]:
+        """A request's model inputs as the method needs them (e.g. fewer image placeholders)."""
+        return inputs
 
     def observe(self, layer: int) -> set[str]:
         """What to record while ``layer`` runs (:data:`ATTENTION`, :data:`KEYS`)."""

@@ -97,10 +97,15 @@ class TokenPruningRuntime:
         for index, layer in enumerate(layers):
             layer.forward = self._wrapped(index, layer, layer.forward)
         try:
-            yield self
+            with self.pruner.attached(model, self.adapter):
+                yield self
         finally:
             for layer in layers:
                 del layer.forward  # back to the class's forward
+
+    def prepare(self, inputs: dict[str, Any], config: Any) -> dict[str, Any]:
+        """A request's model inputs as the method needs them (ViTCoP's Stage I: fewer image placeholders)."""
+        return self.pruner.prepare_inputs(inputs, config)
 
     def request(self, input_ids: torch.Tensor, config: Any) -> contextlib.AbstractContextManager:
         """One request (its ``input_ids`` (1, seq)); requests without visual tokens run dense."""

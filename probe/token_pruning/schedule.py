@@ -11,7 +11,7 @@ from torch import nn
 
 from probe.capture import CapturedSample, run_block
 from probe.models.base import Adapter
-from probe.token_pruning.base import TokenPruner
+from probe.token_pruning.base import TokenPruner, TokenPruningError
 from probe.token_pruning.runtime import TokenPruningRuntime
 
 SCHEDULE_KEY = "alive"  # in CapturedSample.meta: per decoder layer, a bool mask (seq,) of the alive positions
@@ -27,6 +27,9 @@ def with_token_schedule(model: nn.Module, adapter: Adapter, samples: list[Captur
     device = next(model.parameters()).device
     out = []
     with runtime.attached(model):
+        if getattr(pruner, "stage_one", False):
+            raise TokenPruningError("the kept token selector cannot follow ViTCoP's vision stage (calibration "
+                                    "samples keep every patch); use vitcop(stage_one=off)")
         for sample in samples:
             with runtime.request_for(sample.visual_mask.to(device)):
                 hidden = sample.hidden.to(device)

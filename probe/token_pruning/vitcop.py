@@ -1,30 +1,38 @@
-"""ViTCoP (arXiv 2601.17818, github chaser682/ViTCoP), its decoder stages.
+"""ViTCoP (arXiv 2601.17818, github chaser682/ViTCoP): vision-tower and decoder stages.
 
-- Clusters: density-peak clustering (:func:`probe.sparsity.vitcop.vic_labels`) of the visual tokens'
-  embeddings as they enter the decoder, on their image grid (a square grid when their count is a square,
-  else one row).
+- Stage I, in the vision tower (LLaVA-1.5: a CLIP tower with a CLS token, ``stage_one="auto"``): the
+  attention the CLS query gives every patch at the feature layer (summed over heads) keeps the
+  ``int(vision_keep * N)`` most attended patches in raster order, so the decoder sees only them (the
+  request's image placeholders are cut to as many); the clusters (density-peak clustering,
+  :func:`probe.sparsity.vitcop.vic_labels`) come from that layer's keys of the kept patches on the patch
+  grid, as upstream. Elsewhere Stage I does not run (records say so) and the clusters come from the visual
+  tokens' embeddings as they enter the decoder, on a square grid when their count is a square, else one row.
 - Stage II, before layer ``shallow``: the key-norm saliency of layer ``shallow - 1`` (smaller is more
   important); each cluster keeps its quota of most salient tokens and merges the rest into one token at
   the group's upper-median position (:func:`probe.sparsity.vitcop.cluster_plan`), leaving ``R`` visual tokens.
 - Stage III, before layer ``deep``: the ``D`` most salient of them (saliency of layer ``deep - 1``) stay.
 
 Budgets come from ``rho``, the average share of the image's tokens kept per layer
-(:func:`probe.sparsity.vitcop.vitcop_budgets` with ``vision_keep = 1``, since the vision-tower stage does
-not run here: it needs a ViT with a CLS token and is not part of this runtime; records say
-``stages: II-III``). Defaults reproduce the released code; its bugs are fixed by options:
-``deep_positions="keep"`` (upstream renumbers positions after Stage III, ``compact``), ``merge="mean"``
-(upstream adds the representative to the group's mean, doubling the norm), ``repair="exact"`` (upstream
-corrects the quotas in one pass), ``unlabelled="own"`` (upstream merges every token the clustering left
-unlabelled into one cluster).
+(:func:`probe.sparsity.vitcop.vitcop_budgets`; without Stage I, ``vision_keep = 1``). Defaults reproduce
+the released code; its bugs are fixed by options: ``deep_positions="keep"`` (upstream renumbers positions
+after Stage III, ``compact``), ``merge="mean"`` (upstream adds the representative to the group's mean,
+doubling the norm), ``repair="exact"`` (upstream corrects the quotas in one pass), ``unlabelled="own"``
+(upstream merges every token the clustering left unlabelled into one cluster).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+from torch import nn
 
+from probe.models.base import Adapter
 from probe.sparsity.vitcop import cluster_plan, deep_keep, grid_positions, key_saliency, vic_labels, vitcop_budgets
 from probe.token_pruning.base import KEYS, Selection, StageView, TokenPruner, TokenPruningError, with_text
 
@@ -46,23 +54,130 @@ class VitcopSettings:
     deep_positions: str = "compact"  # compact (upstream renumbering after Stage III) or keep
     repair: str = "upstream"  # upstream (one pass) or exact
     unlabelled: str = "cluster"  # cluster (upstream: one pseudo-cluster) or own (each its own cluster)
+    stage_one: str = "auto"  # auto: the vision-tower stage where the model allows it (LLaVA-1.5), or off
 
     def __post_init__(self) -> None:
         choices = {"merge": ("upstream", "mean"), "deep_positions": ("compact", "keep"),
-                   "repair": ("upstream", "exact"), "unlabelled": ("cluster", "own")}
+                   "repair": ("upstream", "exact"), "unlabelled": ("cluster", "own"), "stage_one": ("auto", "off")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise TokenPruningError(f"ViTCoP {name} must be one of {', '.join(allowed)}, got "
                                         f"{getattr(self, name)!r}")
-        if not 0 < self.rho <= 1 or not 0 < self.cluster_pct <= 1:
-            raise TokenPruningError("ViTCoP rho and cluster_pct must lie in (0, 1]")
+        if not 0 < self.rho <= 1 or not 0 < self.cluster_pct <= 1 or not 0 < self.vision_keep <= 1:
+            raise TokenPruningError("ViTCoP rho, vision_keep and cluster_pct must lie in (0, 1]")
         if not 0 < self.shallow < self.deep:
             raise TokenPruningError(f"ViTCoP needs 0 < shallow < deep, got {self.shallow} and {self.deep}")
+
+
+def cls_saliency(queries: torch.Tensor, keys: torch.Tensor, scale: float) -> torch.Tensor:
+    """Attention the CLS query (row 0) gives every patch (rows 1..), summed over heads, from one image's
+    query and key projections (1 + N, heads, head_dim)."""
+    logits = torch.einsum("hd,nhd->hn", queries[0].float(), keys.float()) * scale
+    return logits.softmax(dim=-1)[:, 1:].sum(dim=0)
+
+
+def stage_one_layer(model: nn.Module) -> int | None:
+    """The vision encoder layer whose output LLaVA-1.5 feeds the projector, or None where Stage I cannot
+    run (no LLaVA-1.5 CLIP tower with a CLS token and one feature layer)."""
+    config = model.config
+    tower = getattr(getattr(model, "model", model), "vision_tower", None)
+    layer = getattr(config, "vision_feature_layer", None)
+    if (config.model_type != "llava" or getattr(config, "vision_feature_select_strategy", "") != "default"
+            or not isinstance(layer, int) or not hasattr(getattr(tower, "encoder", None), "layers")):
+        return None
+    return len(tower.encoder.layers) + layer if layer < 0 else layer - 1
 
 
 class VitcopPruner(TokenPruner):
     name = "vitcop"
     Settings = VitcopSettings
+
+    def __init__(self, settings: VitcopSettings | None = None) -> None:
+        super().__init__(settings)
+        self._vision_layer: int | None = None
+        self._patches = 0
+        self._labels: torch.Tensor | None = None  # Stage I's cluster labels of the current request
+
+    @property
+    def stage_one(self) -> bool:
+        return self._vision_layer is not None
+
+    @contextlib.contextmanager
+    def attached(self, model: nn.Module, adapter: Adapter) -> Iterator[None]:
+        """Stage I on ``model``'s image features, where the model allows it."""
+        layer = stage_one_layer(model) if self.settings.stage_one == "auto" else None
+        self._vision_layer = layer
+        if layer is None:
+            yield
+            return
+        vision = model.config.vision_config
+        self._patches = (vision.image_size // vision.patch_size) ** 2
+        owner = adapter.image_features_owner(model)
+        attention = owner.vision_tower.encoder.layers[layer].self_attn
+        compute = owner.get_image_features
+
+        @functools.wraps(compute)
+        def stage_one(*args: Any, **kwargs: Any) -> Any:
+            seen: dict[str, torch.Tensor] = {}
+            handles = [attention.q_proj.register_forward_hook(lambda m, i, o: seen.update(q=o)),
+                       attention.k_proj.register_forward_hook(lambda m, i, o: seen.update(k=o))]
+            try:
+                out = compute(*args, **kwargs)
+            finally:
+                for handle in handles:
+                    handle.remove()
+            return self._select_patches(out, seen, attention)
+
+        owner.get_image_features = stage_one
+        try:
+            yield
+        finally:
+            del owner.get_image_features
+            self._vision_layer = None
+
+    def _select_patches(self, out: Any, seen: dict[str, torch.Tensor], attention: nn.Module) -> Any:
+        heads, head_dim = attention.num_heads, attention.head_dim
+        keep_count = int(self.settings.vision_keep * self._patches)
+        side = math.isqrt(self._patches)
+        features, labels = [], []
+        if "q" not in seen:
+            raise TokenPruningError("ViTCoP's vision stage needs the vision tower to run; serve it without the "
+                                    "vision feature cache")
+        for image, rows in enumerate(out.pooler_output):
+            q = seen["q"][image].reshape(-1, heads, head_dim)
+            k = seen["k"][image].reshape(-1, heads, head_dim)
+            saliency = cls_saliency(q, k, attention.scale)
+            kept = torch.sort(torch.topk(saliency, keep_count).indices).values
+            features.append(rows[kept.to(rows.device)])
+            keys = seen["k"][image][1:][kept]
+            positions = grid_positions(side, side)[kept.cpu()].to(keys.device, keys.dtype)
+            found = vic_labels(keys, positions, self.settings.cluster_pct, self.settings.dc,
+                               self.settings.spatial_k).cpu()
+            labels.append(torch.where(found >= 0, found + image * keep_count, found))
+        out.pooler_output = features
+        self._labels = torch.cat(labels)
+        return out
+
+    def prepare_inputs(self, inputs: dict[str, Any], config: Any) -> dict[str, Any]:
+        """With Stage I: each image's run of placeholders cut to the patches it keeps."""
+        if not self.stage_one or "input_ids" not in inputs:
+            return inputs
+        ids = inputs["input_ids"][0]
+        image = ids == config.image_token_id
+        keep = torch.ones_like(image)
+        run_start = None
+        for position in range(ids.numel() + 1):
+            inside = position < ids.numel() and bool(image[position])
+            if inside and run_start is None:
+                run_start = position
+            elif not inside and run_start is not None:
+                keep[run_start + int(self.settings.vision_keep * self._patches):position] = False
+                run_start = None
+        out = dict(inputs)
+        for name in ("input_ids", "attention_mask"):
+            if isinstance(inputs.get(name), torch.Tensor) and inputs[name].shape[-1] == ids.numel():
+                out[name] = inputs[name][:, keep]
+        return out
 
     def stage_layers(self) -> list[int]:
         return [self.settings.shallow, self.settings.deep]
@@ -78,10 +193,19 @@ class VitcopPruner(TokenPruner):
         self._layers = self.settings.formula_layers or n_layers
 
     def budgets(self, n_visual: int) -> tuple[int, int]:
-        """(R, D) for a request with ``n_visual`` visual tokens."""
+        """(R, D) for a request with ``n_visual`` visual tokens entering the decoder."""
         s = self.settings
-        budgets = vitcop_budgets(s.rho, 1.0, n_visual, getattr(self, "_layers", 32), s.shallow, s.deep,
-                                 s.deep_divisor)
+        layers = getattr(self, "_layers", 32)
+        if self.stage_one:  # n_visual = int(vision_keep * N) for each image
+            per_image = int(s.vision_keep * self._patches)
+            if n_visual % per_image:
+                raise TokenPruningError(f"ViTCoP's vision stage keeps {per_image} tokens per image but the request "
+                                        f"has {n_visual}: its inputs were not prepared (TokenPruningRuntime.prepare)")
+            images = n_visual // per_image
+            budgets = vitcop_budgets(s.rho, s.vision_keep, self._patches, layers, s.shallow, s.deep, s.deep_divisor)
+            budgets = type(budgets)(budgets.n_v * images, budgets.shallow * images, budgets.deep * images)
+        else:
+            budgets = vitcop_budgets(s.rho, 1.0, n_visual, layers, s.shallow, s.deep, s.deep_divisor)
         r, d = min(budgets.shallow, n_visual), min(budgets.deep, n_visual)
         if r < 1 or d < 1:
             raise TokenPruningError(f"ViTCoP's budgets leave R={r}, D={d} of {n_visual} visual tokens; raise rho")
@@ -107,12 +231,12 @@ class VitcopPruner(TokenPruner):
         saliency = key_saliency(view.observed[KEYS][local.to(view.observed[KEYS].device)]).cpu()
         shallow_budget, deep_budget = self.budgets(int(view.visual.sum()))
         if view.layer == self.settings.shallow:
-            labels = self.labels(view, visual)
+            labels = self._labels if self.stage_one and self._labels is not None else self.labels(view, visual)
             plan = cluster_plan(labels, saliency, shallow_budget, self.settings.repair)
             cpu = visual.cpu()
             merged = {int(cpu[rep]): cpu[group].tolist() for rep, group in zip(plan.representatives, plan.groups)}
             chosen = torch.tensor(sorted(plan.kept + plan.representatives), dtype=torch.long)
-            record = {"stage": "II", "clusters": int(torch.unique(labels).numel()),
+            record = {"stage": "II", "after_stage_one": self.stage_one, "clusters": int(torch.unique(labels).numel()),
                       "unlabelled": int((labels == -1).sum()), "merged_groups": len(plan.groups)}
             return Selection(with_text(view, visual[chosen.to(visual.device)]), merged, self.settings.merge,
                              record=record)
