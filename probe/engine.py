@@ -226,10 +226,10 @@ def _dense_pass(run: _Run, selector: TokenSelector, modules: dict[str, nn.Module
     held: list[dict[str, torch.Tensor]] = []  # per sample, the ranked candidates' rows of each key
     ranked: list[torch.Tensor] = []
 
-    def add(key: str, rows: torch.Tensor) -> None:
+    def add(key: str, rows: torch.Tensor, weights: torch.Tensor | None = None) -> None:
         if key not in stats:
             stats[key] = InputStats.empty(rows.shape[-1], run.device, with_hessian)
-        stats[key].add(rows)
+        stats[key].add(rows, weights)
 
     try:
         with attention as record:
@@ -250,12 +250,15 @@ def _dense_pass(run: _Run, selector: TokenSelector, modules: dict[str, nn.Module
                                                     record.get("probs"))
                     ranked.append(candidate_order)
                     held.append({key: rows[candidate_order.to(rows.device)] for key, rows in seen.items()})
+                    weights = None
                 else:
                     certain = selector.positions(sample, run.index)
+                    weights = selector.weights(sample, run.index)
                 for key, rows in seen.items():
-                    add(key, rows[certain.to(rows.device)])
+                    chosen = certain.to(rows.device)
+                    add(key, rows[chosen], None if weights is None else weights.to(rows.device)[chosen])
                     if keep_positions and not ranking:
-                        positions[key].append(certain.cpu())
+                        positions[key].append(certain.cpu() if weights is None else weights.cpu() * certain.cpu())
     finally:
         for h in handles:
             h.remove()
@@ -272,7 +275,8 @@ def _dense_pass(run: _Run, selector: TokenSelector, modules: dict[str, nn.Module
 
 def _regather(run: _Run, key: str, module: nn.Module, positions: list[torch.Tensor], with_hessian: bool
               ) -> InputStats:
-    """Statistics of ``key`` from a pass over the block as it is now, at the positions chosen before."""
+    """Statistics of ``key`` from a pass over the block as it is now, at the positions chosen before (a bool
+    mask per sample, or the weights of a weighted selector, 0 where not chosen)."""
     seen: dict[str, torch.Tensor] = {}
     handles = _hook_inputs({key: module}, seen)
     stats: InputStats | None = None
@@ -282,7 +286,11 @@ def _regather(run: _Run, key: str, module: nn.Module, positions: list[torch.Tens
             rows = seen[key]
             if stats is None:
                 stats = InputStats.empty(rows.shape[-1], run.device, with_hessian)
-            stats.add(rows[positions[i].to(rows.device)])
+            chosen = positions[i].to(rows.device)
+            if chosen.dtype == torch.bool:
+                stats.add(rows[chosen])
+            else:
+                stats.add(rows[chosen > 0], chosen[chosen > 0])
     finally:
         for h in handles:
             h.remove()

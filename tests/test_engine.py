@@ -156,9 +156,9 @@ def test_low_precision_models_prune_with_fp32_statistics(dtype, monkeypatch):
     seen = []
     original_add = stats_module.InputStats.add
 
-    def spy(self, x):
+    def spy(self, x, weights=None):
         seen.append((x.dtype, self.sq_sum.dtype))
-        original_add(self, x)
+        original_add(self, x, weights)
 
     monkeypatch.setattr(stats_module.InputStats, "add", spy)
     loaded = load_model("tiny:qwen2_vl", dtype=dtype)

@@ -476,3 +476,74 @@ def test_vitcop_with_its_vision_stage_equals_a_hand_built_forward():
     finally:
         del owner.get_image_features
     assert ours.shape == expected.shape and torch.allclose(ours, expected, atol=1e-5)
+
+
+def test_weighted_statistics_equal_a_plain_sum():
+    from probe.sparsity.stats import InputStats
+
+    torch.manual_seed(2)
+    x, w = torch.randn(7, 3), torch.rand(7)
+    stats = InputStats.empty(3, "cpu", with_hessian=True)
+    stats.add(x, w)
+    for j in range(3):
+        expected = sum(w[t].item() * x[t, j].item() ** 2 for t in range(7))
+        assert stats.sq_sum[j].item() == pytest.approx(expected, rel=1e-5)
+    for i in range(3):
+        for j in range(3):
+            expected = sum(w[t].item() * x[t, i].item() * x[t, j].item() for t in range(7))
+            assert stats.xtx[i, j].item() == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    assert stats.count == pytest.approx(w.sum().item())
+
+
+@torch.no_grad()
+def test_kept_selector_weights_tokens_by_the_methods_saliency():
+    from probe.calibrate import capture_calibration
+    from probe.data.calibration import CalibrationSpec
+
+    loaded = load_model("tiny:llava")
+    samples = capture_calibration(loaded, CalibrationSpec(nsamples=2), show_progress=False)
+    fastv = with_token_schedule(loaded.model, loaded.adapter, samples, make_pruner("fastv(k=1, ratio=0.5)"))
+    # FastV's weights from layer 1 on: the layer-0 attention of the last query, mean 1 over the kept visual tokens
+    eager = copy.deepcopy(loaded.model)
+    eager.set_attn_implementation("eager")
+    sample = samples[0]
+    hidden = sample.hidden
+    layer0 = loaded.adapter.decoder_layers(eager)[0]
+    from probe.attention import eager_call, recording_attention
+
+    with recording_attention(loaded.adapter.attention_module(layer0)) as record:
+        run_block(layer0, hidden, eager_call(sample.calls[0], sample.seq_len, hidden.dtype, hidden.device))
+    attention = record["probs"][:, -1, :].mean(0)
+    alive, weights = fastv[0].meta["alive"][1], fastv[0].meta["alive_weights"][1]
+    kept_visual = alive & sample.visual_mask
+    expected = attention[kept_visual] / attention[kept_visual].mean()
+    assert torch.allclose(weights[kept_visual], expected, atol=1e-5)
+    assert bool((weights[alive & ~sample.visual_mask] == 1).all()) and bool((weights[~alive] == 0).all())
+    assert bool((fastv[0].meta["alive_weights"][0] == 1).all())  # before the stage every token counts once
+    # without saliency (random) the weighted selector is the unweighted one
+    rand = with_token_schedule(loaded.model, loaded.adapter, samples, make_pruner("random(k=1, ratio=0.5)"))
+    results = {}
+    for weighted in (False, True):
+        model = copy.deepcopy(loaded.model)
+        config = PruneConfig(tokens="kept", tokens_settings={"weighted": weighted})
+        prune(model, loaded.adapter, rand, config, show_progress=False)
+        results[weighted] = list(model.state_dict().values())
+    assert all(torch.equal(a, b) for a, b in zip(results[False], results[True]))
+    # with FastV's, the statistics of block 1 receive exactly the alive tokens' weights
+    from probe.sparsity import stats as stats_module
+
+    passed = []
+    original = stats_module.InputStats.add
+
+    def spy(self, x, weights=None):
+        passed.append(weights)
+        original(self, x, weights)
+
+    stats_module.InputStats.add = spy
+    try:
+        prune(copy.deepcopy(loaded.model), loaded.adapter, fastv[:1], PruneConfig(
+            tokens="kept", tokens_settings={"weighted": True}), show_progress=False)
+    finally:
+        stats_module.InputStats.add = original
+    expected = weights[alive]
+    assert any(w is not None and w.shape == expected.shape and torch.allclose(w, expected) for w in passed)

@@ -12,7 +12,7 @@ class InputStats:
     """Running sums over the pooled tokens of one input: ``sum_t x_tj^2`` and optionally ``sum_t x_t x_t^T``."""
 
     sq_sum: torch.Tensor  # (d_in,) fp32
-    count: int = 0
+    count: float = 0
     xtx: torch.Tensor | None = None  # (d_in, d_in) fp32, only when a Hessian is needed
 
     @classmethod
@@ -20,13 +20,21 @@ class InputStats:
         xtx = torch.zeros(d_in, d_in, dtype=torch.float32, device=device) if with_hessian else None
         return cls(torch.zeros(d_in, dtype=torch.float32, device=device), 0, xtx)
 
-    def add(self, x: torch.Tensor) -> None:
-        """Add the tokens ``x`` (n, d_in), in any dtype."""
+    def add(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> None:
+        """Add the tokens ``x`` (n, d_in), in any dtype; with ``weights`` (n,), token t counts ``w_t`` times
+        (``sum_t w_t x_tj^2``, ``sum_t w_t x_t x_t^T``, and ``sum_t w_t`` tokens)."""
         x = x.reshape(-1, x.shape[-1]).to(self.sq_sum.device, torch.float32)
-        self.sq_sum += (x * x).sum(dim=0)
-        self.count += x.shape[0]
+        if weights is None:
+            self.sq_sum += (x * x).sum(dim=0)
+            self.count += x.shape[0]
+            if self.xtx is not None:
+                self.xtx.addmm_(x.T, x)
+            return
+        w = weights.to(x.device, torch.float32).reshape(-1, 1)
+        self.sq_sum += (w * x * x).sum(dim=0)
+        self.count += float(w.sum())
         if self.xtx is not None:
-            self.xtx.addmm_(x.T, x)
+            self.xtx.addmm_((w * x).T, x)
 
     def column_norms(self) -> torch.Tensor:
         """``||X_j||_2`` for every input column j."""

@@ -34,12 +34,14 @@ class StageView:
 
 @dataclass
 class Selection:
-    """A stage's decision: the positions that stay; rows of ``merged`` groups are merged into their
-    representative's row (``merge="mean"``: the group's mean; ``"upstream"``: representative plus mean);
-    with ``compact`` the staying tokens are renumbered from this layer on (their index in the sequence
-    before the stage), else they keep their positions."""
+    """A stage's decision: the positions that stay (and how salient they are); rows of ``merged`` groups are
+    merged into their representative's row (``merge="mean"``: the group's mean; ``"upstream"``: the
+    representative plus that mean); with ``compact`` the staying tokens are renumbered from this layer on
+    (their index in the sequence before the stage), else they keep their positions."""
 
     keep: torch.Tensor
+    weights: torch.Tensor | None = None  # saliency of the staying tokens (mean 1 over the visual ones), for
+    # weight statistics that count each token by it; None: all alike
     merged: dict[int, list[int]] = field(default_factory=dict)
     merge: str = "mean"
     compact: bool = False

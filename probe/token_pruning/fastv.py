@@ -44,4 +44,10 @@ class FastvPruner(TokenPruner):
         count = kept_count(int(local.numel()), self.settings.ratio)
         scores = view.observed[ATTENTION][local]
         chosen = local[torch.sort(scores, descending=True, stable=True).indices[:count]]
-        return Selection(with_text(view, view.alive[chosen]))
+        keep = with_text(view, view.alive[chosen])
+        attention = view.observed[ATTENTION][torch.searchsorted(view.alive, keep)]
+        visual = view.visual[keep]
+        weights = torch.ones(keep.numel(), dtype=torch.float32)
+        if visual.any():
+            weights[visual.cpu()] = (attention[visual] / attention[visual].mean().clamp(min=1e-12)).float().cpu()
+        return Selection(keep, weights)

@@ -39,6 +39,8 @@ class _Request:
     positions: torch.Tensor | None = None  # renumbered positions of the alive tokens (compact stages)
     counts: list[int] = field(default_factory=list)  # visual tokens alive at each layer
     alive_by_layer: list[torch.Tensor] = field(default_factory=list)
+    weights: torch.Tensor | None = None  # (seq,) saliency weights of the last stage that gave some
+    weights_by_layer: list[torch.Tensor] = field(default_factory=list)
     records: list[dict] = field(default_factory=list)
     prefilled: bool = False
 
@@ -125,6 +127,7 @@ class TokenPruningRuntime:
                           "stages": request.records}
                 if self.keep_alive:
                     record["alive"] = [a.cpu() for a in request.alive_by_layer]
+                    record["weights"] = request.weights_by_layer
             self.records.append(record)
 
     def _wrapped(self, index: int, layer: nn.Module, forward: Any) -> Any:
@@ -151,6 +154,8 @@ class TokenPruningRuntime:
                 alive = torch.zeros(full, dtype=torch.bool)
                 alive[request.alive.cpu()] = True
                 request.alive_by_layer.append(alive)
+                weights = torch.ones(full) if request.weights is None else request.weights.clone()
+                request.weights_by_layer.append(weights * alive)
             if index == self._n_layers - 1:
                 request.prefilled = True
             wanted = self.pruner.observe(index)
@@ -183,6 +188,9 @@ class TokenPruningRuntime:
         elif request.positions is not None:
             request.positions = request.positions[local]
         request.alive = keep
+        if selection.weights is not None:
+            request.weights = torch.ones(full)
+            request.weights[keep.cpu()] = selection.weights.float().cpu()
         request.stages.append((index, keep))
         request.records.append({"layer": index, "alive": int(keep.numel()),
                                 "visual": int(request.visual[keep].sum()), **selection.record})

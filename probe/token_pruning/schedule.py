@@ -15,6 +15,7 @@ from probe.token_pruning.base import TokenPruner, TokenPruningError
 from probe.token_pruning.runtime import TokenPruningRuntime
 
 SCHEDULE_KEY = "alive"  # in CapturedSample.meta: per decoder layer, a bool mask (seq,) of the alive positions
+WEIGHTS_KEY = "alive_weights"  # per decoder layer, the method's saliency of the alive positions (0 elsewhere)
 
 
 @torch.no_grad()
@@ -37,5 +38,6 @@ def with_token_schedule(model: nn.Module, adapter: Adapter, samples: list[Captur
                     hidden = run_block(layer, hidden, sample.calls[index])
             record = runtime.records[-1]
             alive = record.get("alive") or [torch.ones(sample.seq_len, dtype=torch.bool)] * len(layers)
-            out.append(dataclasses.replace(sample, meta={**sample.meta, SCHEDULE_KEY: alive}))
+            weights = record.get("weights") or [a.float() for a in alive]
+            out.append(dataclasses.replace(sample, meta={**sample.meta, SCHEDULE_KEY: alive, WEIGHTS_KEY: weights}))
     return out

@@ -238,8 +238,8 @@ class VitcopPruner(TokenPruner):
             chosen = torch.tensor(sorted(plan.kept + plan.representatives), dtype=torch.long)
             record = {"stage": "II", "after_stage_one": self.stage_one, "clusters": int(torch.unique(labels).numel()),
                       "unlabelled": int((labels == -1).sum()), "merged_groups": len(plan.groups)}
-            return Selection(with_text(view, visual[chosen.to(visual.device)]), merged, self.settings.merge,
-                             record=record)
+            return Selection(with_text(view, visual[chosen.to(visual.device)]), merged=merged,
+                             merge=self.settings.merge, record=record)
         chosen = deep_keep(saliency, deep_budget)
         return Selection(with_text(view, visual[chosen.to(visual.device)]),
                          compact=self.settings.deep_positions == "compact", record={"stage": "III"})

@@ -56,6 +56,10 @@ class StaticSelector(TokenSelector):
         """Boolean mask (seq,) of the positions that enter this block's statistics."""
         raise NotImplementedError
 
+    def weights(self, sample: CapturedSample, block: int) -> torch.Tensor | None:
+        """How much each position (seq,) counts in the statistics (None: each once)."""
+        return None
+
     def possible(self, sample: CapturedSample) -> torch.Tensor:
         return self.positions(sample, 0)
 
