@@ -135,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --budget fixed: an adaptive ATV run (folder) whose total of kept visual tokens to keep")
     atv.add_argument("--text-ratio", type=float, default=None,
                      help="fraction of text tokens kept, ranked by drift (ablation) (None: 1, all)")
+    p.add_argument("--kept-weighted", action="store_true",
+                   help="--tokens kept: count each token by the token method's saliency (FastV: its attention)")
     scorer = p.add_argument_group("scorers")
     scorer.add_argument("--use-variant", action="store_true",
                         help="wanda: per-row cumulative-score thresholds (the upstream code's use_variant)")
@@ -273,6 +275,7 @@ ENTRY_FLAGS: dict[str, tuple[str, str, str]] = {
     "percdamp": ("scorer", "sparsegpt", "percdamp"), "ria_power": ("scorer", "ria", "power"),
     "ria_per_row": ("scorer", "ria", "per_row"), "owl_m": ("allocation", "owl", "m"),
     "owl_lambda": ("allocation", "owl", "lam"), "max_extra": ("allocation", "tamp", "max_extra"),
+    "kept_weighted": ("tokens", "kept", "weighted"),
 }
 
 
