@@ -83,7 +83,10 @@ def prune_checkpoint(
                                 pruner.spec(), comp_style)
         loaded.model.load_state_dict(result.model.state_dict())
         pruner, stages = make_pruner(result.token_pruning), result.stages
-        report = PruneReport(sparsity=achieved_sparsity(loaded.model, loaded.adapter))
+        report = PruneReport(sparsity=achieved_sparsity(loaded.model, loaded.adapter),
+                             parameters={f"layers.{b}.{n}": lin.weight.numel()
+                                         for b, layer in enumerate(loaded.adapter.decoder_layers(loaded.model))
+                                         for n, lin in loaded.adapter.prunable_linears(layer).items()})
     else:
         report = prune(loaded.model, loaded.adapter, samples, config, device=run_device, show_progress=show_progress)
     record = RunRecord.from_report(

@@ -155,6 +155,7 @@ class PruneReport:
 
     sparsity: dict[str, float] = field(default_factory=dict)  # achieved, per matrix
     target_sparsity: dict[str, float] = field(default_factory=dict)  # asked by the allocation, per matrix
+    parameters: dict[str, int] = field(default_factory=dict)  # weights per matrix
     selector_blocks: list[dict] = field(default_factory=list)  # per block, what a ranking selector chose
     allocation: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
@@ -323,9 +324,9 @@ def _peak_memory(device: torch.device) -> int:
 
 def _allocate(config: PruneConfig, allocation: Allocation, layers: list[nn.Module], targets: TargetFn,
               samples: list[CapturedSample], run_device: torch.device, context: SampleContext, adapter: Adapter,
-              show_progress: bool) -> dict[str, float]:
-    """Every linear's sparsity; an allocation with a pre-pass first watches the dense model on every token."""
-    sizes: dict[str, int] = {}
+              show_progress: bool, sizes: dict[str, int]) -> dict[str, float]:
+    """Every linear's sparsity; an allocation with a pre-pass first watches the dense model on every token.
+    ``sizes`` receives every linear's number of weights."""
     states = [sample.hidden for sample in samples]
     label = f"{allocation.name} allocation"
     with progress_bar(label, len(layers), show_progress and allocation.needs_prepass) as bar:
@@ -401,7 +402,7 @@ def prune(
     report = PruneReport()
     start = time.perf_counter()
     report.target_sparsity = _allocate(config, allocation, layers, targets, samples, run_device, context, adapter,
-                                       show_progress)
+                                       show_progress, report.parameters)
     report.allocation = allocation.record()
     report.prepass_seconds = time.perf_counter() - start
     states = [sample.hidden for sample in samples]  # each sample's input to the current block

@@ -42,6 +42,7 @@ class RunRecord:
     calibration: dict[str, Any] = field(default_factory=dict)  # its source and the ids of the samples drawn
     sparsity: dict[str, float] = field(default_factory=dict)  # achieved, per matrix
     target_sparsity: dict[str, float] = field(default_factory=dict)  # asked by the allocation, per matrix
+    block_sparsity: dict[str, float] = field(default_factory=dict)  # achieved per block, weighted by weights
     allocation: dict[str, Any] = field(default_factory=dict)  # what the allocation measured
     selector_blocks: list[dict] = field(default_factory=list)  # per block, what a ranking selector chose
     timings: dict[str, float] = field(default_factory=dict)  # seconds: capture, prepass, prune, wall
@@ -54,8 +55,15 @@ class RunRecord:
     def from_report(cls, config: Any, report: Any, **fields: Any) -> RunRecord:
         """A record of ``config`` (a PruneConfig) and the engine's ``report``."""
         timings = {"prune": report.seconds, "prepass": report.prepass_seconds, **fields.pop("timings", {})}
+        blocks: dict[int, list[float]] = {}
+        for key, value in report.sparsity.items():
+            size = report.parameters.get(key, 1)
+            totals = blocks.setdefault(block_of(key), [0.0, 0.0])
+            totals[0] += value * size
+            totals[1] += size
         return cls(settings=dataclasses.asdict(config), method=config.label, sparsity=dict(report.sparsity),
                    target_sparsity=dict(report.target_sparsity), allocation=dict(report.allocation),
+                   block_sparsity={str(b): zeros / total for b, (zeros, total) in sorted(blocks.items())},
                    selector_blocks=list(report.selector_blocks), timings=timings,
                    peak_memory_bytes=report.peak_memory_bytes, **fields)
 
@@ -63,13 +71,6 @@ class RunRecord:
     def mean_sparsity(self) -> float:
         """Unweighted mean of the achieved sparsity over the pruned matrices."""
         return sum(self.sparsity.values()) / max(len(self.sparsity), 1)
-
-    def block_sparsity(self, sizes: dict[str, int] | None = None) -> dict[int, float]:
-        """Achieved sparsity per block (weighted by ``sizes`` when given, else the mean of its matrices)."""
-        blocks: dict[int, list[tuple[float, int]]] = {}
-        for key, value in self.sparsity.items():
-            blocks.setdefault(block_of(key), []).append((value, (sizes or {}).get(key, 1)))
-        return {b: sum(v * n for v, n in rows) / sum(n for _, n in rows) for b, rows in sorted(blocks.items())}
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "mean_sparsity": self.mean_sparsity}

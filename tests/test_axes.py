@@ -269,6 +269,10 @@ def test_run_record_round_trip(tmp_path, base):
     assert again == record
     assert again.settings["allocation_settings"] == {"m": 5.0, "lam": 0.08}
     assert again.method == "atv+wanda+owl" and again.selector_blocks and again.allocation["outlier_ratio"]
+    for b, layer in enumerate(adapter.decoder_layers(model)):
+        weights = [lin.weight for lin in adapter.prunable_linears(layer).values()]
+        zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+        assert again.block_sparsity[str(b)] == pytest.approx(zeros)
     assert json.loads((tmp_path / "r.json").read_text())["mean_sparsity"] == pytest.approx(record.mean_sparsity)
 
 

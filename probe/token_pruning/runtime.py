@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from probe.attention import additive_mask
+from probe.attention import additive_mask, recording_attention
 from probe.models.base import Adapter
 from probe.token_pruning.base import ATTENTION, KEYS, StageView, TokenPruner, TokenPruningError
 
@@ -244,21 +244,11 @@ def _eager_probs(attention: nn.Module, kwargs: dict[str, Any], hidden: torch.Ten
                  observed: dict[str, torch.Tensor]) -> Iterator[dict[str, Any]]:
     """Run one layer's attention eagerly (an additive mask in place of an implicit causal one); keep the
     head-mean attention its last query gives every token."""
-
-    def keep(module: nn.Module, args: Any, output: Any) -> None:
-        if output[1] is None:
-            raise TokenPruningError("this attention returns no probabilities in eager mode")
-        observed[ATTENTION] = output[1][0].float()[:, -1, :].mean(dim=0)
-
     call_kwargs = dict(kwargs)
     call_kwargs["attention_mask"] = additive_mask(kwargs.get("attention_mask"), hidden.shape[1], hidden.dtype,
                                                   hidden.device)
-    config = attention.config
-    previous = config._attn_implementation
-    handle = attention.register_forward_hook(keep)
-    config._attn_implementation = "eager"
-    try:
+    with recording_attention(attention) as record:
         yield call_kwargs
-    finally:
-        config._attn_implementation = previous
-        handle.remove()
+    if "probs" not in record:
+        raise TokenPruningError("this attention returns no probabilities in eager mode")
+    observed[ATTENTION] = record["probs"][:, -1, :].mean(dim=0)
