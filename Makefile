@@ -58,7 +58,7 @@ bench: $(STAMP)
 # Our stored results on the reference model: dense scores, Table 1, Table 2, the ATV ablations, figures.
 # Regenerated from scratch (git keeps the stored ones): a grid does not resume a folder made with other settings.
 results: $(STAMP)
-	rm -rf results/grid/table1 results/grid/table2 results/grid/ablations
+	rm -rf results/grid/table1 results/grid/table2 results/grid/ablations results/grid/tokens
 	$(BIN)/python -m probe.reference.report
 	$(BIN)/probe grid configs/table1_offline.yaml --no-progress
 	$(BIN)/probe grid configs/table2_offline.yaml --no-progress
@@ -67,3 +67,5 @@ results: $(STAMP)
 	$(BIN)/probe plot alpha results/grid/ablations
 	$(BIN)/probe plot text-ratio results/grid/ablations
 	$(BIN)/probe plot drift results/grid/table2/cells/atv_50.json
+	$(BIN)/probe grid configs/tokens_offline.yaml --no-progress
+	$(BIN)/probe plot flops results/grid/tokens

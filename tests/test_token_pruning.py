@@ -547,3 +547,51 @@ def test_kept_selector_weights_tokens_by_the_methods_saliency():
         stats_module.InputStats.add = original
     expected = weights[alive]
     assert any(w is not None and w.shape == expected.shape and torch.allclose(w, expected) for w in passed)
+
+
+@torch.no_grad()
+def test_vitcop_vision_stage_on_llava_next_keeps_the_most_attended_patches_and_every_row_end():
+    """LLaVA-NeXT (an extension of the released code): the kept tokens are the row ends plus the
+    int(vision_keep * P) patch tokens whose crop's CLS attends them most, computed here from the eager
+    attention probabilities of every crop and the model's own packing; with everything kept, ViTCoP's
+    no-op settings give the dense model."""
+    from probe.token_pruning.vitcop import stage_one_layer
+
+    loaded = load_model("tiny:llava_next")
+    model = loaded.model
+    wrapper = ProbeLVLM(loaded=loaded, show_progress=False, token_pruning=(
+        "vitcop(rho=0.4, vision_keep=0.75, shallow=1, deep=2, deep_divisor=2)"))
+    picture = Image.fromarray((np.random.RandomState(1).rand(40, 64, 3) * 255).astype("uint8"))
+    inputs = wrapper._visual_inputs("What is it?", [picture])
+    with wrapper._serving():
+        prepared = wrapper._prepared(inputs)
+        pruner = wrapper.token_runtime.pruner
+        ours = pruner._cached[1].pooler_output[0]
+        with wrapper._request(prepared["input_ids"]):
+            model(**prepared)
+    tower = copy.deepcopy(model.model.vision_tower)
+    tower.set_attn_implementation("eager")
+    crops = inputs["pixel_values"][0]
+    vision = tower(crops, output_attentions=True)
+    saliency = vision.attentions[stage_one_layer(model)][:, :, 0, 1:].sum(1)  # (crops, patches)
+    info = torch.stack([saliency, torch.ones_like(saliency)], dim=-1)
+    packed = model.model.pack_image_features([info], inputs["image_sizes"], "default",
+                                             image_newline=torch.zeros(2))[0][0]
+    patch = packed[:, 1] > 0.5
+    positions = patch.nonzero().flatten()
+    top = positions[torch.topk(packed[positions, 0], int(0.75 * positions.numel())).indices]
+    keep = ~patch
+    keep[top] = True
+    features = model.model.get_image_features(inputs["pixel_values"], inputs["image_sizes"]).pooler_output[0]
+    assert torch.allclose(ours, features[keep], atol=1e-6)
+    assert int((prepared["input_ids"] == model.config.image_token_id).sum()) == int(keep.sum())
+    record = wrapper.token_runtime.records[-1]
+    assert record["visual"] == int(keep.sum()) and record["stages"][0]["after_stage_one"]
+    dense = model(**inputs).logits
+    no_op = ProbeLVLM(loaded=loaded, show_progress=False, token_pruning=(
+        "vitcop(rho=1, vision_keep=1, shallow=1, deep=2, deep_divisor=1, merge=mean, deep_positions=keep)"))
+    with no_op._serving():
+        same = no_op._prepared(inputs)
+        with no_op._request(same["input_ids"]):
+            logits = model(**same).logits
+    assert torch.allclose(logits, dense, atol=1e-5)

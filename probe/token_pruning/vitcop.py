@@ -1,12 +1,15 @@
 """ViTCoP (arXiv 2601.17818, github chaser682/ViTCoP): vision-tower and decoder stages.
 
-- Stage I, in the vision tower (LLaVA-1.5: a CLIP tower with a CLS token, ``stage_one="auto"``): the
-  attention the CLS query gives every patch at the feature layer (summed over heads) keeps the
-  ``int(vision_keep * N)`` most attended patches in raster order, so the decoder sees only them (the
-  request's image placeholders are cut to as many); the clusters (density-peak clustering,
-  :func:`probe.sparsity.vitcop.vic_labels`) come from that layer's keys of the kept patches on the patch
-  grid, as upstream. Elsewhere Stage I does not run (records say so) and the clusters come from the visual
-  tokens' embeddings as they enter the decoder, on a square grid when their count is a square, else one row.
+- Stage I, in the vision tower (a CLIP tower with a CLS token, ``stage_one="auto"``): the attention the
+  CLS query gives every patch at the feature layer (summed over heads) keeps the ``int(vision_keep * N)``
+  most attended patches in raster order, so the decoder sees only them (the request's image placeholders
+  are cut to as many); the clusters (density-peak clustering, :func:`probe.sparsity.vitcop.vic_labels`)
+  come from that layer's keys of the kept patches on the patch grid, as upstream (LLaVA-1.5). On
+  LLaVA-NeXT, an extension without an upstream reference, every crop's patches are ranked by their crop's
+  CLS attention across the whole packed image, row-end tokens always stay and form a cluster of their own,
+  and the budgets scale with the tokens entering the decoder. Elsewhere Stage I does not run (records say
+  so) and the clusters come from the visual tokens' embeddings as they enter the decoder, on a square grid
+  when their count is a square, else one row.
 - Stage II, before layer ``shallow``: the key-norm saliency of layer ``shallow - 1`` (smaller is more
   important); each cluster keeps its quota of most salient tokens and merges the rest into one token at
   the group's upper-median position (:func:`probe.sparsity.vitcop.cluster_plan`), leaving ``R`` visual tokens.
@@ -33,7 +36,15 @@ import torch
 from torch import nn
 
 from probe.models.base import Adapter
-from probe.sparsity.vitcop import cluster_plan, deep_keep, grid_positions, key_saliency, vic_labels, vitcop_budgets
+from probe.sparsity.vitcop import (
+    Budgets,
+    cluster_plan,
+    deep_keep,
+    grid_positions,
+    key_saliency,
+    vic_labels,
+    vitcop_budgets,
+)
 from probe.token_pruning.base import KEYS, Selection, StageView, TokenPruner, TokenPruningError, with_text
 
 MROPE_FAMILIES = ("qwen2_vl", "qwen2_5_vl")
@@ -76,13 +87,17 @@ def cls_saliency(queries: torch.Tensor, keys: torch.Tensor, scale: float) -> tor
     return logits.softmax(dim=-1)[:, 1:].sum(dim=0)
 
 
+STAGE_ONE_FAMILIES = ("llava", "llava_next")
+
+
 def stage_one_layer(model: nn.Module) -> int | None:
-    """The vision encoder layer whose output LLaVA-1.5 feeds the projector, or None where Stage I cannot
-    run (no LLaVA-1.5 CLIP tower with a CLS token and one feature layer)."""
+    """The vision encoder layer whose output the projector receives, or None where Stage I cannot run (not a
+    LLaVA-1.5 / LLaVA-NeXT CLIP tower with a CLS token and one feature layer)."""
     config = model.config
     tower = getattr(getattr(model, "model", model), "vision_tower", None)
     layer = getattr(config, "vision_feature_layer", None)
-    if (config.model_type != "llava" or getattr(config, "vision_feature_select_strategy", "") != "default"
+    if (config.model_type not in STAGE_ONE_FAMILIES
+            or getattr(config, "vision_feature_select_strategy", "") != "default"
             or not isinstance(layer, int) or not hasattr(getattr(tower, "encoder", None), "layers")):
         return None
     return len(tower.encoder.layers) + layer if layer < 0 else layer - 1
@@ -97,6 +112,8 @@ class VitcopPruner(TokenPruner):
         self._vision_layer: int | None = None
         self._patches = 0
         self._labels: torch.Tensor | None = None  # Stage I's cluster labels of the current request
+        self._cached: tuple[Any, Any] | None = None  # the last image features Stage I computed, by pixel tensor
+        self._packed = False  # LLaVA-NeXT: features packed from several crops, with newline tokens
 
     @property
     def stage_one(self) -> bool:
@@ -112,12 +129,18 @@ class VitcopPruner(TokenPruner):
             return
         vision = model.config.vision_config
         self._patches = (vision.image_size // vision.patch_size) ** 2
+        self._packed = model.config.model_type == "llava_next"
         owner = adapter.image_features_owner(model)
         attention = owner.vision_tower.encoder.layers[layer].self_attn
         compute = owner.get_image_features
 
         @functools.wraps(compute)
         def stage_one(*args: Any, **kwargs: Any) -> Any:
+            pixels = kwargs.get("pixel_values", args[0] if args else None)
+            key = ((pixels.data_ptr(), tuple(pixels.shape), float(pixels.float().sum()))
+                   if isinstance(pixels, torch.Tensor) else None)
+            if self._cached is not None and self._cached[0] == key:
+                return self._cached[1]
             seen: dict[str, torch.Tensor] = {}
             handles = [attention.q_proj.register_forward_hook(lambda m, i, o: seen.update(q=o)),
                        attention.k_proj.register_forward_hook(lambda m, i, o: seen.update(k=o))]
@@ -126,14 +149,22 @@ class VitcopPruner(TokenPruner):
             finally:
                 for handle in handles:
                     handle.remove()
-            return self._select_patches(out, seen, attention)
+            if self._packed:
+                sizes = kwargs.get("image_sizes", args[1] if len(args) > 1 else None)
+                out = self._select_packed(out, seen, attention, owner, sizes, model.config)
+            else:
+                out = self._select_patches(out, seen, attention)
+            self._cached = (key, out)
+            return out
 
         owner.get_image_features = stage_one
+        self._owner = owner
         try:
             yield
         finally:
             del owner.get_image_features
             self._vision_layer = None
+            self._cached = None
 
     def _select_patches(self, out: Any, seen: dict[str, torch.Tensor], attention: nn.Module) -> Any:
         heads, head_dim = attention.num_heads, attention.head_dim
@@ -158,10 +189,73 @@ class VitcopPruner(TokenPruner):
         self._labels = torch.cat(labels)
         return out
 
+    def _select_packed(self, out: Any, seen: dict[str, torch.Tensor], attention: nn.Module, owner: nn.Module,
+                       image_sizes: torch.Tensor, config: Any) -> Any:
+        """LLaVA-NeXT (an extension: the released code runs LLaVA-1.5 only): every crop's patches get their
+        crop's CLS attention, grid coordinates over the whole image and keys; packing them exactly as the
+        model packs its features lines them up with the packed tokens; the ``int(vision_keep * P)`` most
+        attended of the P patch tokens stay, and every row-end (newline) token."""
+        if "q" not in seen:
+            raise TokenPruningError("ViTCoP's vision stage needs the vision tower to run; serve it without the "
+                                    "vision feature cache")
+        from transformers.models.llava_next.modeling_llava_next import get_anyres_image_grid_shape
+
+        if len(out.pooler_output) != 1:
+            raise TokenPruningError("ViTCoP's vision stage on LLaVA-NeXT serves one image per request")
+        heads, head_dim = attention.num_heads, attention.head_dim
+        side = math.isqrt(self._patches)
+        crops = seen["q"].shape[0]
+        grid_h, grid_w = get_anyres_image_grid_shape(image_sizes[0].tolist(), config.image_grid_pinpoints,
+                                                     config.vision_config.image_size)
+        r, c = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+        r, c = r.flatten().float(), c.flatten().float()
+        columns = []
+        for crop in range(crops):
+            q = seen["q"][crop].reshape(-1, heads, head_dim)
+            k = seen["k"][crop].reshape(-1, heads, head_dim)
+            saliency = cls_saliency(q, k, attention.scale).cpu()
+            if crop == 0:
+                rows, cols = r / side, c / side
+            else:
+                rows = ((crop - 1) // grid_w * side + r) / (grid_h * side)
+                cols = ((crop - 1) % grid_w * side + c) / (grid_w * side)
+            keys = seen["k"][crop][1:].float().cpu()
+            columns.append(torch.cat([saliency[:, None], torch.ones(side * side, 1), rows[:, None], cols[:, None],
+                                      keys], dim=1))
+        side_info = torch.stack(columns)
+        newline = torch.zeros(side_info.shape[-1])
+        newline[2:4] = -1.0
+        packed_info = owner.pack_image_features([side_info], image_sizes.cpu(), "default", image_newline=newline)[0][0]
+        features = out.pooler_output[0]
+        if packed_info.shape[0] != features.shape[0]:
+            raise TokenPruningError("ViTCoP could not line the packed LLaVA-NeXT features up with their crops")
+        patch = packed_info[:, 1] > 0.5
+        positions = patch.nonzero().flatten()
+        count = int(self.settings.vision_keep * positions.numel())
+        top = positions[torch.topk(packed_info[positions, 0], count).indices]
+        keep = ~patch
+        keep[top] = True
+        out.pooler_output = [features[keep.to(features.device)]]
+        kept_info = packed_info[keep]
+        kept_patch = kept_info[:, 1] > 0.5
+        labels = torch.full((kept_info.shape[0],), -1, dtype=torch.long)
+        labels[kept_patch] = vic_labels(kept_info[kept_patch, 4:], kept_info[kept_patch, 2:4],
+                                        self.settings.cluster_pct, self.settings.dc, self.settings.spatial_k)
+        labels[~kept_patch] = int(labels.max()) + 1  # the row-end tokens: one cluster of their own
+        self._labels = labels
+        self._entering = int(keep.sum())
+        return out
+
     def prepare_inputs(self, inputs: dict[str, Any], config: Any) -> dict[str, Any]:
-        """With Stage I: each image's run of placeholders cut to the patches it keeps."""
+        """With Stage I: each image's run of placeholders cut to the tokens it keeps."""
         if not self.stage_one or "input_ids" not in inputs:
             return inputs
+        self._cached = None  # a new request: never the features of an earlier one
+        if self._packed:  # how many stay depends on the image: run the vision stage now (its result is reused)
+            self._owner.get_image_features(pixel_values=inputs["pixel_values"], image_sizes=inputs["image_sizes"])
+            per_image = self._entering
+        else:
+            per_image = int(self.settings.vision_keep * self._patches)
         ids = inputs["input_ids"][0]
         image = ids == config.image_token_id
         keep = torch.ones_like(image)
@@ -171,7 +265,7 @@ class VitcopPruner(TokenPruner):
             if inside and run_start is None:
                 run_start = position
             elif not inside and run_start is not None:
-                keep[run_start + int(self.settings.vision_keep * self._patches):position] = False
+                keep[run_start + per_image:position] = False
                 run_start = None
         out = dict(inputs)
         for name in ("input_ids", "attention_mask"):
@@ -196,7 +290,11 @@ class VitcopPruner(TokenPruner):
         """(R, D) for a request with ``n_visual`` visual tokens entering the decoder."""
         s = self.settings
         layers = getattr(self, "_layers", 32)
-        if self.stage_one:  # n_visual = int(vision_keep * N) for each image
+        if self.stage_one and self._packed:  # LLaVA-NeXT: the tokens entering scale the budgets
+            r = round((layers * s.rho / s.vision_keep - s.shallow) / ((s.deep - s.shallow)
+                                                                      + (layers - s.deep) / s.deep_divisor) * n_visual)
+            budgets = Budgets(n_visual, r, round(r / s.deep_divisor))
+        elif self.stage_one:  # n_visual = int(vision_keep * N) for each image
             per_image = int(s.vision_keep * self._patches)
             if n_visual % per_image:
                 raise TokenPruningError(f"ViTCoP's vision stage keeps {per_image} tokens per image but the request "
