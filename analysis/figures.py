@@ -183,9 +183,7 @@ def plot_retention_vs_flops(results: pd.DataFrame, out: Path, model: str | None 
     for kind, marker in (("weights", "o"), ("tokens", "s"), ("joint", "^")):
         part = points[points.kind == kind]
         if not part.empty:
-            ax.scatter(part.gflops, part.retention, marker=marker, label=kind)
-            for _, row in part.iterrows():
-                ax.annotate(row.cell, (row.gflops, row.retention), fontsize="xx-small", alpha=0.7)
+            ax.scatter(part.gflops, part.retention, marker=marker, label=f"{kind} ({len(part)} cells)", alpha=0.7)
     if points.dense_gflops.notna().any():
         ax.scatter([points.dense_gflops.iloc[0]], [100.0], marker="*", s=120, color="black", label="dense")
     ax.set_xlabel("GFLOPs per request, language side" + (" (pruned weights skipped)" if sparse else ""))

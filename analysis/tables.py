@@ -190,11 +190,11 @@ def table1(results: pd.DataFrame, items: pd.DataFrame | None = None) -> pd.DataF
 def table2(results: pd.DataFrame, items: pd.DataFrame | None = None, baseline: str | None = "wanda") -> pd.DataFrame:
     """The method comparison in Table 2's layout: a row per method; with ``items``, retention intervals
     and each method's paired difference to ``baseline`` (Wanda, as in the paper's comparison). Cells with
-    visual token pruning at inference are rows of their own, ``method | token method`` (``dense | fastv(...)``
-    for token pruning alone)."""
+    visual token pruning at inference are rows of their own, ``method with token method`` (``dense with
+    fastv(...)`` for token pruning alone)."""
     if "token_pruning" in results:
         tokens = results["token_pruning"].fillna("none").astype(str)
-        results = results.assign(method=[m if t == "none" else f"{m} | {t}"
+        results = results.assign(method=[m if t == "none" else f"{m} with {t}"
                                          for m, t in zip(results.method.astype(str), tokens)])
     has_baseline = baseline is not None and baseline in set(results.method.astype(str))
     return retention_table(results, ["method"], items, baseline if has_baseline else None)

@@ -204,7 +204,7 @@ def test_token_methods_are_a_grid_axis(tmp_path):
     visual = results.loc[f"dense/-/{fastv}", "visual_tokens"]
     assert visual > 0 and visual == results.loc[f"wanda/50%/{fastv}", "visual_tokens"]  # same count dropped
     table = table2(results.reset_index())
-    assert ("-", f"dense | {fastv}") in table.index and ("50%", f"wanda | {fastv}") in table.index
+    assert ("-", f"dense with {fastv}") in table.index and ("50%", f"wanda with {fastv}") in table.index
     flops = results.groupby(level=0)[["gflops", "gflops_sparse"]].first()
     assert flops.loc[f"dense/-/{fastv}", "gflops"] < flops.loc["dense", "gflops"]  # fewer tokens, fewer FLOPs
     assert flops.loc["wanda/50%", "gflops"] == flops.loc["dense", "gflops"]  # dense kernels multiply zeros
