@@ -23,7 +23,7 @@ from probe.data.calibration import CalibrationSpec
 from probe.data.offline import digits_split_indices
 from probe.engine import PruneConfig, prune
 from probe.evaluation.wrapper import ProbeLVLM
-from probe.flops import count_flops
+from probe.flops import count_flops, image_request
 from probe.loading import LoadedModel, load_model, parse_dtype
 from probe.token_pruning.base import make_pruner
 from probe.token_pruning.schedule import with_token_schedule
@@ -99,7 +99,7 @@ def main() -> None:
     from PIL import Image
 
     picture = Image.fromarray((pixels / 16 * 255).astype("uint8")).convert("RGB").resize((64, 64))
-    inputs = ProbeLVLM(loaded=dense, show_progress=False)._visual_inputs("Which digit is this?", [picture])
+    inputs = image_request(dense.model, dense.adapter, dense.processor, picture, "Which digit is this?")
     samples = capture_calibration(dense, CalibrationSpec(nsamples=args.nsamples), store_device=args.device,
                                   show_progress=False)
     weights = copy.deepcopy(dense.model)

@@ -15,6 +15,14 @@ from torch.utils.flop_counter import FlopCounterMode
 from probe.models.base import Adapter
 
 
+def image_request(model: nn.Module, adapter: Adapter, processor: Any, image: Any, question: str) -> dict[str, Any]:
+    """The model inputs of one chat turn holding ``image`` and ``question``, on the model's device."""
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    inputs = adapter.build_inputs(processor, messages, [image], add_generation_prompt=True)
+    device = next(model.parameters()).device
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+
+
 @torch.no_grad()
 def count_flops(model: nn.Module, adapter: Adapter, inputs: dict[str, Any], runtime: Any = None) -> dict[str, float]:
     """``gflops`` (language side), ``gflops_sparse`` (the same with pruned weights skipped) and

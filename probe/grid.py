@@ -467,16 +467,14 @@ def _request_flops(ctx: GridContext, model: torch.nn.Module, cell: Cell) -> dict
     method, for retention-vs-FLOPs figures."""
     from PIL import Image
 
-    from probe.evaluation.wrapper import ProbeLVLM
-    from probe.flops import count_flops
+    from probe.flops import count_flops, image_request
     from probe.token_pruning.runtime import TokenPruningRuntime
 
-    loaded = LoadedModel(model, ctx.base.processor, ctx.base.adapter, ctx.base.ref)
-    inputs = ProbeLVLM(loaded=loaded, show_progress=False, token_pruning="none")._visual_inputs(
-        "Describe the image.", [Image.new("RGB", (64, 64), (128, 128, 128))])
+    inputs = image_request(model, ctx.base.adapter, ctx.base.processor, Image.new("RGB", (64, 64), (128, 128, 128)),
+                           "Describe the image.")
     pruner = make_pruner(cell.token_pruning)
-    runtime = TokenPruningRuntime(pruner, loaded.adapter) if pruner is not None else None
-    return count_flops(model, loaded.adapter, inputs, runtime)
+    runtime = TokenPruningRuntime(pruner, ctx.base.adapter) if pruner is not None else None
+    return count_flops(model, ctx.base.adapter, inputs, runtime)
 
 
 def setting_columns(config: PruneConfig | None) -> dict[str, Any]:
