@@ -213,7 +213,8 @@ def _dense_pass(run: _Run, selector: TokenSelector, modules: dict[str, nn.Module
                 keep_positions: bool) -> tuple[dict[str, InputStats], list[str], dict[str, list[torch.Tensor]]]:
     """Run every sample through the (still dense) block, adding the selected input rows of each module to
     its statistics. Returns the statistics, the keys in the order their modules ran, and (with
-    ``keep_positions``) each key's selected positions per sample, for later passes."""
+    ``keep_positions``) each key's selected positions per sample as weights (0 where not selected, 1 or the
+    selector's weight where selected), for later passes."""
     stats: dict[str, InputStats] = {}
     order: list[str] = []
     positions: dict[str, list[torch.Tensor]] = {key: [] for key in modules}
@@ -243,7 +244,7 @@ def _dense_pass(run: _Run, selector: TokenSelector, modules: dict[str, nn.Module
                         chosen = selector.select_linear(sample, outputs[key], record.get("probs")).to(rows.device)
                         add(key, rows[chosen])
                         if keep_positions:
-                            positions[key].append(chosen.cpu())
+                            positions[key].append(chosen.cpu().float())
                     continue
                 if ranking:
                     certain = selector.certain(sample, run.index)
@@ -259,7 +260,7 @@ def _dense_pass(run: _Run, selector: TokenSelector, modules: dict[str, nn.Module
                     chosen = certain.to(rows.device)
                     add(key, rows[chosen], None if weights is None else weights.to(rows.device)[chosen])
                     if keep_positions and not ranking:
-                        positions[key].append(certain.cpu() if weights is None else weights.cpu() * certain.cpu())
+                        positions[key].append(certain.cpu() * (1.0 if weights is None else weights.cpu()))
     finally:
         for h in handles:
             h.remove()
@@ -270,14 +271,14 @@ def _dense_pass(run: _Run, selector: TokenSelector, modules: dict[str, nn.Module
             for key, rows in rows_by_key.items():
                 add(key, rows[:count])
                 if keep_positions:
-                    positions[key].append(chosen)
+                    positions[key].append(chosen.float())
     return stats, order, positions
 
 
 def _regather(run: _Run, key: str, module: nn.Module, positions: list[torch.Tensor], with_hessian: bool
               ) -> InputStats:
-    """Statistics of ``key`` from a pass over the block as it is now, at the positions chosen before (a bool
-    mask per sample, or the weights of a weighted selector, 0 where not chosen)."""
+    """Statistics of ``key`` from a pass over the block as it is now, at the positions chosen before, each
+    counted by its weight (see :func:`_dense_pass`)."""
     seen: dict[str, torch.Tensor] = {}
     handles = _hook_inputs({key: module}, seen)
     stats: InputStats | None = None
@@ -287,11 +288,8 @@ def _regather(run: _Run, key: str, module: nn.Module, positions: list[torch.Tens
             rows = seen[key]
             if stats is None:
                 stats = InputStats.empty(rows.shape[-1], run.device, with_hessian)
-            chosen = positions[i].to(rows.device)
-            if chosen.dtype == torch.bool:
-                stats.add(rows[chosen])
-            else:
-                stats.add(rows[chosen > 0], chosen[chosen > 0])
+            weights = positions[i].to(rows.device)
+            stats.add(rows[weights > 0], weights[weights > 0])
     finally:
         for h in handles:
             h.remove()
