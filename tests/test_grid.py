@@ -196,8 +196,16 @@ def test_a_fixed_budget_cell_needs_plain_atv_in_the_grid(tmp_path):
 def test_token_methods_are_a_grid_axis(tmp_path):
     config = small_config(tmp_path, grid="table2", methods=["wanda", {"tokens": "kept", "scorer": "wanda"}],
                           settings=["0.5"], tasks="digits", token_methods=["none", "fastv(k=1, ratio=0.5)"])
-    results = run_grid(config, show_progress=False).set_index("cell")
+    results = run_grid(config, show_progress=False, log_samples=True).set_index("cell")
     fastv = "fastv(k=1, ratio=0.5)"
+    import json
+
+    from probe.grid import cell_path
+
+    records = [json.loads(line) for line in
+               cell_path(tmp_path / "grid", f"dense/-/{fastv}", "samples", ".tokens.jsonl").read_text().splitlines()]
+    assert len(records) == 3 and all(r["alive_visual"][0] > r["alive_visual"][-1] > 0 for r in records)
+    assert not cell_path(tmp_path / "grid", "dense", "samples", ".tokens.jsonl").exists()
     assert list(results.index) == ["dense", f"dense/-/{fastv}", "wanda/50%", f"wanda/50%/{fastv}",
                                    f"kept+wanda+uniform/50%/{fastv}"]
     assert results.loc["wanda/50%", "token_pruning"] == "none" and pd.isna(results.loc["wanda/50%", "visual_tokens"])

@@ -178,7 +178,9 @@ def evaluate_with_items(
     multiple-choice options are scored (see :mod:`probe.evaluation.wrapper`). ``samples_out`` receives
     what the model answered for every item, one JSON object per line. ``token_pruning`` (e.g.
     ``fastv(k=2, ratio=0.5)``) drops visual tokens at inference; the table then says which method ran and
-    how many visual tokens were alive per layer on average (``visual_tokens``).
+    how many visual tokens were alive per layer on average (``visual_tokens``); with ``samples_out``, every
+    request's record (visual tokens alive at each layer, each stage's choice) goes to ``<name>.tokens.jsonl``
+    beside it.
     """
     from lmms_eval.evaluator import simple_evaluate
     from lmms_eval.tasks import TaskManager
@@ -200,12 +202,20 @@ def evaluate_with_items(
                                   torch_random_seed=seed, fewshot_random_seed=seed, bootstrap_iters=0)
     if samples_out is not None:
         write_text_atomic(samples_out, "".join(json.dumps(row) + "\n" for row in sample_rows(results)))
+        if model.token_runtime is not None:  # per request: visual tokens alive at every layer, each stage
+            write_text_atomic(token_records_path(samples_out),
+                              "".join(json.dumps(r) + "\n" for r in model.token_runtime.records))
     items = item_scores(results)
     table = tidy_results(results, items)
     if model.token_runtime is not None:
         table = table.assign(token_pruning=model.token_runtime.pruner.spec(),
                              visual_tokens=mean_visual_tokens(model.token_runtime.records))
     return table, items
+
+
+def token_records_path(samples_out: Path) -> Path:
+    """Where the per-request token-pruning records go beside a samples log: ``<name>.tokens.jsonl``."""
+    return samples_out.with_name(samples_out.name.removesuffix(".jsonl") + ".tokens.jsonl")
 
 
 def mean_visual_tokens(records: list[dict]) -> float:
