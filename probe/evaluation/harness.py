@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 import pandas as pd
 
 from probe.errors import ProbeError
-from probe.evaluation.task_files import OFFLINE_TASKS, built_tasks, ensure_task_files
+from probe.evaluation.task_files import OFFLINE_TASKS, TASK_PRESETS, built_tasks, ensure_task_files
 from probe.loading import LoadedModel
 from probe.manifest import write_text_atomic
 from probe.progress import quiet_libraries
@@ -36,7 +36,7 @@ PRIMARY_METRIC = {
     "ok_vqa_val2014": "exact_match", "pope": "pope_accuracy", "scienceqa_img": "exact_match",
     "textvqa_val": "exact_match", "vizwiz_vqa_val": "exact_match",
     "fashion_mnist": "exact_match", "digits": "exact_match", "skimage_photos": "exact_match",
-    "quote_completion": "acc",
+    "quote_completion": "acc", "emoji_names": "acc", "clipart_category": "acc", "opencv_digits": "acc",
 }
 MME_PARTS = ("mme_perception_score", "mme_cognition_score")
 
@@ -50,18 +50,23 @@ class HubUnavailableError(ProbeError):
 
 
 def resolve_tasks(spec: str, tasks_dir: Path | None = None) -> list[str]:
-    """Expand presets (``paper9``, ``table1``, ``offline``) in a comma-separated task list, and check
-    that every task can run here (offline data built, the hub reachable for hub tasks)."""
+    """Expand presets (``paper9``, ``table1``, ``offline``, ``offline-hard``) in a comma-separated task
+    list, and check that every task can run here (offline data built, the hub reachable for hub tasks).
+    An offline preset stands for those of its tasks whose data can be built here."""
     names: list[str] = []
     for part in (p.strip() for p in spec.split(",")):
         if not part:
             continue
-        if part == "offline":
-            names += built_tasks(ensure_task_files(tasks_dir))
+        if part in TASK_PRESETS:
+            built = [t for t in built_tasks(ensure_task_files(tasks_dir)) if t in TASK_PRESETS[part]]
+            if not built:
+                raise UnknownTaskError(f"none of the tasks of preset {part!r} ({', '.join(TASK_PRESETS[part])}) can "
+                                       "be built here: their source packages are missing (see the README's set-up)")
+            names += built
         else:
             names += PRESETS.get(part, [part])
     if not names:
-        raise UnknownTaskError(f"no task named in {spec!r}; presets: offline, {', '.join(PRESETS)}")
+        raise UnknownTaskError(f"no task named in {spec!r}; presets: {', '.join([*TASK_PRESETS, *PRESETS])}")
     offline = [t for t in names if t in OFFLINE_TASKS]
     if offline:
         available = built_tasks(ensure_task_files(tasks_dir))

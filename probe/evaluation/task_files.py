@@ -22,10 +22,10 @@ from typing import Any
 from PIL import Image
 
 from probe.data.offline import (
+    DEBIAN_SOURCES,
     TASK_BUILDERS,
     OfflineDataError,
     VQAItem,
-    fashion_mnist_available,
     fortunes_available,
     quote_completion,
 )
@@ -35,10 +35,14 @@ TASK_YAMLS = Path(__file__).parent / "tasks"
 VISUAL_TASKS = tuple(TASK_BUILDERS)
 TEXT_TASKS = ("quote_completion",)
 OFFLINE_TASKS = VISUAL_TASKS + TEXT_TASKS
+# the harder visual tasks, multiple choice scored by the log-likelihood of each option (preset offline-hard)
+CHOICE_TASKS = ("emoji_names", "clipart_category", "opencv_digits")
 SPLITS = {"fashion_mnist": ("train", "test"), "digits": ("train", "test"), "skimage_photos": ("test",),
-          "quote_completion": ("test",)}
+          "quote_completion": ("test",), **{task: ("train", "test") for task in CHOICE_TASKS}}
+TASK_PRESETS = {"offline": ("fashion_mnist", "digits", "quote_completion", "skimage_photos"),
+                "offline-hard": CHOICE_TASKS}
 BUILD_STAMP = ".probe-tasks-version"
-TASK_FILES_VERSION = "1"
+TASK_FILES_VERSION = "2"
 
 
 def default_tasks_dir() -> Path:
@@ -48,8 +52,8 @@ def default_tasks_dir() -> Path:
 
 def task_data_available(task: str) -> bool:
     """Whether the packages a task's data comes from are installed here."""
-    if task == "fashion_mnist":
-        return fashion_mnist_available()
+    if task in DEBIAN_SOURCES:
+        return DEBIAN_SOURCES[task]()
     if task == "quote_completion":
         return fortunes_available()
     return task in OFFLINE_TASKS
@@ -154,6 +158,11 @@ def is_correct(prediction: str, answer: str, choices: list[str] | None = None) -
         match = re.match(r"\(?([a-d])\b", said)
         return bool(match) and match.group(1) == answer.lower()
     return said == answer.lower()
+
+
+def doc_to_choice_index(doc: dict[str, Any]) -> int:
+    """The position of the gold answer among the item's options."""
+    return list(doc["choices"]).index(doc["answer"])
 
 
 def process_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]:

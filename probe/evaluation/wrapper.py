@@ -25,6 +25,7 @@ Log-likelihoods then read the logits of the last positions, which are all text.
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator
 from typing import Any
 
@@ -178,25 +179,38 @@ class ProbeLVLM(lmms):
     def loglikelihood(self, requests: list[Instance]) -> list[GenerationResult]:
         """(negative log-likelihood, summed or averaged over the continuation's tokens, is greedy) per
         request, each in a ``GenerationResult``: lmms-eval's evaluator turns a bare tuple into its string
-        but passes a result's payload through."""
-        results = []
+        but passes a result's payload through.
+
+        The options of one multiple-choice item share their context and images: the context runs once
+        and each option continues from its cache (:meth:`options_loglikelihood`), unless a token-pruning
+        method is attached, whose prefill sees each full sequence."""
+        groups: dict[tuple, list[int]] = {}
+        for index, request in enumerate(requests):
+            context, _, doc_to_visual, doc_id, task, split = request.args
+            groups.setdefault((context, doc_to_visual, doc_id, task, split), []).append(index)
+        results: list[GenerationResult | None] = [None] * len(requests)
         with self._serving(), progress_bar("loglikelihood", len(requests), self.show_progress) as bar:
-            for request in requests:
-                context, target, doc_to_visual, doc_id, task, split = request.args
-                continuation = target if isinstance(target, str) else target(self.task_dict[task][split][doc_id])
+            for (context, doc_to_visual, doc_id, task, split), members in groups.items():
+                continuations = []
+                for index in members:
+                    target = requests[index].args[1]
+                    doc = None if isinstance(target, str) else self.task_dict[task][split][doc_id]
+                    continuations.append(str(target if doc is None else target(doc)))
                 images = self._doc_visuals(doc_to_visual, task, split, doc_id)
-                logprob, greedy = self.continuation_loglikelihood(context, str(continuation), images,
-                                                                  reduction=self.reduction)
-                results.append(GenerationResult(text=(-logprob, greedy)))
-                bar.advance()
+                if self.token_runtime is None and len(members) > 1:
+                    scored = self.options_loglikelihood(context, continuations, images, reduction=self.reduction)
+                else:
+                    scored = [self.continuation_loglikelihood(context, c, images, reduction=self.reduction)
+                              for c in continuations]
+                for index, (logprob, greedy) in zip(members, scored):
+                    results[index] = GenerationResult(text=(-logprob, greedy))
+                bar.advance(len(members))
         return results
 
-    @torch.no_grad()
-    def continuation_loglikelihood(
-        self, context: str, continuation: str, images: list[Image.Image] | None = None, reduction: str = "sum"
-    ) -> tuple[float, bool]:
-        """Log-probability of ``continuation`` after ``context``, summed over its tokens (or their mean,
-        ``reduction="mean"``), and whether greedy decoding would produce exactly it."""
+    def _scored_positions(
+        self, context: str, continuation: str, images: list[Image.Image]
+    ) -> tuple[dict, list[int], int]:
+        """(inputs of context + continuation, their ids, first position of the continuation's tokens)."""
         tokenizer = self.loaded.processor.tokenizer
         if images:
             prefix = self._visual_inputs(context, images)["input_ids"][0].tolist()
@@ -213,16 +227,60 @@ class ProbeLVLM(lmms):
         start = max(start, 1)
         if start >= len(ids):
             raise UnsupportedRequestError(f"continuation {continuation!r} adds no token to its context")
+        return inputs, ids, start
+
+    @staticmethod
+    def _reduce(logprobs: torch.Tensor, targets: list[int], reduction: str) -> tuple[float, bool]:
+        """Sum (or mean) of the targets' log-probabilities, and whether each is the argmax."""
+        wanted = torch.tensor(targets, device=logprobs.device)
+        chosen = logprobs.gather(1, wanted[:, None])
+        total = float(chosen.mean() if reduction == "mean" else chosen.sum())
+        return total, bool((logprobs.argmax(-1) == wanted).all())
+
+    @torch.no_grad()
+    def options_loglikelihood(
+        self, context: str, continuations: list[str], images: list[Image.Image] | None = None, reduction: str = "sum"
+    ) -> list[tuple[float, bool]]:
+        """:meth:`continuation_loglikelihood` of each continuation after one shared ``context``: the
+        tokens all of them share run once with their images, then each continuation's remaining tokens
+        run from a copy of that cache."""
+        prepared = [self._scored_positions(context, c, images or []) for c in continuations]
+        shared = min(start for _, _, start in prepared)
+        first_ids = prepared[0][1]
+        length = len(first_ids)
+        # every per-token tensor (ids, mask, token types) cut to the shared tokens; images stay whole
+        inputs = {k: v[:, :shared] if isinstance(v, torch.Tensor) and not k.startswith("pixel")
+                  and v.shape[:2] == (1, length) else v for k, v in prepared[0][0].items()}
+        out = self._model(**inputs, use_cache=True)
+        cache, last = out.past_key_values, out.logits[0, -1].float()
+        scored = []
+        for _, ids, start in prepared:
+            if ids[:shared] != first_ids[:shared]:
+                raise UnsupportedRequestError("options of one item do not share their context's tokens")
+            rest = torch.tensor([ids[shared:]], device=self._device)
+            positions = torch.arange(shared, len(ids), device=self._device)
+            # each option continues from its own copy (sliding-window caches cannot be cut back)
+            logits = self._model(input_ids=rest, past_key_values=copy.deepcopy(cache), use_cache=True,
+                                 cache_position=positions).logits[0].float()
+            # logits predicting ids[shared], ids[shared + 1], ..., ids[-1]
+            predicting = torch.cat([last[None], logits[:-1]])
+            logprobs = torch.log_softmax(predicting[start - shared:], dim=-1)
+            scored.append(self._reduce(logprobs, ids[start:], reduction))
+        return scored
+
+    @torch.no_grad()
+    def continuation_loglikelihood(
+        self, context: str, continuation: str, images: list[Image.Image] | None = None, reduction: str = "sum"
+    ) -> tuple[float, bool]:
+        """Log-probability of ``continuation`` after ``context``, summed over its tokens (or their mean,
+        ``reduction="mean"``), and whether greedy decoding would produce exactly it."""
+        inputs, ids, start = self._scored_positions(context, continuation, images or [])
         inputs = self._prepared(inputs)
         with self._request(inputs["input_ids"]):
             logits = self._model(**inputs).logits[0].float()
         shift = logits.shape[0] - len(ids)  # token pruning drops positions before the continuation
         logprobs = torch.log_softmax(logits[start - 1 + shift : len(ids) - 1 + shift], dim=-1)
-        targets = torch.tensor(ids[start:], device=logprobs.device)
-        chosen = logprobs.gather(1, targets[:, None])
-        total = float(chosen.mean() if reduction == "mean" else chosen.sum())
-        greedy = bool((logprobs.argmax(-1) == targets).all())
-        return total, greedy
+        return self._reduce(logprobs, ids[start:], reduction)
 
     def generate_until_multi_round(self, requests: list[Instance]) -> list[str]:
         raise UnsupportedRequestError("multi-round generation is not supported by the probe wrapper")

