@@ -172,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--tasks", default="offline",
                    help="comma-separated lmms-eval task names and presets: offline (our tasks from shipped data), "
+                        "offline-hard (emoji, clip-art and OpenCV digits, by option log-likelihood; make hard-data), "
                         "paper9 (the paper's nine benchmarks), table1 (MMBench-EN, ScienceQA-IMG, VizWiz)")
     p.add_argument("--limit", type=positive_int, default=None,
                    help="score only the first N items of each task (None: every item)")

@@ -169,3 +169,19 @@ def test_multiple_choice_task_file_scores_the_most_likely_option(tmp_path, monke
         expected.append(float(item.choices[int(np.argmax(scores))] == item.answer))
     assert items.sort_values("doc_id")["value"].tolist() == expected
     assert table.set_index("task").loc["opencv_digits", "score"] == pytest.approx(np.mean(expected))
+
+
+def test_offline_hard_without_its_packages_is_one_clear_error(tmp_path, monkeypatch):
+    from probe.data import offline
+    from probe.evaluation.harness import UnknownTaskError, resolve_tasks
+    from probe.evaluation.task_files import CHOICE_TASKS, build_task_files
+
+    for task in CHOICE_TASKS:
+        monkeypatch.setitem(offline.DEBIAN_SOURCES, task, lambda: False)
+    folder = tmp_path / "tasks"
+    assert not set(build_task_files(folder, tasks=["digits", *CHOICE_TASKS])) & set(CHOICE_TASKS)
+    with pytest.raises(UnknownTaskError, match="none of the tasks of preset 'offline-hard'"):
+        resolve_tasks("offline-hard", folder)
+    with pytest.raises(UnknownTaskError, match="emoji_names cannot be built here"):
+        resolve_tasks("digits,emoji_names", folder)
+    assert resolve_tasks("offline", folder) == ["digits"]

@@ -251,7 +251,7 @@ class ProbeLVLM(lmms):
         # every per-token tensor (ids, mask, token types) cut to the shared tokens; images stay whole
         inputs = {k: v[:, :shared] if isinstance(v, torch.Tensor) and not k.startswith("pixel")
                   and v.shape[:2] == (1, length) else v for k, v in prepared[0][0].items()}
-        out = self._model(**inputs, use_cache=True)
+        out = self._model(**inputs, use_cache=True, logits_to_keep=1)  # only the last position's logits
         cache, last = out.past_key_values, out.logits[0, -1].float()
         scored = []
         for _, ids, start in prepared:
