@@ -53,16 +53,17 @@ class CapturedSample:
         return self.hidden.shape[1]
 
 
-def move(obj: Any, device: torch.device | str) -> Any:
-    """Move every tensor inside nested tuples, lists and dicts to ``device``."""
+def move(obj: Any, device: torch.device | str, dtype: torch.dtype | None = None) -> Any:
+    """Move every tensor inside nested tuples, lists and dicts to ``device``; with ``dtype``, floating
+    tensors (pixel values) are cast to it too, as a model in that dtype expects its inputs."""
     if isinstance(obj, torch.Tensor):
-        return obj.to(device)
+        return obj.to(device, dtype) if dtype is not None and obj.is_floating_point() else obj.to(device)
     if isinstance(obj, tuple):
-        return tuple(move(o, device) for o in obj)
+        return tuple(move(o, device, dtype) for o in obj)
     if isinstance(obj, list):
-        return [move(o, device) for o in obj]
+        return [move(o, device, dtype) for o in obj]
     if isinstance(obj, dict):
-        return {k: move(v, device) for k, v in obj.items()}
+        return {k: move(v, device, dtype) for k, v in obj.items()}
     return obj
 
 
@@ -112,12 +113,12 @@ def capture(
     if input_ids.shape[0] != 1:
         raise ValueError("capture takes one sample at a time (batch size 1)")
     layers = adapter.decoder_layers(model)
-    device = next(model.parameters()).device
+    parameter = next(model.parameters())
     calls: list[BlockCall] = []
     first: list[torch.Tensor] = []
     with _recording(layers, calls, first):
         try:
-            model(**move(inputs, device), use_cache=False)
+            model(**move(inputs, parameter.device, parameter.dtype), use_cache=False)
         except _CaptureComplete:
             pass
     if len(calls) != len(layers) or not first:

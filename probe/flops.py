@@ -12,15 +12,17 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from probe.capture import move
 from probe.models.base import Adapter
 
 
 def image_request(model: nn.Module, adapter: Adapter, processor: Any, image: Any, question: str) -> dict[str, Any]:
-    """The model inputs of one chat turn holding ``image`` and ``question``, on the model's device."""
+    """The model inputs of one chat turn holding ``image`` and ``question``, on the model's device (pixel
+    values in its dtype)."""
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
     inputs = adapter.build_inputs(processor, messages, [image], add_generation_prompt=True)
-    device = next(model.parameters()).device
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    parameter = next(model.parameters())
+    return move(inputs, parameter.device, parameter.dtype)
 
 
 @torch.no_grad()

@@ -37,7 +37,7 @@ def _umask() -> int:
     return mask
 
 
-def _default_mode(path: Path, directory: bool) -> None:
+def default_mode(path: Path, directory: bool) -> None:
     """Give a file or folder made by mkstemp/mkdtemp (0600/0700) the mode the user's umask gives any new one."""
     os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
@@ -52,7 +52,7 @@ def write_text_atomic(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
-        _default_mode(Path(tmp), directory=False)
+        default_mode(Path(tmp), directory=False)
         os.replace(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
@@ -80,7 +80,7 @@ def write_dir_atomic(out: Path, fill: Callable[[Path], None]) -> None:
     old = None
     try:
         fill(tmp)
-        _default_mode(tmp, directory=True)
+        default_mode(tmp, directory=True)
         if out.exists():
             old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old."))
             os.replace(out, old)

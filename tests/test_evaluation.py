@@ -377,3 +377,20 @@ def test_option_scoring_equals_a_token_by_token_loop(family, reduction, rng_imag
         expected = sum(logprobs) / (len(logprobs) if reduction == "mean" else 1)
         assert -loss == pytest.approx(expected, abs=1e-4)
         assert greedy == all(argmax)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_bfloat16_models_take_float32_processor_outputs(family, rng_image):
+    """Processors give float32 pixel values; a bfloat16 model (whose vision tower may not cast them
+    itself, e.g. FastVLM's convolutions) is served them in its own dtype, in evaluation and capture."""
+    from probe.capture import capture
+
+    loaded = load_model(f"tiny:{family}", dtype=torch.bfloat16)
+    wrapper = ProbeLVLM(loaded=loaded, show_progress=False)
+    image = rng_image(5, 40, 48)
+    score, _ = wrapper.continuation_loglikelihood("what is shown?", "a red dog", [image])
+    assert np.isfinite(score)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what is shown?"}]}]
+    inputs = loaded.adapter.build_inputs(loaded.processor, messages, [image])
+    sample = capture(loaded.model, loaded.adapter, inputs)
+    assert sample.hidden.dtype == torch.bfloat16

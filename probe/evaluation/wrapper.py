@@ -35,6 +35,7 @@ from lmms_eval.api.model import lmms
 from lmms_eval.api.registry import register_model
 from PIL import Image
 
+from probe.capture import move
 from probe.errors import ProbeError
 from probe.loading import LoadedModel, load_model, parse_dtype
 from probe.progress import progress_bar
@@ -145,7 +146,7 @@ class ProbeLVLM(lmms):
             inputs = dict(self.loaded.processor(text=[prompt + answer], images=images, return_tensors="pt",
                                                 **self.loaded.adapter.processor_kwargs()))
             self.loaded.adapter.check_inputs(inputs)
-        return {k: v.to(self._device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+        return move(inputs, self._device, next(self._model.parameters()).dtype)
 
     # --- lmms-eval interface -------------------------------------------------------------------
     @torch.no_grad()

@@ -28,6 +28,7 @@ from safetensors.torch import save_file
 from probe.data.offline import TASK_BUILDERS, VQAItem
 from probe.evaluation.task_files import task_data_available
 from probe.loading import parse_dtype
+from probe.manifest import default_mode
 from probe.progress import progress_bar
 from probe.reference import reference_spec
 from probe.reference.build import ReferenceModelError, ReferenceSpec, build_reference
@@ -204,6 +205,7 @@ def train(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     save_file(state, str(tmp))
+    default_mode(tmp, directory=False)
     os.replace(tmp, out)
     return {**summary, "dtype": str(dtype).removeprefix("torch.")}
 
