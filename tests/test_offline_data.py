@@ -29,7 +29,12 @@ def test_splits_are_disjoint_and_answers_are_labels():
     fashion = offline.fashion_mnist("test")
     _, labels = offline.fashion_arrays("test")
     assert all(i.answer == offline.FASHION_CLASSES[labels[int(i.item_id.split("/")[-1])]] for i in fashion)
-    assert len(offline.projector_training_items()) == 1520
+    from probe.reference import reference_spec
+    from probe.reference.train import training_items
+
+    # the small reference's projector learns from Fashion-MNIST's 1,000 then the 520 training digits
+    items = training_items(reference_spec("reference"))
+    assert [i.item_id.split("/")[0] for i in items] == ["fashion_mnist"] * 1000 + ["digits"] * 520
 
 
 def test_skimage_choice_points_to_the_images_own_description():

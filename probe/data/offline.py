@@ -179,14 +179,6 @@ DEBIAN_SOURCES: dict[str, Callable[[], bool]] = {
 }
 
 
-def projector_training_items() -> list[VQAItem]:
-    """The training split the reference model's projector learns from (Fashion-MNIST where available)."""
-    items = digits("train")
-    if fashion_mnist_available():
-        items = fashion_mnist("train") + items
-    return items
-
-
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
 FORTUNE_FILES = ("fortunes", "literature", "riddles")
 
