@@ -37,22 +37,27 @@ def _umask() -> int:
     return mask
 
 
-def default_mode(path: Path, directory: bool) -> None:
+def _default_mode(path: Path, directory: bool) -> None:
     """Give a file or folder made by mkstemp/mkdtemp (0600/0700) the mode the user's umask gives any new one."""
     os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename; a failed write leaves neither."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename; a failed write leaves neither."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        default_mode(Path(tmp), directory=False)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        _default_mode(Path(tmp), directory=False)
         os.replace(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
@@ -80,7 +85,7 @@ def write_dir_atomic(out: Path, fill: Callable[[Path], None]) -> None:
     old = None
     try:
         fill(tmp)
-        default_mode(tmp, directory=True)
+        _default_mode(tmp, directory=True)
         if out.exists():
             old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old."))
             os.replace(out, old)

@@ -15,7 +15,7 @@ it. Deterministic for a seed on a given machine. Writes the spec's projector fil
 from __future__ import annotations
 
 import argparse
-import os
+import io
 import random
 import time
 from dataclasses import dataclass
@@ -23,12 +23,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 
 from probe.data.offline import TASK_BUILDERS, VQAItem
 from probe.evaluation.task_files import task_data_available
 from probe.loading import parse_dtype
-from probe.manifest import default_mode
+from probe.manifest import write_bytes_atomic
+from probe.names import REFERENCE_MODELS
 from probe.progress import progress_bar
 from probe.reference import reference_spec
 from probe.reference.build import ReferenceModelError, ReferenceSpec, build_reference
@@ -98,9 +99,9 @@ def batch_loss(model, examples: list[Example], image_token_id: int, pad_id: int)
 
 
 def _save_state(path: Path, state: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def train_projector(
@@ -130,19 +131,21 @@ def train_projector(
     for p in projector.parameters():
         p.requires_grad_(True)
 
+    settings = {"examples": len(items), "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed}
+    saved = None
+    if checkpoint is not None and checkpoint.is_file():
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    if saved is not None and saved["settings"] != settings:  # refused before the vision features are computed
+        raise ReferenceModelError(f"{checkpoint} holds a run with other settings ({saved['settings']}); "
+                                  "remove it or pass another --checkpoint")
     examples = prepare_examples(model, processor, items, show_progress=show_progress)
     optimizer = torch.optim.AdamW(projector.parameters(), lr=lr, weight_decay=0.0)
     per_epoch = (len(examples) + batch_size - 1) // batch_size
     steps = epochs * per_epoch
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
-    settings = {"examples": len(examples), "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed}
     losses: list[float] = []
     seconds = 0.0
-    if checkpoint is not None and checkpoint.is_file():
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        if saved["settings"] != settings:
-            raise ReferenceModelError(f"{checkpoint} holds a run with other settings ({saved['settings']}); "
-                                      "remove it or pass another --checkpoint")
+    if saved is not None:
         projector.load_state_dict(saved["projector"])
         optimizer.load_state_dict(saved["optimizer"])
         schedule.load_state_dict(saved["schedule"])
@@ -201,18 +204,13 @@ def train(
     model.lm_head.to(dtype)
     summary = train_projector(model, processor, items, epochs, batch_size, lr, seed, checkpoint=checkpoint)
     state = {k: v.detach().float().contiguous() for k, v in model.model.multi_modal_projector.state_dict().items()}
-    out = out or spec.projector_file
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    save_file(state, str(tmp))
-    default_mode(tmp, directory=False)
-    os.replace(tmp, out)
+    write_bytes_atomic(out or spec.projector_file, safetensors_bytes(state))
     return {**summary, "dtype": str(dtype).removeprefix("torch.")}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="reference", help="reference or reference-large")
+    parser.add_argument("--model", default="reference", choices=REFERENCE_MODELS)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=2e-3)
