@@ -106,6 +106,7 @@ class ReferenceSpec:
     training_tasks: tuple[str, ...]  # the offline tasks whose train splits the projector learns from
 
     def default_dir(self) -> Path:
+        """Where the assembled model is kept: ``$cache_env`` or ``~/.cache/probe/<cache_name>``."""
         base = os.environ.get(self.cache_env)
         return Path(base) if base else Path.home() / ".cache" / "probe" / self.cache_name
 
@@ -114,11 +115,6 @@ SMALL = ReferenceSpec(
     name="reference", language_model=load_smollm2, language_id=GGUF_FILE, projector_file=PROJECTOR_FILE,
     cache_name="reference-lvlm", cache_env="PROBE_REFERENCE_DIR", training_tasks=("fashion_mnist", "digits"),
 )
-
-
-def default_dir(spec: ReferenceSpec = SMALL) -> Path:
-    """Where an assembled reference model is kept (``PROBE_REFERENCE_DIR`` overrides for the small one)."""
-    return spec.default_dir()
 
 
 def build_processor(tokenizer) -> LlavaProcessor:  # noqa: ANN001

@@ -20,13 +20,14 @@ from transformers import AutoModelForCausalLM
 from probe.evaluation.harness import evaluate, primary_rows, resolve_tasks
 from probe.loading import LoadedModel, load_model, parse_dtype
 from probe.manifest import package_versions, write_json_atomic, write_text_atomic
+from probe.names import REFERENCE_MODELS
 from probe.reference import reference_spec
 from probe.reference.build import GGUF_FILE, projector_digest, smollm2_dir
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="reference", help="reference or reference-large")
+    parser.add_argument("--model", default="reference", choices=REFERENCE_MODELS)
     parser.add_argument("--tasks", default="offline")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--limit", type=int, default=None, help="items per task (default: whole test splits)")
@@ -48,7 +49,7 @@ def main() -> None:
         scores = primary_rows(evaluate(alone, ["quote_completion"]))
         tables.append(scores.assign(model="SmolLM2-135M-Instruct (GGUF, alone)"))
     table = pd.concat(tables, ignore_index=True)
-    table = table[["model", "task", "metric", "score", "stderr", "n", *(["seconds"] if "seconds" in table else [])]]
+    table = table[["model", "task", "metric", "score", "stderr", "n", "seconds"]]
     write_text_atomic(args.out, table.to_csv(index=False))
     write_json_atomic(args.out.with_suffix(".json"), {
         "model": args.model, "dtype": args.dtype, "projector_sha256": projector_digest(spec),
