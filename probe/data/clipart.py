@@ -51,8 +51,7 @@ def unique_pictures(root: Path = ROOT, categories: tuple[str, ...] = CATEGORIES)
             first.setdefault(digest, str(path.relative_to(root)))
     pictures: dict[str, list[str]] = {c: [] for c in categories}
     for digest, where in homes.items():
-        (category,) = where if len(where) == 1 else (None,)
-        if category in pictures:
+        if len(where) == 1 and (category := next(iter(where))) in pictures:
             pictures[category].append(first[digest])
     return pictures
 

@@ -68,7 +68,7 @@ def named_emoji(font: Path = FONT) -> dict[str, str]:
         name = unicodedata.name(char, "")
         if code < 0x2190 or not name or name.startswith(NOT_PICTURES):
             continue
-        if len(render(char, font).getcolors(maxcolors=2) or range(2)) > 1:  # draws more than one colour
+        if render(char, font).getcolors(maxcolors=1) is None:  # more than the white ground: it draws something
             named[char] = name.lower()
     return named
 
