@@ -62,6 +62,17 @@ def manual_logits(loaded, inputs, k, keep):
     return model.lm_head(adapter.final_norm(model)(hidden))[0]
 
 
+def served(loaded, inputs, spec, new_tokens):
+    """(prefill logits, greedy tokens) of the model with the token method ``spec`` attached."""
+    runtime = TokenPruningRuntime(make_pruner(spec), loaded.adapter)
+    with runtime.attached(loaded.model):
+        with runtime.request(inputs["input_ids"], loaded.model.config):
+            logits = loaded.model(**inputs).logits
+        with runtime.request(inputs["input_ids"], loaded.model.config):
+            tokens = loaded.model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False)
+    return logits, tokens
+
+
 def fastv_keep(loaded, inputs, k, ratio):
     """FastV's choice from the model's own eager attention probabilities at layer k-1."""
     eager = copy.deepcopy(loaded.model)
@@ -121,12 +132,7 @@ def test_no_op_token_pruning_equals_the_dense_model(family):
     dense = loaded.model(**inputs).logits
     dense_tokens = loaded.model.generate(**inputs, max_new_tokens=4, do_sample=False)
     for spec in ("fastv(k=1, ratio=0)", "random(k=1, ratio=0)"):
-        runtime = TokenPruningRuntime(make_pruner(spec), loaded.adapter)
-        with runtime.attached(loaded.model):
-            with runtime.request(inputs["input_ids"], loaded.model.config):
-                logits = loaded.model(**inputs).logits
-            with runtime.request(inputs["input_ids"], loaded.model.config):
-                tokens = loaded.model.generate(**inputs, max_new_tokens=4, do_sample=False)
+        logits, tokens = served(loaded, inputs, spec, new_tokens=4)
         assert torch.allclose(logits, dense, atol=1e-5) and torch.equal(tokens, dense_tokens)
 
 
@@ -380,12 +386,7 @@ def test_vitcop_without_pruning_is_the_dense_model(attention):
     dense = loaded.model(**inputs).logits
     dense_tokens = loaded.model.generate(**inputs, max_new_tokens=5, do_sample=False)
     spec = "vitcop(rho=1, shallow=1, deep=2, deep_divisor=1, merge=mean, deep_positions=keep, stage_one=off)"
-    runtime = TokenPruningRuntime(make_pruner(spec), loaded.adapter)
-    with runtime.attached(loaded.model):
-        with runtime.request(inputs["input_ids"], loaded.model.config):
-            ours = loaded.model(**inputs).logits
-        with runtime.request(inputs["input_ids"], loaded.model.config):
-            tokens = loaded.model.generate(**inputs, max_new_tokens=5, do_sample=False)
+    ours, tokens = served(loaded, inputs, spec, new_tokens=5)
     assert torch.allclose(ours, dense, atol=1e-5) and torch.equal(tokens, dense_tokens)
     real = TokenPruningRuntime(make_pruner("vitcop(rho=0.5, shallow=1, deep=2, deep_divisor=2)"), loaded.adapter)
     with real.attached(loaded.model):  # all three stages; decoding runs
