@@ -118,13 +118,15 @@ def test_large_reference_builds_loads_and_prunes_through_the_cli(stand_in, tmp_p
     assert record["mean_sparsity"] == pytest.approx(0.5) and len(record["sparsity"]) == 7 * 2
 
 
-def test_projector_training_resumes_to_the_uninterrupted_result(stand_in, tmp_path, monkeypatch):
+@pytest.mark.parametrize("align_epochs", [0, 2])
+def test_projector_training_resumes_to_the_uninterrupted_result(stand_in, tmp_path, monkeypatch, align_epochs):
     from probe.reference import train
 
     model, processor = build.build_reference(use_shipped_projector=False, spec=stand_in)
     items = digits("train")[:8]
     whole = copy.deepcopy(model)
-    train.train_projector(whole, processor, items, epochs=2, batch_size=2, seed=1, show_progress=False)
+    train.train_projector(whole, processor, items, epochs=2, batch_size=2, seed=1, show_progress=False,
+                          align_epochs=align_epochs)
 
     checkpoint = tmp_path / "state.pt"
     stopped = copy.deepcopy(model)
@@ -140,12 +142,14 @@ def test_projector_training_resumes_to_the_uninterrupted_result(stand_in, tmp_pa
     monkeypatch.setattr(train, "batch_loss", stop_after_five)
     with pytest.raises(KeyboardInterrupt):
         train.train_projector(stopped, processor, items, epochs=2, batch_size=2, seed=1, show_progress=False,
-                              checkpoint=checkpoint, save_every=2)
-    assert len(torch.load(checkpoint, weights_only=False)["losses"]) == 4  # the last save before the stop
+                              checkpoint=checkpoint, save_every=2, align_epochs=align_epochs)
+    saved = torch.load(checkpoint, weights_only=False)
+    assert len(saved["losses"]) == 4  # the last save before the stop
+    assert len(saved["alignment_losses"]) == align_epochs
     monkeypatch.setattr(train, "batch_loss", batch_loss)
     resumed = copy.deepcopy(model)
     summary = train.train_projector(resumed, processor, items, epochs=2, batch_size=2, seed=1, show_progress=False,
-                                    checkpoint=checkpoint, save_every=2)
+                                    checkpoint=checkpoint, save_every=2, align_epochs=align_epochs)
     assert summary["steps"] == 8
     expected, got = whole.model.multi_modal_projector.state_dict(), resumed.model.multi_modal_projector.state_dict()
     assert all(torch.equal(expected[k], got[k]) for k in expected)
@@ -165,3 +169,23 @@ def test_install_keeps_an_intact_file_and_replaces_a_corrupted_one(tmp_path):
     out.write_bytes(b"z" * 600)  # same size, other bytes: joined again, so the missing wheels are asked for
     with pytest.raises(ReferenceModelError, match="piece 1 of 2 is missing"):
         large.install(out, tmp_path / "wheels", split)
+
+
+def test_training_takes_the_models_recipe_unless_told_otherwise(stand_in, tmp_path, monkeypatch):
+    from probe.reference import train
+
+    spec = dataclasses.replace(stand_in, recipe=build.TrainingRecipe(epochs=3, lr=1e-4, align_epochs=7,
+                                                                     dtype="bfloat16"))
+    seen = {}
+
+    def record(model, processor, items, epochs, batch_size, lr, seed, checkpoint=None, align_epochs=0):
+        seen.update(epochs=epochs, lr=lr, align_epochs=align_epochs, dtype=model.lm_head.weight.dtype)
+        return {}
+
+    monkeypatch.setattr(train, "train_projector", record)
+    monkeypatch.setattr(train, "training_items", lambda spec: digits("train")[:2])
+    train.train(spec, out=tmp_path / "p.safetensors")
+    assert seen == {"epochs": 3, "lr": 1e-4, "align_epochs": 7, "dtype": torch.bfloat16}
+    train.train(spec, epochs=1, lr=2e-3, align_epochs=0, dtype=torch.float32, out=tmp_path / "p.safetensors")
+    assert seen == {"epochs": 1, "lr": 2e-3, "align_epochs": 0, "dtype": torch.float32}
+    assert large.LARGE.recipe.align_epochs > 0 and build.SMALL.recipe == build.TrainingRecipe()

@@ -94,6 +94,16 @@ def load_smollm2():  # noqa: ANN201
 
 
 @dataclass(frozen=True)
+class TrainingRecipe:
+    """How a reference's shipped projector was trained (``probe.reference.train``'s defaults for it)."""
+
+    epochs: int = 2
+    lr: float = 2e-3
+    align_epochs: int = 0  # epochs of embedding alignment before the decoder-loss training (alignment.py)
+    dtype: str = "float32"  # the frozen language model's dtype during training
+
+
+@dataclass(frozen=True)
 class ReferenceSpec:
     """What distinguishes one reference LVLM: its language model, projector file and cache folder."""
 
@@ -104,6 +114,7 @@ class ReferenceSpec:
     cache_name: str  # folder under ~/.cache/probe
     cache_env: str  # environment variable that overrides the folder
     training_tasks: tuple[str, ...]  # the offline tasks whose train splits the projector learns from
+    recipe: TrainingRecipe = TrainingRecipe()
 
     def default_dir(self) -> Path:
         """Where the assembled model is kept: ``$cache_env`` or ``~/.cache/probe/<cache_name>``."""

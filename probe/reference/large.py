@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from probe.errors import ProbeError
-from probe.reference.build import ReferenceModelError, ReferenceSpec, load_gguf_language_model
+from probe.reference.build import ReferenceModelError, ReferenceSpec, TrainingRecipe, load_gguf_language_model
 
 GGUF_NAME = "Qwen2.5-Coder-1.5B-Instruct-Q4_K_M.gguf"
 PROJECTOR_FILE = Path(__file__).with_name("projector_large.safetensors")
@@ -147,6 +147,7 @@ LARGE = ReferenceSpec(
     name="reference-large", language_model=load_qwen_coder, language_id=GGUF_NAME, projector_file=PROJECTOR_FILE,
     cache_name="reference-large-lvlm", cache_env="PROBE_REFERENCE_LARGE_DIR",
     training_tasks=("emoji_names", "clipart_category", "opencv_digits"),
+    recipe=TrainingRecipe(epochs=1, lr=5e-4, align_epochs=30, dtype="bfloat16"),
 )
 
 

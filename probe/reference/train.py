@@ -1,15 +1,17 @@
 """Train a reference model's projector on offline tasks' train splits, both networks frozen.
 
-    python -m probe.reference.train [--model reference] [--epochs 2] [--batch-size 8] [--lr 2e-3] [--seed 0]
-    python -m probe.reference.train --model reference-large --epochs 1 --dtype bfloat16 \
-        --checkpoint runs/projector-large.pt      # resumable: run the same command again after a stop
+    python -m probe.reference.train [--model reference]        # the model's own recipe (TrainingRecipe)
+    python -m probe.reference.train --model reference-large --checkpoint runs/projector-large.pt
+                                                               # resumable: run the same command after a stop
 
 The vision tower runs once per image (its features are cached); only the projector gets gradients,
-and the loss covers the answer tokens only. ``--dtype bfloat16`` runs the frozen language model in
-bfloat16 (the projector and its optimizer stay float32), about twice as fast on CPUs with bfloat16
-instructions. ``--checkpoint`` saves the training state every ``--save-every`` steps and resumes from
-it. Deterministic for a seed on a given machine. Writes the spec's projector file
-(``probe/reference/projector.safetensors``, ``projector_large.safetensors``).
+and the loss covers the answer tokens only. ``--align-epochs N`` first pulls the projector's tokens
+towards the embeddings of the answers' words (``probe.reference.alignment``), a warm start that needs
+no pass through the decoder. ``--dtype bfloat16`` runs the frozen language model in bfloat16 (the
+projector and its optimizer stay float32), about twice as fast on CPUs with bfloat16 instructions.
+``--checkpoint`` saves the training state after the alignment and every 10 steps, and resumes
+from it. Flags left out take the model's recipe. Deterministic for a seed on a given machine.
+Writes the spec's projector file (``probe/reference/projector.safetensors``, ``projector_large.safetensors``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from probe.manifest import write_bytes_atomic
 from probe.names import REFERENCE_MODELS
 from probe.progress import progress_bar
 from probe.reference import reference_spec
+from probe.reference.alignment import align_projector, answer_embeddings
 from probe.reference.build import ReferenceModelError, ReferenceSpec, build_reference
 
 
@@ -115,8 +118,12 @@ def train_projector(
     show_progress: bool = True,
     checkpoint: Path | None = None,
     save_every: int = 10,
+    align_epochs: int = 0,
 ) -> dict:
     """Train ``model``'s projector in place from a random start drawn with ``seed``; returns a summary.
+
+    With ``align_epochs``, the projector is first aligned to the answers' embeddings for that many
+    epochs (``probe.reference.alignment``), then trained on the answer tokens' cross-entropy.
 
     With ``checkpoint``, the projector, optimizer, schedule and losses are saved there every
     ``save_every`` steps (atomically), and a run started again with the same arguments continues from
@@ -131,7 +138,8 @@ def train_projector(
     for p in projector.parameters():
         p.requires_grad_(True)
 
-    settings = {"examples": len(items), "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed}
+    settings = {"examples": len(items), "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
+                "align_epochs": align_epochs}
     saved = None
     if checkpoint is not None and checkpoint.is_file():
         saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
@@ -139,6 +147,13 @@ def train_projector(
         raise ReferenceModelError(f"{checkpoint} holds a run with other settings ({saved['settings']}); "
                                   "remove it or pass another --checkpoint")
     examples = prepare_examples(model, processor, items, show_progress=show_progress)
+    alignment_losses: list[float] = []
+    if align_epochs and saved is None:
+        embedding = model.model.language_model.embed_tokens.weight.detach()
+        targets = answer_embeddings([i.answer for i in items], processor.tokenizer, embedding)
+        features = torch.stack([e.features for e in examples])
+        alignment_losses = align_projector(projector, features, targets, align_epochs, seed=seed,
+                                           show_progress=show_progress)
     optimizer = torch.optim.AdamW(projector.parameters(), lr=lr, weight_decay=0.0)
     per_epoch = (len(examples) + batch_size - 1) // batch_size
     steps = epochs * per_epoch
@@ -150,10 +165,20 @@ def train_projector(
         optimizer.load_state_dict(saved["optimizer"])
         schedule.load_state_dict(saved["schedule"])
         losses, seconds = saved["losses"], saved["seconds"]
+        alignment_losses = saved["alignment_losses"]
     image_token_id = model.config.image_token_index
     pad_id = processor.tokenizer.pad_token_id
     order_rng = random.Random(seed)
     started = time.perf_counter() - seconds
+
+    def save() -> None:
+        _save_state(checkpoint, {
+            "settings": settings, "projector": projector.state_dict(), "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(), "losses": losses, "alignment_losses": alignment_losses,
+            "seconds": time.perf_counter() - started})
+
+    if checkpoint is not None and saved is None and align_epochs:
+        save()  # a stop after this point does not redo the alignment
     model.train()
     with progress_bar("projector", steps, show_progress) as bar:
         bar.advance(len(losses))
@@ -172,15 +197,15 @@ def train_projector(
                 losses.append(loss.item())
                 bar.advance()
                 if checkpoint is not None and (len(losses) % save_every == 0 or len(losses) == steps):
-                    _save_state(checkpoint, {
-                        "settings": settings, "projector": projector.state_dict(), "optimizer": optimizer.state_dict(),
-                        "schedule": schedule.state_dict(), "losses": losses,
-                        "seconds": time.perf_counter() - started})
+                    save()
     model.eval()
     for p in projector.parameters():
         p.requires_grad_(False)
-    return {**settings, "steps": steps, "seconds": time.perf_counter() - started, "first_loss": losses[0],
-            "last_loss": sum(losses[-10:]) / min(10, len(losses))}
+    summary = {**settings, "steps": steps, "seconds": time.perf_counter() - started, "first_loss": losses[0],
+               "last_loss": sum(losses[-10:]) / min(10, len(losses))}
+    if alignment_losses:
+        summary["alignment_loss"] = [alignment_losses[0], alignment_losses[-1]]
+    return summary
 
 
 def training_items(spec: ReferenceSpec) -> list[VQAItem]:
@@ -193,16 +218,23 @@ def training_items(spec: ReferenceSpec) -> list[VQAItem]:
 
 
 def train(
-    spec: ReferenceSpec, epochs: int = 2, batch_size: int = 8, lr: float = 2e-3, seed: int = 0,
-    out: Path | None = None, dtype: torch.dtype = torch.float32, checkpoint: Path | None = None,
+    spec: ReferenceSpec, epochs: int | None = None, batch_size: int = 8, lr: float | None = None, seed: int = 0,
+    out: Path | None = None, dtype: torch.dtype | None = None, checkpoint: Path | None = None,
+    align_epochs: int | None = None,
 ) -> dict:
     """Build ``spec``'s model, train its projector on the training tasks' train splits, save it to ``out``
-    (default: the spec's projector file)."""
+    (default: the spec's projector file). Settings left as None take ``spec.recipe``'s."""
+    recipe = spec.recipe
+    epochs = recipe.epochs if epochs is None else epochs
+    lr = recipe.lr if lr is None else lr
+    dtype = parse_dtype(recipe.dtype) if dtype is None else dtype
+    align_epochs = recipe.align_epochs if align_epochs is None else align_epochs
     items = training_items(spec)
     model, processor = build_reference(use_shipped_projector=False, seed=seed, spec=spec)
     model.model.language_model.to(dtype)
     model.lm_head.to(dtype)
-    summary = train_projector(model, processor, items, epochs, batch_size, lr, seed, checkpoint=checkpoint)
+    summary = train_projector(model, processor, items, epochs, batch_size, lr, seed, checkpoint=checkpoint,
+                              align_epochs=align_epochs)
     state = {k: v.detach().float().contiguous() for k, v in model.model.multi_modal_projector.state_dict().items()}
     write_bytes_atomic(out or spec.projector_file, safetensors_bytes(state))
     return {**summary, "dtype": str(dtype).removeprefix("torch.")}
@@ -211,16 +243,17 @@ def train(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="reference", choices=REFERENCE_MODELS)
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=None, help="decoder-loss epochs")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--lr", type=float, default=None, help="peak learning rate of the decoder-loss training")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dtype", default="float32", help="the frozen language model's dtype during training")
+    parser.add_argument("--dtype", default=None, help="the frozen language model's dtype during training")
+    parser.add_argument("--align-epochs", type=int, default=None, help="embedding-alignment epochs run first")
     parser.add_argument("--checkpoint", type=Path, default=None, help="training state file, saved and resumed")
     parser.add_argument("--out", type=Path, default=None, help="projector file (default: the model's shipped one)")
     args = parser.parse_args()
     summary = train(reference_spec(args.model), args.epochs, args.batch_size, args.lr, args.seed, args.out,
-                    parse_dtype(args.dtype), args.checkpoint)
+                    parse_dtype(args.dtype) if args.dtype else None, args.checkpoint, args.align_epochs)
     print(summary)
 
 
