@@ -1,7 +1,5 @@
 """Embedding alignment, the projector's warm start: targets, loss and training checked by hand."""
 
-import math
-
 import pytest
 import torch
 
@@ -57,7 +55,6 @@ def test_aligned_projector_places_new_images_near_their_class_target():
     for c in range(classes):
         norms = pooled[fresh == c].norm(dim=-1)
         assert torch.allclose(norms, torch.full_like(norms, class_targets[c].norm().item()), rtol=0.2)
-    assert not math.isnan(losses[-1])
 
 
 def test_alignment_is_deterministic_for_a_seed_and_refuses_mismatched_targets():
