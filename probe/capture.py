@@ -82,7 +82,7 @@ def _recording(layers: nn.ModuleList, calls: list[BlockCall], first_input: list[
                     rows = diff.abs().amax(dim=-1).nonzero().flatten()
                     if rows.numel():
                         calls[-1].injection = (rows, diff[rows].clone())
-            kwargs = {k: v for k, v in kwargs.items() if k not in ("past_key_values", "use_cache")}
+            kwargs = {k: v for k, v in kwargs.items() if k not in ("past_key_values", "cache", "use_cache")}
             calls.append(BlockCall(args=args, kwargs=kwargs))
             if index == len(layers) - 1:
                 raise _CaptureComplete
