@@ -1,7 +1,7 @@
 """Multiple-choice scoring, side by side in one run on one model: every option as its own full forward
-(context + option) against the shared context run once and each option continued from its cache (what the
-``probe`` model class does for the options of one item). Prints seconds per item for both, the ratio, and
-the largest difference between the two scores (float noise only).
+(context + option) against the shared context run once and the options continued from its cache as one
+batch (what the ``probe`` model class does for the options of one item). Prints seconds per item for
+both, the ratio, and the largest difference between the two scores (float noise only).
 
     python bench/bench_options.py [MODEL] [--task opencv_digits] [--items 20] [--dtype float32]
 """
@@ -39,8 +39,8 @@ def main() -> None:
     difference = max(abs(a - b) for row_a, row_b in zip(separate, shared) for a, b in zip(row_a, row_b))
     options = sum(len(c) for _, c, _ in requests) / len(requests)
     print(f"{args.model} ({args.dtype}), {args.task}: {len(requests)} items, {options:.1f} options each")
-    print(f"  one forward per option:  {separate_seconds:.3f} s per item")
-    print(f"  shared context + cache:  {shared_seconds:.3f} s per item")
+    print(f"  one forward per option:           {separate_seconds:.3f} s per item")
+    print(f"  shared context, options batched:  {shared_seconds:.3f} s per item")
     print(f"  speed-up: {separate_seconds / shared_seconds:.2f}x; largest score difference {difference:.2e}")
 
 

@@ -25,7 +25,7 @@ Log-likelihoods then read the logits of the last positions, which are all text.
 from __future__ import annotations
 
 import contextlib
-import copy
+import inspect
 from collections.abc import Iterator
 from typing import Any
 
@@ -47,6 +47,12 @@ LOGLIKELIHOOD_REDUCTIONS = ("sum", "mean")
 
 class UnsupportedRequestError(ProbeError):
     """A request the probe wrapper cannot serve (e.g. video input) or a setting it does not know."""
+
+
+def _cache_keyword(model: torch.nn.Module) -> str:
+    """The keyword by which ``model``'s forward takes a KV cache: ``cache`` from transformers 5.25 on,
+    ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 @register_model("probe")
@@ -243,28 +249,30 @@ class ProbeLVLM(lmms):
         self, context: str, continuations: list[str], images: list[Image.Image] | None = None, reduction: str = "sum"
     ) -> list[tuple[float, bool]]:
         """:meth:`continuation_loglikelihood` of each continuation after one shared ``context``: the
-        tokens all of them share run once with their images, then each continuation's remaining tokens
-        run from a copy of that cache."""
+        tokens all of them share run once with their images, then the continuations' remaining tokens run
+        together as one batch from that cache (each row padded at its end, which causal attention hides
+        from the row's own tokens)."""
         prepared = [self._scored_positions(context, c, images or []) for c in continuations]
         shared = min(start for _, _, start in prepared)
         first_ids = prepared[0][1]
         length = len(first_ids)
+        if any(ids[:shared] != first_ids[:shared] for _, ids, _ in prepared):
+            raise UnsupportedRequestError("options of one item do not share their context's tokens")
         # every per-token tensor (ids, mask, token types) cut to the shared tokens; images stay whole
         inputs = {k: v[:, :shared] if isinstance(v, torch.Tensor) and not k.startswith("pixel")
                   and v.shape[:2] == (1, length) else v for k, v in prepared[0][0].items()}
         out = self._model(**inputs, use_cache=True, logits_to_keep=1)  # only the last position's logits
-        cache, last = out.past_key_values, out.logits[0, -1].float()
+        cache, last = out["cache" if "cache" in out else "past_key_values"], out.logits[0, -1].float()
+        rests = [ids[shared:] for _, ids, _ in prepared]
+        width = max(len(rest) for rest in rests)
+        batch = torch.tensor([rest + rest[-1:] * (width - len(rest)) for rest in rests], device=self._device)
+        cache.batch_repeat_interleave(len(rests))
+        logits = self._model(input_ids=batch, **{_cache_keyword(self._model): cache}, use_cache=True,
+                             cache_position=torch.arange(shared, shared + width, device=self._device)).logits
         scored = []
-        for _, ids, start in prepared:
-            if ids[:shared] != first_ids[:shared]:
-                raise UnsupportedRequestError("options of one item do not share their context's tokens")
-            rest = torch.tensor([ids[shared:]], device=self._device)
-            positions = torch.arange(shared, len(ids), device=self._device)
-            # each option continues from its own copy (sliding-window caches cannot be cut back)
-            logits = self._model(input_ids=rest, past_key_values=copy.deepcopy(cache), use_cache=True,
-                                 cache_position=positions).logits[0].float()
+        for row, (_, ids, start) in enumerate(prepared):
             # logits predicting ids[shared], ids[shared + 1], ..., ids[-1]
-            predicting = torch.cat([last[None], logits[:-1]])
+            predicting = torch.cat([last[None], logits[row, : len(ids) - shared - 1].float()])
             logprobs = torch.log_softmax(predicting[start - shared:], dim=-1)
             scored.append(self._reduce(logprobs, ids[start:], reduction))
         return scored
