@@ -247,11 +247,12 @@ def setting_label(setting: str | float) -> str:
 
 
 def cells(config: GridConfig) -> list[Cell]:
-    """The dense cell first, then the grid's pruned cells."""
+    """The dense cell first, then the grid's pruned cells column by column: every row of a setting (table2)
+    or sparsity (table1) before the next, so a grid stopped part-way leaves whole columns to compare."""
     if config.grid == "table2":
         pruned = []
         for tokens in config.token_methods:
-            for method, setting in itertools.product(config.methods, config.settings):
+            for setting, method in itertools.product(config.settings, config.methods):
                 sparsity, pattern = parse_setting(setting)
                 entry = method_entry(method)
                 if tokens == "none" and entry.axes()["tokens"] == "kept":
@@ -263,7 +264,7 @@ def cells(config: GridConfig) -> list[Cell]:
         return [Cell(), *token_only, *pruned]
     else:
         pruned = [Cell(p, q, s, config.method, setting_label(s))
-                  for p, q, s in itertools.product(config.pathways, config.pools, config.sparsities)]
+                  for s, p, q in itertools.product(config.sparsities, config.pathways, config.pools)]
     return [Cell(), *pruned]
 
 

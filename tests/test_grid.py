@@ -30,6 +30,13 @@ def test_grid_runs_every_cell_once_and_resumes(tmp_path, monkeypatch):
     assert calls == [] and again.equals(results)
 
 
+def test_sensitivity_cells_run_one_sparsity_column_at_a_time(tmp_path):
+    config = small_config(tmp_path, sparsities=[0.5, 0.6])
+    assert [c.cell_id for c in cells(config)] == [
+        "dense", "text/text/0.5", "text/visual/0.5", "visual/text/0.5", "visual/visual/0.5",
+        "text/text/0.6", "text/visual/0.6", "visual/text/0.6", "visual/visual/0.6"]
+
+
 def test_a_killed_grid_keeps_finished_cells(tmp_path, monkeypatch):
     config = small_config(tmp_path, pathways=["visual"])
     real = grid_module.evaluate_with_items
@@ -92,8 +99,8 @@ def test_method_grid_prunes_every_method_and_setting(tmp_path):
     config = small_config(tmp_path, grid="table2", methods=["magnitude", "atv", "tamp"], settings=["0.5", "2:4"],
                           tasks="digits")
     results = run_grid(config, show_progress=False)
-    assert list(results.cell) == ["dense", "magnitude/50%", "magnitude/2:4", "atv/50%", "atv/2:4", "tamp/50%",
-                                  "tamp/2:4"]
+    assert list(results.cell) == ["dense", "magnitude/50%", "atv/50%", "tamp/50%", "magnitude/2:4", "atv/2:4",
+                                  "tamp/2:4"]  # column by column
     from analysis.results import load_cell_records
 
     records = load_cell_records(tmp_path / "grid")
