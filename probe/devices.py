@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import torch
 
 from probe.errors import DeviceError
+
+log = logging.getLogger(__name__)
+
+# CPU flags (Linux /proc/cpuinfo) with which a half-precision matrix product runs in hardware
+HALF_PRECISION_FLAGS = {torch.bfloat16: ("avx512_bf16", "amx_bf16"), torch.float16: ("avx512_fp16", "amx_fp16")}
 
 
 def check_device(name: str | torch.device) -> torch.device:
@@ -26,3 +34,30 @@ def check_device(name: str | torch.device) -> torch.device:
     if device.type == "mps" and torch.backends.mps.is_available():
         return device
     raise DeviceError(f"device {str(name)!r} is not available here; use cpu or cuda")
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str] | None:
+    """The instruction-set flags of this machine's CPU, or None where the system does not list them."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return None
+    return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+
+
+def slow_dtype_warning(device: str | torch.device, dtype: torch.dtype, flags: set[str] | None) -> str | None:
+    """A warning when ``dtype`` is a half precision that this CPU (its ``flags``) can only emulate, which
+    makes every matrix product many times slower than float32; None otherwise or when the flags are unknown."""
+    wanted = HALF_PRECISION_FLAGS.get(dtype)
+    if torch.device(device).type != "cpu" or wanted is None or flags is None or flags & set(wanted):
+        return None
+    name = str(dtype).removeprefix("torch.")
+    return (f"{name} on this CPU (no {' or '.join(wanted)}) is emulated and many times slower than float32; "
+            "choose --dtype float32 here")
+
+
+def warn_if_slow_dtype(device: str | torch.device, dtype: torch.dtype) -> None:
+    """Log :func:`slow_dtype_warning` for this machine."""
+    message = slow_dtype_warning(device, dtype, cpu_flags())
+    if message:
+        log.warning(message)

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForImageTextToText
 
-from probe.devices import check_device
+from probe.devices import check_device, warn_if_slow_dtype
 from probe.errors import ProbeError
 from probe.models import Adapter, get_adapter
 from probe.models.compat import load_processor
@@ -59,6 +59,7 @@ def load_model(
     calibration and evaluation.
     """
     check_device(device)
+    warn_if_slow_dtype(device, dtype)
     loaded = _load(ref, dtype, device)
     if max_pixels is not None:
         loaded.adapter.set_max_pixels(loaded.processor, max_pixels)

@@ -35,6 +35,33 @@ def test_devices_this_machine_lacks(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def test_half_precision_on_a_cpu_that_emulates_it_is_warned_about(tmp_path, monkeypatch, caplog):
+    import torch
+
+    from probe import devices
+    from probe.loading import load_model
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n\nprocessor\t: 1\nflags\t\t: fpu sse2 avx2 fma\n")
+    assert devices.cpu_flags(cpuinfo) == {"fpu", "sse2", "avx2", "fma"}
+    assert devices.cpu_flags(tmp_path / "absent") is None
+    avx2, bf16 = {"avx2", "fma"}, {"avx2", "avx512_bf16"}
+    warning = devices.slow_dtype_warning("cpu", torch.bfloat16, avx2)
+    assert "bfloat16 on this CPU (no avx512_bf16 or amx_bf16)" in warning
+    assert "float16" in devices.slow_dtype_warning("cpu", torch.float16, bf16)
+    assert devices.slow_dtype_warning("cpu", torch.bfloat16, bf16) is None
+    assert devices.slow_dtype_warning("cpu", torch.bfloat16, {"amx_bf16"}) is None
+    assert devices.slow_dtype_warning("cpu", torch.float32, avx2) is None
+    assert devices.slow_dtype_warning("cuda", torch.bfloat16, avx2) is None
+    assert devices.slow_dtype_warning("cpu", torch.bfloat16, None) is None
+
+    monkeypatch.setattr(devices, "cpu_flags", lambda: avx2)
+    with caplog.at_level("WARNING", logger="probe.devices"):
+        load_model("tiny:llava", dtype=torch.bfloat16)
+        load_model("tiny:llava")
+    assert [r.getMessage().split(" on ")[0] for r in caplog.records] == ["bfloat16"]
+
+
 def test_output_folders_that_cannot_be_written(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "a-file").write_text("x")
