@@ -1,11 +1,15 @@
-"""Progress bars for long loops (rich), silent when disabled."""
+"""Progress bars for long loops (rich in a terminal, a line per tenth of the work in a log file), silent
+when disabled."""
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
 import os
+import sys
+import time
 from collections.abc import Iterator
+from typing import TextIO
 
 from rich import get_console
 from rich.console import Console
@@ -28,11 +32,36 @@ def _console() -> Console | None:
     return None
 
 
+class LogLines:
+    """Progress written as plain lines for a log file: one line each time another tenth of ``total`` is done."""
+
+    def __init__(self, description: str, total: int, stream: TextIO | None = None) -> None:
+        self.description, self.total, self.done = description, total, 0
+        self._stream = stream
+        self._tenths_reported = 0
+        self._started = time.monotonic()
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        tenths = min(10, self.done * 10 // self.total) if self.total > 0 else 0
+        if tenths > self._tenths_reported:
+            self._tenths_reported = tenths
+            minutes, seconds = divmod(int(time.monotonic() - self._started), 60)
+            stream = self._stream or sys.stderr
+            print(f"{self.description}: {self.done}/{self.total} ({self.done / self.total:.0%}), "
+                  f"{minutes}:{seconds:02d} elapsed", file=stream, flush=True)
+
+
 @contextlib.contextmanager
-def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator[_Bar]:
-    """A bar with ``total`` steps; ``advance()`` it once per step."""
+def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator[_Bar | LogLines]:
+    """A bar with ``total`` steps; ``advance()`` it once per step. Where the output is not a terminal (a
+    background run writing to a log, a cluster job), progress comes as :class:`LogLines`."""
     if not enabled:
         yield _Bar(None, None)
+        return
+    console = get_console()
+    if not console.is_terminal and not console.is_jupyter:
+        yield LogLines(description, total)
         return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, transient=False, console=_console()) as progress:

@@ -123,3 +123,21 @@ def test_quick_and_default_grids_never_write_into_stored_results(tmp_path, monke
     from probe.grid import GridConfig
 
     assert GridConfig().out == "runs/grid/table1" and GridConfig(grid="table2").out == "runs/grid/table2"
+
+
+def test_progress_in_a_log_file_is_a_line_per_tenth_of_the_work():
+    import io
+
+    from probe.progress import LogLines
+
+    stream = io.StringIO()
+    lines = LogLines("scoring", 25, stream=stream)
+    for _ in range(12):
+        lines.advance()
+    lines.advance(13)
+    done = [line.split(",")[0] for line in stream.getvalue().splitlines()]
+    # a tenth of 25 is 2.5 steps: the first four tenths are passed at steps 3, 5, 8 and 10; step 12 (4.8
+    # tenths) passes none; the jump to 25 passes the rest at once
+    assert done == ["scoring: 3/25 (12%)", "scoring: 5/25 (20%)", "scoring: 8/25 (32%)", "scoring: 10/25 (40%)",
+                    "scoring: 25/25 (100%)"]
+    assert all(line.endswith("elapsed") for line in stream.getvalue().splitlines())
