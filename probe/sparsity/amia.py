@@ -28,6 +28,7 @@ MMD_SCALE = 0.1
 def modality_similarities(unit: torch.Tensor, visual: torch.Tensor) -> tuple[float, float, float]:
     """Mean cosine similarity of unit rows: visual-visual and text-text (each over the distinct pairs with a
     positive similarity) and visual-text (over all pairs); 0 where a modality has no such pair."""
+    unit = unit.detach()  # statistics only: no gradient flows through them
     v, t = unit[visual], unit[~visual]
 
     def positive_pairs_mean(x: torch.Tensor) -> float:
