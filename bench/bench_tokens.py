@@ -25,6 +25,7 @@ from probe.engine import PruneConfig, prune
 from probe.evaluation.wrapper import ProbeLVLM
 from probe.flops import count_flops, image_request
 from probe.loading import LoadedModel, load_model, parse_dtype
+from probe.models.compat import returned_cache
 from probe.token_pruning.base import make_pruner
 from probe.token_pruning.schedule import with_token_schedule
 
@@ -66,7 +67,7 @@ def measure(loaded: LoadedModel, inputs: dict, token_pruning: str | None, new_to
     prefill = _median_seconds(served(lambda x: model(**x, use_cache=True)), device, repeats)
     generate = _median_seconds(served(lambda x: model.generate(**x, max_new_tokens=new_tokens, do_sample=False,
                                                                min_new_tokens=new_tokens)), device, repeats)
-    cache = served(lambda x: model(**x, use_cache=True).past_key_values)()
+    cache = served(lambda x: returned_cache(model(**x, use_cache=True)))()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         served(lambda x: model.generate(**x, max_new_tokens=new_tokens, do_sample=False))()

@@ -128,8 +128,10 @@ def test_quick_and_default_grids_never_write_into_stored_results(tmp_path, monke
 def test_progress_in_a_log_file_is_a_line_per_tenth_of_the_work():
     import io
 
-    from probe.progress import LogLines
+    from probe.progress import LogLines, progress_bar
 
+    with progress_bar("scoring", 25) as bar:  # under pytest the output is not a terminal
+        assert isinstance(bar, LogLines)
     stream = io.StringIO()
     lines = LogLines("scoring", 25, stream=stream)
     for _ in range(12):

@@ -401,13 +401,14 @@ def test_vitcop_without_pruning_is_the_dense_model(attention):
 @torch.no_grad()
 def test_key_saliency_is_the_same_before_and_after_rope():
     """The head-mean key norm from k_proj's output equals the one from the cache's rotated keys."""
+    from probe.models.compat import returned_cache
     from probe.sparsity.vitcop import key_saliency
 
     loaded, inputs = request("qwen2_vl")
     layer = loaded.adapter.decoder_layers(loaded.model)[0]
     seen = {}
     handle = layer.self_attn.k_proj.register_forward_hook(lambda m, i, o: seen.update(keys=o[0]))
-    cache = loaded.model(**inputs, use_cache=True).past_key_values
+    cache = returned_cache(loaded.model(**inputs, use_cache=True))
     handle.remove()
     from_hook = key_saliency(seen["keys"].reshape(seen["keys"].shape[0], -1, layer.self_attn.head_dim))
     from_cache = key_saliency(cache.layers[0].keys[0].transpose(0, 1))

@@ -25,7 +25,6 @@ Log-likelihoods then read the logits of the last positions, which are all text.
 from __future__ import annotations
 
 import contextlib
-import inspect
 from collections.abc import Iterator
 from typing import Any
 
@@ -38,6 +37,7 @@ from PIL import Image
 from probe.capture import move
 from probe.errors import ProbeError
 from probe.loading import LoadedModel, load_model, parse_dtype
+from probe.models.compat import cache_keyword, returned_cache
 from probe.progress import progress_bar
 from probe.vision_cache import VisionFeatureCache
 
@@ -47,12 +47,6 @@ LOGLIKELIHOOD_REDUCTIONS = ("sum", "mean")
 
 class UnsupportedRequestError(ProbeError):
     """A request the probe wrapper cannot serve (e.g. video input) or a setting it does not know."""
-
-
-def _cache_keyword(model: torch.nn.Module) -> str:
-    """The keyword by which ``model``'s forward takes a KV cache: ``cache`` from transformers 5.25 on,
-    ``past_key_values`` before."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 @register_model("probe")
@@ -262,12 +256,12 @@ class ProbeLVLM(lmms):
         inputs = {k: v[:, :shared] if isinstance(v, torch.Tensor) and not k.startswith("pixel")
                   and v.shape[:2] == (1, length) else v for k, v in prepared[0][0].items()}
         out = self._model(**inputs, use_cache=True, logits_to_keep=1)  # only the last position's logits
-        cache, last = out["cache" if "cache" in out else "past_key_values"], out.logits[0, -1].float()
+        cache, last = returned_cache(out), out.logits[0, -1].float()
         rests = [ids[shared:] for _, ids, _ in prepared]
         width = max(len(rest) for rest in rests)
         batch = torch.tensor([rest + rest[-1:] * (width - len(rest)) for rest in rests], device=self._device)
         cache.batch_repeat_interleave(len(rests))
-        logits = self._model(input_ids=batch, **{_cache_keyword(self._model): cache}, use_cache=True,
+        logits = self._model(input_ids=batch, **{cache_keyword(self._model): cache}, use_cache=True,
                              cache_position=torch.arange(shared, shared + width, device=self._device)).logits
         scored = []
         for row, (_, ids, start) in enumerate(prepared):

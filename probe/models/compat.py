@@ -1,12 +1,15 @@
-"""Compatibility helpers for transformers installs without torchvision."""
+"""Compatibility helpers: transformers installs without torchvision, and the KV-cache names that changed
+across transformers 5 releases."""
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import torch
 from transformers import processing_utils
 
 
@@ -103,3 +106,14 @@ def load_processor(ref: str):  # noqa: ANN201
             chat_template=template,
             **kwargs,
         )
+
+
+def cache_keyword(model: torch.nn.Module) -> str:
+    """The keyword by which ``model``'s forward takes a KV cache: ``cache`` from transformers 5.25 on,
+    ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def returned_cache(output):  # noqa: ANN001, ANN201
+    """The KV cache a forward with ``use_cache=True`` returned, under either name."""
+    return output["cache" if "cache" in output else "past_key_values"]
