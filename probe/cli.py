@@ -208,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="results folder (overrides the config; None: the config's, or runs/grid/<grid>)")
     p.add_argument("--log-samples", action="store_true",
                    help="also write what the model answered for every item, per cell, to OUT/samples/")
+    p.add_argument("--cells", type=_cell_list, default=None, metavar="CELL[,CELL...]",
+                   help="run only these cells now, in this order (ids as in results.csv, e.g. dense,wanda/50%%); "
+                        "a later run without --cells does the rest")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     cluster = p.add_argument_group("cells as cluster jobs (--executor slurm or ray; the config's cluster: mapping "
                                    "sets the same resources, these flags override it)")
@@ -417,12 +420,20 @@ def cmd_grid(args: argparse.Namespace) -> int:
     try:
         with quiet_libraries(args.no_progress):
             results = run_grid(config, show_progress=not args.no_progress, log_samples=args.log_samples,
-                               executor=executor)
+                               executor=executor, only=args.cells)
     except KeyboardInterrupt:
         raise RunInterrupted(f"interrupted: finished cells are kept in {Path(config.out) / 'results.csv'}; "
                              "run the same command again to resume") from None
     print(write_grid_table(results, Path(config.out), config.grid, config.model, config.name or None))
     return 0
+
+
+def _cell_list(text: str) -> list[str]:
+    """``--cells``: comma-separated cell ids."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("name at least one cell, e.g. wanda/50%")
+    return names
 
 
 def _executor(args: argparse.Namespace, config):  # noqa: ANN001, ANN202

@@ -20,6 +20,7 @@ import itertools
 import json
 import re
 import typing
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -357,10 +358,30 @@ class GridPlan:
         return Path(self.config.out)
 
 
-def plan_grid(config: GridConfig) -> GridPlan:
+def select_cells(planned: list[Cell], only: Sequence[str]) -> list[Cell]:
+    """The cells of ``planned`` named in ``only`` (cell ids as in ``results.csv``), in the order named."""
+    by_id = {c.cell_id: c for c in planned}
+    unknown = [name for name in only if name not in by_id]
+    if unknown:
+        raise GridConfigError(f"no cell {', '.join(map(repr, unknown))} in this grid; its cells are "
+                              f"{', '.join(by_id)}")
+    chosen = list(dict.fromkeys(only))
+    for name in chosen:
+        cell = by_id[name]
+        earlier = f"atv/{cell.setting}"
+        if needs_earlier_cell(cell) and earlier not in chosen:
+            raise GridConfigError(f"{name} keeps as many visual tokens as the cell {earlier!r}: name that cell too")
+    return [by_id[name] for name in chosen]
+
+
+def plan_grid(config: GridConfig, only: Sequence[str] | None = None) -> GridPlan:
     """Check everything a grid needs (device, tasks, calibration, an output folder made with the same
-    settings) and write its manifest; the cells without rows in ``results.csv`` are still to run."""
+    settings) and write its manifest; the cells without rows in ``results.csv`` are still to run (with
+    ``only``, just those of the named cells, in the order named)."""
     out = Path(config.out)
+    planned = cells(config)
+    if only:
+        planned = select_cells(planned, only)
     check_device(config.device)
     tasks = resolve_tasks(config.tasks)
     selected = select(config.calibration())  # all data checks before any model work
@@ -370,7 +391,7 @@ def plan_grid(config: GridConfig) -> GridPlan:
     write_json_atomic(out / "manifest.json", {"config": asdict(config), "tasks": tasks,
                                               "calibration_ids": calibration_ids,
                                               "versions": package_versions()})
-    return GridPlan(config, tasks, selected, [c for c in cells(config) if c.cell_id not in done])
+    return GridPlan(config, tasks, selected, [c for c in planned if c.cell_id not in done])
 
 
 def finished_cells(out: Path) -> set[str]:
@@ -513,16 +534,18 @@ def finish_grid(config: GridConfig) -> pd.DataFrame:
 
 
 def run_grid(config: GridConfig, show_progress: bool = True, log_samples: bool = False,
-             executor: CellExecutor | None = None) -> pd.DataFrame:
-    """Run (or resume) the grid; returns the results frame (one row per cell and task). With
-    ``log_samples``, what the model answered for every item goes to ``samples/<cell>.jsonl``.
+             executor: CellExecutor | None = None, only: Sequence[str] | None = None) -> pd.DataFrame:
+    """Run (or resume) the grid; returns the results frame (one row per finished cell and task). With
+    ``log_samples``, what the model answered for every item goes to ``samples/<cell>.jsonl``; with
+    ``only`` (cell ids such as ``wanda/50%``), just those cells run now, in that order, and a later run
+    without it does the rest.
 
     ``executor`` runs the cells (default: one after another in this process, sharing one loaded model
     and calibration capture); :mod:`probe.executors` runs them as SLURM jobs or Ray tasks. Cells that
     depend on another (fixed-budget ATV cells) run after the others. A failed cell is reported in
     :class:`GridRunError` after every other cell had its turn.
     """
-    plan = plan_grid(config)
+    plan = plan_grid(config, only)
     if plan.todo:
         executor = executor or InProcessExecutor()
         failures = []

@@ -65,6 +65,11 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys):
             main(argv + ["--out", str(tmp_path / "o")])
         assert exit_info.value.code == 2 and "invalid choice" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+    assert main(["grid", "--quick", "--cells", "wanda/50%", "--out", str(tmp_path / "g"), "--no-progress"]) == 2
+    assert "no cell 'wanda/50%' in this grid; its cells are dense, text/text/0.5" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["grid", "--quick", "--cells", ",", "--out", str(tmp_path / "g")])
+    assert "name at least one cell" in capsys.readouterr().err
 
 
 def test_cli_answers_fast_without_loading_torch():

@@ -57,6 +57,22 @@ def test_a_killed_grid_keeps_finished_cells(tmp_path, monkeypatch):
     assert len(run_grid(config, show_progress=False)) == 6
 
 
+def test_named_cells_run_first_in_the_order_named_and_a_later_run_does_the_rest(tmp_path, monkeypatch):
+    config = small_config(tmp_path, grid="table2", tasks="digits", settings=["0.5"],
+                          methods=["magnitude", "wanda", "atv", "atv(budget=fixed)"])
+    monkeypatch.setattr(grid_module, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
+    for only, match in ((["wanda/60%"], r"no cell 'wanda/60%'.*dense, magnitude/50%, wanda/50%"),
+                        (["atv(budget=fixed)/50%"], r"'atv/50%': name that cell too")):
+        with pytest.raises(GridConfigError, match=match):  # refused before the model loads
+            run_grid(config, show_progress=False, only=only)
+    monkeypatch.undo()
+
+    first = run_grid(config, show_progress=False, only=["atv/50%", "wanda/50%", "atv/50%"])
+    assert list(first.cell) == ["atv/50%", "wanda/50%"]
+    rest = run_grid(config, show_progress=False)
+    assert list(rest.cell) == ["atv/50%", "wanda/50%", "dense", "magnitude/50%", "atv(budget=fixed)/50%"]
+
+
 def test_bad_grid_settings(tmp_path):
     with pytest.raises(GridConfigError, match="pathway"):
         GridConfig(pathways=["audio"])
