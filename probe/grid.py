@@ -18,6 +18,7 @@ import copy
 import io
 import itertools
 import json
+import logging
 import re
 import typing
 from collections.abc import Sequence
@@ -38,7 +39,7 @@ from probe.data.calibration import CalibrationSpec, select
 from probe.devices import check_device
 from probe.engine import PruneConfig, prune
 from probe.errors import ProbeError
-from probe.evaluation.harness import evaluate_with_items, primary_rows, resolve_tasks
+from probe.evaluation.harness import evaluate_with_items, primary_rows, resolve_tasks, token_records_path
 from probe.loading import LoadedModel, load_model, parse_dtype
 from probe.manifest import package_versions, write_json_atomic, write_text_atomic
 from probe.method_spec import MethodEntry, method_entry
@@ -46,12 +47,14 @@ from probe.mot import PATHWAYS, prune_pathway, to_mot
 from probe.names import GRIDS, MODALITY_POOLS
 from probe.record import RunRecord, kept_visual_total
 from probe.sparsity.masks import mask_iou, parse_pattern
+from probe.task_checkpoint import TaskCheckpoint, weights_fingerprint
 from probe.token_pruning.base import make_pruner
 from probe.token_pruning.schedule import with_token_schedule
 from probe.vision_cache import VisionFeatureCache
 
 QUICK = {"nsamples": 8, "limit": 5, "sparsities": [0.5], "settings": ["0.5"]}
 IOU_POOLS = ("text", "visual")  # Fig. 1b compares the masks of these two pools
+log = logging.getLogger(__name__)
 RUN_ONLY = ("out", "cluster")  # settings that say where and how a grid runs, not what it computes
 
 
@@ -463,12 +466,7 @@ def run_cell(ctx: GridContext, cell: Cell, show_progress: bool = True, log_sampl
                                        calibration={"sample_ids": [s.sample_id for s in ctx.captured]})
     else:
         record = RunRecord(settings={}, method="dense", model=config.model, context=context)
-    samples_out = cell_path(out, cell.cell_id, "samples", ".jsonl") if log_samples else None
-    scores, items = evaluate_with_items(LoadedModel(model, base.processor, base.adapter, base.ref), ctx.tasks,
-                                        config.limit, show_progress=show_progress,
-                                        vision_cache=ctx.cache if cell.token_pruning == "none" else None,
-                                        seed=config.seed, loglikelihood=config.loglikelihood, samples_out=samples_out,
-                                        token_pruning=None if cell.token_pruning == "none" else cell.token_pruning)
+    scores, items, checkpoint = _evaluate_cell(ctx, cell, model, show_progress, log_samples)
     settings = {"cell": cell.cell_id, "pathway": cell.pathway, "pool": cell.pool, "sparsity": cell.sparsity,
                 "method": cell.method, "setting": cell.setting, "model": config.model,
                 "nsamples": config.nsamples, "seed": config.seed, "limit": config.limit,
@@ -481,7 +479,38 @@ def run_cell(ctx: GridContext, cell: Cell, show_progress: bool = True, log_sampl
     write_text_atomic(cell_path(out, cell.cell_id, "items", ".csv"),
                       primary.assign(cell=cell.cell_id)[["cell", "task", "doc_id", "value"]].to_csv(index=False))
     record.write(cell_path(out, cell.cell_id))
-    return append_cell_rows(out / "results.csv", cell.cell_id, rows)
+    appended = append_cell_rows(out / "results.csv", cell.cell_id, rows)
+    checkpoint.clear()
+    return appended
+
+
+def _evaluate_cell(ctx: GridContext, cell: Cell, model: torch.nn.Module, show_progress: bool,
+                   log_samples: bool) -> tuple[pd.DataFrame, pd.DataFrame, TaskCheckpoint]:
+    """Score the cell's model task by task, each task's scores checkpointed under ``partial/<cell>/`` as it
+    finishes, so that a rerun after a stop scores only the tasks left (on the same pruned weights)."""
+    config, base, out = ctx.config, ctx.base, ctx.out
+    checkpoint = TaskCheckpoint(cell_path(out, cell.cell_id, "partial", ""), weights_fingerprint(model)).open()
+    if checkpoint.finished():
+        log.info("%s: %s already scored, resuming", cell.cell_id, ", ".join(checkpoint.finished()))
+    loaded = LoadedModel(model, base.processor, base.adapter, base.ref)
+    for task in ctx.tasks:
+        if checkpoint.load(task) is None:
+            scores, items = evaluate_with_items(
+                loaded, [task], config.limit, show_progress=show_progress,
+                vision_cache=ctx.cache if cell.token_pruning == "none" else None, seed=config.seed,
+                loglikelihood=config.loglikelihood,
+                samples_out=checkpoint.samples_path(task) if log_samples else None,
+                token_pruning=None if cell.token_pruning == "none" else cell.token_pruning)
+            checkpoint.save(task, scores, items)
+    finished = [checkpoint.load(task) for task in ctx.tasks]
+    if log_samples:
+        samples_out = cell_path(out, cell.cell_id, "samples", ".jsonl")
+        write_text_atomic(samples_out, checkpoint.joined_lines(ctx.tasks, "samples.jsonl"))
+        if cell.token_pruning != "none":
+            write_text_atomic(token_records_path(samples_out),
+                              checkpoint.joined_lines(ctx.tasks, "samples.tokens.jsonl"))
+    return (pd.concat([f[0] for f in finished], ignore_index=True),
+            pd.concat([f[1] for f in finished], ignore_index=True), checkpoint)
 
 
 def _request_flops(ctx: GridContext, model: torch.nn.Module, cell: Cell) -> dict[str, float]:

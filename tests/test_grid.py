@@ -6,6 +6,7 @@ import pytest
 from analysis.tables import retention, table1, table2, to_latex, to_markdown
 from probe import grid as grid_module
 from probe.grid import GridConfig, GridConfigError, cells, run_grid
+from probe.task_checkpoint import weights_fingerprint
 
 
 def small_config(tmp_path, **kw):
@@ -37,24 +38,70 @@ def test_sensitivity_cells_run_one_sparsity_column_at_a_time(tmp_path):
         "text/text/0.6", "text/visual/0.6", "visual/text/0.6", "visual/visual/0.6"]
 
 
-def test_a_killed_grid_keeps_finished_cells(tmp_path, monkeypatch):
-    config = small_config(tmp_path, pathways=["visual"])
+def test_a_killed_grid_keeps_finished_cells_and_the_finished_tasks_of_the_cell_in_progress(tmp_path, monkeypatch):
+    config = small_config(tmp_path, pathways=["visual"])  # dense + 2 cells, each scored on 2 tasks
     real = grid_module.evaluate_with_items
-    seen = []
+    calls = []
 
-    def dies_in_third_cell(*args, **kwargs):
-        seen.append(1)
-        if len(seen) == 3:
+    def dies_in_the_third_cells_second_task(loaded, tasks, *args, **kwargs):
+        calls.append(list(tasks))
+        if len(calls) == 6:
             raise KeyboardInterrupt
-        return real(*args, **kwargs)
+        return real(loaded, tasks, *args, **kwargs)
 
-    monkeypatch.setattr(grid_module, "evaluate_with_items", dies_in_third_cell)
+    monkeypatch.setattr(grid_module, "evaluate_with_items", dies_in_the_third_cells_second_task)
     with pytest.raises(KeyboardInterrupt):
         run_grid(config, show_progress=False)
+    assert calls == [["digits"], ["quote_completion"]] * 3
     kept = pd.read_csv(tmp_path / "grid" / "results.csv")
     assert len(kept) == 4 and kept.cell.nunique() == 2
+    partial = tmp_path / "grid" / "partial" / "visual_visual_0_5"
+    assert sorted(p.name for p in partial.iterdir()) == ["digits.items.csv", "digits.scores.csv", "fingerprint"]
+
+    calls.clear()
+    resumed = run_grid(config, show_progress=False)
+    assert calls == [["quote_completion"]]  # pruned again, and only the task left is scored
+    assert not (tmp_path / "grid" / "partial").exists()
     monkeypatch.setattr(grid_module, "evaluate_with_items", real)
-    assert len(run_grid(config, show_progress=False)) == 6
+    whole = run_grid(small_config(tmp_path, pathways=["visual"], out=str(tmp_path / "whole")), show_progress=False)
+    columns = ["cell", "task", "metric", "score", "n"]
+    assert resumed[columns].sort_values(columns).reset_index(drop=True).equals(
+        whole[columns].sort_values(columns).reset_index(drop=True))
+    for name in ("visual_visual_0_5.csv", "dense.csv"):
+        assert (tmp_path / "grid" / "items" / name).read_text() == (tmp_path / "whole" / "items" / name).read_text()
+
+
+def test_task_checkpoints_of_other_weights_are_scored_again(tmp_path, monkeypatch):
+    config = small_config(tmp_path, pathways=["visual"], pools=["text"])
+    real = grid_module.evaluate_with_items
+    calls = []
+
+    def dies_in_the_second_cells_second_task(loaded, tasks, *args, **kwargs):
+        calls.append(list(tasks))
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(loaded, tasks, *args, **kwargs)
+
+    monkeypatch.setattr(grid_module, "evaluate_with_items", dies_in_the_second_cells_second_task)
+    with pytest.raises(KeyboardInterrupt):
+        run_grid(config, show_progress=False)
+    stamp = tmp_path / "grid" / "partial" / "visual_text_0_5" / "fingerprint"
+    stamp.write_text("0123456789abcdef\n")  # as if the cell's pruning had come out otherwise
+    calls.clear()
+    run_grid(config, show_progress=False)
+    assert calls == [["digits"], ["quote_completion"]]
+
+
+def test_the_weights_fingerprint_sees_one_changed_weight():
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 4))
+    before = weights_fingerprint(model)
+    assert weights_fingerprint(model) == before
+    with torch.no_grad():
+        model[1].weight[2, 3] = 0.0  # one more pruned weight
+    assert weights_fingerprint(model) != before
 
 
 def test_named_cells_run_first_in_the_order_named_and_a_later_run_does_the_rest(tmp_path, monkeypatch):
