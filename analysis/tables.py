@@ -5,6 +5,7 @@ Retention of a pruned model = mean over tasks of (pruned score / dense score), i
 - :func:`table1`: a row per (pathway, pool), the sensitivity grid (the paper's Table 1);
 - :func:`table2`: a row per method, the method comparison (the paper's Table 2);
 - :func:`table3`: a row per (selection signal, adaptive budget), ATV's ablation (the paper's Table 3);
+- :func:`task_differences`: per method, each task's score minus Wanda's on the same items;
 
 each with, per setting (50%, 60%, 2:4, ...), the task scores in % and the average retention.
 """
@@ -192,12 +193,51 @@ def table2(results: pd.DataFrame, items: pd.DataFrame | None = None, baseline: s
     and each method's paired difference to ``baseline`` (Wanda, as in the paper's comparison). Cells with
     visual token pruning at inference are rows of their own, ``method with token method`` (``dense with
     fastv(...)`` for token pruning alone)."""
-    if "token_pruning" in results:
-        tokens = results["token_pruning"].fillna("none").astype(str)
-        results = results.assign(method=[m if t == "none" else f"{m} with {t}"
-                                         for m, t in zip(results.method.astype(str), tokens)])
+    results = _with_token_methods(results)
     has_baseline = baseline is not None and baseline in set(results.method.astype(str))
     return retention_table(results, ["method"], items, baseline if has_baseline else None)
+
+
+def _with_token_methods(results: pd.DataFrame) -> pd.DataFrame:
+    """Methods named with their inference-time token method where one ran (``wanda with fastv(...)``)."""
+    if "token_pruning" not in results:
+        return results
+    tokens = results["token_pruning"].fillna("none").astype(str)
+    return results.assign(method=[m if t == "none" else f"{m} with {t}"
+                                  for m, t in zip(results.method.astype(str), tokens)])
+
+
+def task_differences(results: pd.DataFrame, items: pd.DataFrame, baseline: str = "wanda", boots: int = 2000,
+                     seed: int = 0) -> pd.DataFrame:
+    """Per setting and method, each task's score minus the ``baseline`` method's at the same setting, in
+    percentage points, with a paired bootstrap 95% interval over the same items (``<task> vs <baseline>
+    (pp)``: ``diff``, ``low``, ``high``). Rows whose cell or baseline lacks per-item scores are left out."""
+    from probe.uncertainty import paired_score_differences
+
+    results = _with_token_methods(results)
+    dense = results[results.pathway == "dense"]
+    if dense.empty:
+        raise ResultsError("the results hold no dense cell")
+    tasks = list(dense.task)
+    dense_items = items[items.cell == dense.cell.iloc[0]]
+    order = {t: sorted(dense_items[dense_items.task == t].doc_id) for t in tasks}
+    pruned = results[results.pathway != "dense"].assign(label=lambda f: _setting_labels(f))
+    cell_of = {key: group.cell.iloc[0] for key, group in pruned.groupby(["label", "method"], sort=False)}
+    entries = {}
+    for (label, method), cell in cell_of.items():
+        if method == baseline or (label, baseline) not in cell_of:
+            continue
+        scored = _cell_items(items, cell, tasks, order)
+        base = _cell_items(items, cell_of[(label, baseline)], tasks, order)
+        if scored is None or base is None:
+            continue
+        differences = paired_score_differences(scored, base, boots, seed)
+        entries[(label, method)] = [v for t in tasks for v in (differences[t].estimate, differences[t].low,
+                                                                 differences[t].high)]
+    columns = [(f"{t} vs {baseline} (pp)", name) for t in tasks for name in ("diff", "low", "high")]
+    frame = pd.DataFrame.from_dict(entries, orient="index", columns=pd.MultiIndex.from_tuples(columns))
+    frame.index = pd.MultiIndex.from_tuples(list(entries), names=["setting", "method"])
+    return frame
 
 
 def table3(results: pd.DataFrame) -> pd.DataFrame:
@@ -262,7 +302,7 @@ def display_frame(frame: pd.DataFrame, digits: int = 2, plus_minus: str = "±") 
                 interval = (low, high) if name == AVERAGE else (nan, nan)
                 out[(RETENTION, label)] = [_with_interval(v, lo, hi, digits)
                                            for v, lo, hi in zip(frame[(RETENTION, name)], *interval)]
-        elif group.startswith("vs "):
+        elif group.startswith("vs ") or " vs " in group:  # a difference to a baseline: diff, low, high
             out[(group, "diff [95% CI]")] = [
                 _with_interval(d, lo, hi, digits, sign=True)
                 for d, lo, hi in zip(frame[(group, "diff")], frame[(group, "low")], frame[(group, "high")])]
@@ -309,8 +349,9 @@ def write_grid_table(results: pd.DataFrame, out: Path, grid: str, model: str | N
                      name: str | None = None) -> str:
     """The table of a finished grid (``table1`` or ``table2``) written into ``out`` as ``name``.md/.csv/.tex
     (``name`` defaults to the grid); a method grid with ATV selection-signal cells also gets
-    ``<name>_signals`` in Table 3's layout. When the paper reports ``model``, the average retentions next
-    to the paper's go to ``<name>_vs_paper``."""
+    ``<name>_signals`` in Table 3's layout, and one with per-item scores ``<name>_tasks_vs_wanda``
+    (:func:`task_differences`). When the paper reports ``model``, the average retentions next to the
+    paper's go to ``<name>_vs_paper``."""
     from analysis.results import load_items, load_paper, paper_model
 
     name = name or grid
@@ -320,6 +361,10 @@ def write_grid_table(results: pd.DataFrame, out: Path, grid: str, model: str | N
         markdown = write_table(table1(results, items), out, name)
     else:
         markdown = write_table(table2(results, items), out, name)
+        if items is not None and not items.empty:
+            differences = task_differences(results, items)
+            if not differences.empty:
+                markdown += "\n" + write_table(differences, out, f"{name}_tasks_vs_wanda")
         signals = table3(results)
         if signals.index.droplevel("setting").nunique() > 2:  # the dense row and more than one ATV variant
             markdown += "\n" + write_table(signals, out, f"{name}_signals")

@@ -4,7 +4,9 @@
 - :func:`bootstrap_retention`: a percentile bootstrap interval of a pruned model's average retention,
   resampling items within each task, the same items for the pruned and the dense model (paired);
 - :func:`paired_difference`: the same for the difference in average retention between two methods
-  scored on the same items (e.g. each method against Wanda in Table 2).
+  scored on the same items (e.g. each method against Wanda in Table 2);
+- :func:`paired_score_differences`: per task, the difference in score between two runs on the same
+  items (percentage points), with a paired bootstrap interval.
 
 Items are given per task as arrays aligned by item (``{task: scores}``); a resample in which a dense
 task score is 0 has no retention and is left out (the share left out is returned).
@@ -105,6 +107,17 @@ def paired_difference(method: Items, baseline: Items, dense: Items, boots: int =
     samples = (_retention(_resampled_means(method, tasks, indices), resampled_dense)
                - _retention(_resampled_means(baseline, tasks, indices), resampled_dense))
     return _interval(float(point), samples, level)
+
+
+def paired_score_differences(run: Items, baseline: Items, boots: int = 2000, seed: int = 0,
+                             level: float = 0.95) -> dict[str, Interval]:
+    """Per task, the score of ``run`` minus that of ``baseline`` (percentage points), both scored on the same
+    items, with a paired percentile bootstrap interval (the same resampled items for both)."""
+    tasks = _check(baseline, run)
+    indices = _draws(baseline, tasks, boots, seed)
+    samples = 100 * (_resampled_means(run, tasks, indices) - _resampled_means(baseline, tasks, indices))
+    return {t: _interval(float(100 * (np.mean(run[t]) - np.mean(baseline[t]))), samples[:, i], level)
+            for i, t in enumerate(tasks)}
 
 
 def delta_retention(scores: np.ndarray, errors: np.ndarray, dense: np.ndarray, dense_errors: np.ndarray,

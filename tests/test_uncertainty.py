@@ -5,8 +5,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.tables import table2, to_markdown
-from probe.uncertainty import ItemsError, bootstrap_retention, paired_difference, standard_error
+from analysis.tables import table2, task_differences, to_markdown
+from probe.uncertainty import (
+    ItemsError,
+    bootstrap_retention,
+    paired_difference,
+    paired_score_differences,
+    standard_error,
+)
 
 DENSE = {"a": np.array([1, 1, 0, 1, 1, 0, 1, 1.0]), "b": np.array([1, 0, 1, 1, 0, 1, 1, 1.0])}
 WANDA = {"a": np.array([1, 0, 0, 1, 0, 0, 1, 1.0]), "b": np.array([0, 0, 1, 1, 0, 1, 0, 1.0])}
@@ -102,3 +108,29 @@ def test_delta_method_interval_by_hand():
     assert interval.estimate == pytest.approx(55.0)
     assert (interval.low, interval.high) == pytest.approx((55.0 - half, 55.0 + half))
     assert np.isnan(delta_retention([0.4], [0.1], [0.0], [0.0]).estimate)
+
+
+def test_paired_score_differences_equal_a_plain_loop():
+    differences = paired_score_differences(ATV, WANDA, boots=300, seed=5)
+    assert differences["a"].estimate == pytest.approx(100 * (5 / 8 - 4 / 8))
+    assert differences["b"].estimate == pytest.approx(100 * (6 / 8 - 4 / 8))
+    rng = np.random.default_rng(5)
+    draws = {t: rng.integers(0, 8, size=(300, 8)) for t in ("a", "b")}  # tasks in sorted order
+    for t in ("a", "b"):
+        values = [100 * (sum(ATV[t][i] for i in draws[t][b]) - sum(WANDA[t][i] for i in draws[t][b])) / 8
+                  for b in range(300)]
+        assert (differences[t].low, differences[t].high) == pytest.approx(tuple(np.percentile(values, [2.5, 97.5])))
+    with pytest.raises(ItemsError, match="same items"):
+        paired_score_differences({"a": ATV["a"][:4], "b": ATV["b"]}, WANDA)
+
+
+def test_task_differences_table_holds_each_methods_paired_difference_to_wanda():
+    results, items = _grid({"dense": DENSE, "wanda": WANDA, "atv": ATV})
+    table = task_differences(results, items.sample(frac=1, random_state=1))  # item order does not matter
+    assert list(table.index) == [("50%", "atv")]
+    expected = paired_score_differences(ATV, WANDA)
+    for t in ("a", "b"):
+        row = table.loc[("50%", "atv"), f"{t} vs wanda (pp)"]
+        assert (row["diff"], row["low"], row["high"]) == pytest.approx(
+            (expected[t].estimate, expected[t].low, expected[t].high))
+    assert "+25.00 [" in to_markdown(table)
