@@ -38,18 +38,25 @@ def test_sensitivity_cells_run_one_sparsity_column_at_a_time(tmp_path):
         "text/text/0.6", "text/visual/0.6", "visual/text/0.6", "visual/visual/0.6"]
 
 
-def test_a_killed_grid_keeps_finished_cells_and_the_finished_tasks_of_the_cell_in_progress(tmp_path, monkeypatch):
-    config = small_config(tmp_path, pathways=["visual"])  # dense + 2 cells, each scored on 2 tasks
+def _kill_on_evaluation(monkeypatch, number: int) -> list[list[str]]:
+    """Make the grid's ``number``-th evaluation call (one per cell and task) raise KeyboardInterrupt; returns
+    the list that records every call's tasks."""
     real = grid_module.evaluate_with_items
     calls = []
 
-    def dies_in_the_third_cells_second_task(loaded, tasks, *args, **kwargs):
+    def evaluate(loaded, tasks, *args, **kwargs):
         calls.append(list(tasks))
-        if len(calls) == 6:
+        if len(calls) == number:
             raise KeyboardInterrupt
         return real(loaded, tasks, *args, **kwargs)
 
-    monkeypatch.setattr(grid_module, "evaluate_with_items", dies_in_the_third_cells_second_task)
+    monkeypatch.setattr(grid_module, "evaluate_with_items", evaluate)
+    return calls
+
+
+def test_a_killed_grid_keeps_finished_cells_and_the_finished_tasks_of_the_cell_in_progress(tmp_path, monkeypatch):
+    config = small_config(tmp_path, pathways=["visual"])  # dense + 2 cells, each scored on 2 tasks
+    calls = _kill_on_evaluation(monkeypatch, 6)  # the third cell's second task
     with pytest.raises(KeyboardInterrupt):
         run_grid(config, show_progress=False)
     assert calls == [["digits"], ["quote_completion"]] * 3
@@ -62,7 +69,7 @@ def test_a_killed_grid_keeps_finished_cells_and_the_finished_tasks_of_the_cell_i
     resumed = run_grid(config, show_progress=False)
     assert calls == [["quote_completion"]]  # pruned again, and only the task left is scored
     assert not (tmp_path / "grid" / "partial").exists()
-    monkeypatch.setattr(grid_module, "evaluate_with_items", real)
+    monkeypatch.undo()
     whole = run_grid(small_config(tmp_path, pathways=["visual"], out=str(tmp_path / "whole")), show_progress=False)
     columns = ["cell", "task", "metric", "score", "n"]
     assert resumed[columns].sort_values(columns).reset_index(drop=True).equals(
@@ -73,16 +80,7 @@ def test_a_killed_grid_keeps_finished_cells_and_the_finished_tasks_of_the_cell_i
 
 def test_task_checkpoints_of_other_weights_are_scored_again(tmp_path, monkeypatch):
     config = small_config(tmp_path, pathways=["visual"], pools=["text"])
-    real = grid_module.evaluate_with_items
-    calls = []
-
-    def dies_in_the_second_cells_second_task(loaded, tasks, *args, **kwargs):
-        calls.append(list(tasks))
-        if len(calls) == 4:
-            raise KeyboardInterrupt
-        return real(loaded, tasks, *args, **kwargs)
-
-    monkeypatch.setattr(grid_module, "evaluate_with_items", dies_in_the_second_cells_second_task)
+    calls = _kill_on_evaluation(monkeypatch, 4)  # the second cell's second task
     with pytest.raises(KeyboardInterrupt):
         run_grid(config, show_progress=False)
     stamp = tmp_path / "grid" / "partial" / "visual_text_0_5" / "fingerprint"
