@@ -55,7 +55,8 @@ from probe.vision_cache import VisionFeatureCache
 QUICK = {"nsamples": 8, "limit": 5, "sparsities": [0.5], "settings": ["0.5"]}
 IOU_POOLS = ("text", "visual")  # Fig. 1b compares the masks of these two pools
 log = logging.getLogger(__name__)
-RUN_ONLY = ("out", "cluster")  # settings that say where and how a grid runs, not what it computes
+RUN_ONLY = ("out", "cluster", "dense_from")  # settings that say where and how a grid runs, not what it computes
+DENSE_KEYS = ("model", "tasks", "limit", "seed", "dtype", "device", "max_pixels", "loglikelihood")  # the dense cell's
 
 
 class GridConfigError(ProbeError):
@@ -94,6 +95,7 @@ class GridConfig:
     max_pixels: int | None = None
     loglikelihood: str = "sum"  # how multiple-choice options are scored: sum or mean over their tokens
     name: str = ""  # the tables' file name (default: the grid, table1 or table2)
+    dense_from: str | None = None  # another grid's folder whose dense cell this grid takes (same DENSE_KEYS)
     cluster: dict[str, Any] = field(default_factory=dict)  # resources of cluster jobs (probe.executors.Resources)
     out: str = ""  # default: runs/grid/<grid>
 
@@ -391,10 +393,40 @@ def plan_grid(config: GridConfig, only: Sequence[str] | None = None) -> GridPlan
     calibration_ids = [s.sample_id for s in selected.samples]
     _check_same_settings(config, out / "manifest.json", calibration_ids)
     done = finished_cells(out)
+    if config.dense_from and "dense" not in done:
+        import_dense_cell(config, Path(config.dense_from))
+        done.add("dense")
     write_json_atomic(out / "manifest.json", {"config": asdict(config), "tasks": tasks,
                                               "calibration_ids": calibration_ids,
                                               "versions": package_versions()})
     return GridPlan(config, tasks, selected, [c for c in planned if c.cell_id not in done])
+
+
+def import_dense_cell(config: GridConfig, source: Path) -> None:
+    """Take the dense cell of the grid in ``source`` (its rows, per-item scores and record) as this grid's,
+    after checking that it was scored with the same :data:`DENSE_KEYS`: on a large model the dense
+    evaluation is the same hours of work in every grid."""
+    manifest = source / "manifest.json"
+    files = [manifest, source / "results.csv", cell_path(source, "dense", "items", ".csv"), cell_path(source, "dense")]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise GridConfigError(f"dense_from: {source} has no finished dense cell (missing {', '.join(missing)})")
+    theirs = json.loads(manifest.read_text()).get("config", {})
+    ours = asdict(config)
+    changed = [k for k in DENSE_KEYS if theirs.get(k) != ours[k]]
+    if changed:
+        named = ", ".join(f"{k}: {theirs.get(k)!r} there, {ours[k]!r} here" for k in changed)
+        raise GridConfigError(f"dense_from: {source}'s dense cell was scored with other settings ({named})")
+    rows = _read_csv(source / "results.csv")
+    rows = rows[rows.cell == "dense"].dropna(axis=1, how="all")
+    if rows.empty:
+        raise GridConfigError(f"dense_from: {source / 'results.csv'} holds no dense rows")
+    out = Path(config.out)
+    record = json.loads(cell_path(source, "dense").read_text())
+    record.setdefault("context", {})["dense_from"] = str(source)
+    write_text_atomic(cell_path(out, "dense", "items", ".csv"), cell_path(source, "dense", "items", ".csv").read_text())
+    write_json_atomic(cell_path(out, "dense"), record)
+    append_cell_rows(out / "results.csv", "dense", rows.to_dict("records"))
 
 
 def finished_cells(out: Path) -> set[str]:

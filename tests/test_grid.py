@@ -90,6 +90,30 @@ def test_task_checkpoints_of_other_weights_are_scored_again(tmp_path, monkeypatc
     assert calls == [["digits"], ["quote_completion"]]
 
 
+def test_a_grid_takes_its_dense_cell_from_another_grid_scored_alike(tmp_path, monkeypatch):
+    source = small_config(tmp_path, grid="table2", methods=["magnitude"], settings=["0.5"], tasks="digits",
+                          out=str(tmp_path / "table2"))
+    run_grid(source, show_progress=False)
+    for bad, match in (({"limit": 2}, r"other settings \(limit: 3 there, 2 here\)"),
+                       ({"dense_from": str(tmp_path / "nowhere")}, "has no finished dense cell")):
+        settings = dict(tasks="digits", pathways=["visual"], pools=["text"], dense_from=str(tmp_path / "table2"),
+                        out=str(tmp_path / "bad"))
+        config = small_config(tmp_path, **{**settings, **bad})
+        with pytest.raises(GridConfigError, match=match):
+            run_grid(config, show_progress=False)
+    calls = _kill_on_evaluation(monkeypatch, 0)  # counts calls, kills none
+    config = small_config(tmp_path, tasks="digits", pathways=["visual"], pools=["text"],
+                          dense_from=str(tmp_path / "table2"), out=str(tmp_path / "table1"))
+    results = run_grid(config, show_progress=False)
+    assert len(calls) == 1  # the visual/text cell only
+    theirs = pd.read_csv(tmp_path / "table2" / "results.csv").set_index("cell").loc["dense"]
+    ours = results.set_index("cell").loc["dense"]
+    assert (ours.task, ours.score, ours.n) == (theirs.task, theirs.score, theirs.n)
+    items = "items/dense.csv"
+    assert (tmp_path / "table1" / items).read_text() == (tmp_path / "table2" / items).read_text()
+    assert table1(results).shape[0] == 2  # dense and visual/text
+
+
 def test_the_weights_fingerprint_sees_one_changed_weight():
     import torch
 
