@@ -363,8 +363,9 @@ class GridPlan:
         return Path(self.config.out)
 
 
-def select_cells(planned: list[Cell], only: Sequence[str]) -> list[Cell]:
-    """The cells of ``planned`` named in ``only`` (cell ids as in ``results.csv``), in the order named."""
+def select_cells(planned: list[Cell], only: Sequence[str], finished: set[str]) -> list[Cell]:
+    """The cells of ``planned`` named in ``only`` (cell ids as in ``results.csv``), in the order named; a
+    fixed-budget ATV cell needs its plain ``atv`` cell named too or among the ``finished`` ones."""
     by_id = {c.cell_id: c for c in planned}
     unknown = [name for name in only if name not in by_id]
     if unknown:
@@ -374,25 +375,24 @@ def select_cells(planned: list[Cell], only: Sequence[str]) -> list[Cell]:
     for name in chosen:
         cell = by_id[name]
         earlier = f"atv/{cell.setting}"
-        if needs_earlier_cell(cell) and earlier not in chosen:
+        if needs_earlier_cell(cell) and earlier not in chosen and earlier not in finished:
             raise GridConfigError(f"{name} keeps as many visual tokens as the cell {earlier!r}: name that cell too")
     return [by_id[name] for name in chosen]
 
 
 def plan_grid(config: GridConfig, only: Sequence[str] | None = None) -> GridPlan:
     """Check everything a grid needs (device, tasks, calibration, an output folder made with the same
-    settings) and write its manifest; the cells without rows in ``results.csv`` are still to run (with
-    ``only``, just those of the named cells, in the order named)."""
+    settings), take the dense cell from ``dense_from`` where the config names one, and write the
+    manifest; the cells without rows in ``results.csv`` are still to run (with ``only``, just those of
+    the named cells, in the order named)."""
     out = Path(config.out)
-    planned = cells(config)
-    if only:
-        planned = select_cells(planned, only)
+    done = finished_cells(out)
+    planned = select_cells(cells(config), only, done) if only else cells(config)
     check_device(config.device)
     tasks = resolve_tasks(config.tasks)
     selected = select(config.calibration())  # all data checks before any model work
     calibration_ids = [s.sample_id for s in selected.samples]
     _check_same_settings(config, out / "manifest.json", calibration_ids)
-    done = finished_cells(out)
     if config.dense_from and "dense" not in done:
         import_dense_cell(config, Path(config.dense_from))
         done.add("dense")
@@ -534,6 +534,7 @@ def _evaluate_cell(ctx: GridContext, cell: Cell, model: torch.nn.Module, show_pr
                 samples_out=checkpoint.samples_path(task) if log_samples else None,
                 token_pruning=None if cell.token_pruning == "none" else cell.token_pruning)
             checkpoint.save(task, scores, items)
+    # read back from the checkpoints, so a resumed cell and an uninterrupted one go through the same files
     finished = [checkpoint.load(task) for task in ctx.tasks]
     if log_samples:
         samples_out = cell_path(out, cell.cell_id, "samples", ".jsonl")

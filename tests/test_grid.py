@@ -123,7 +123,11 @@ def test_the_weights_fingerprint_sees_one_changed_weight():
     assert weights_fingerprint(model) == before
     with torch.no_grad():
         model[1].weight[2, 3] = 0.0  # one more pruned weight
-    assert weights_fingerprint(model) != before
+    pruned = weights_fingerprint(model)
+    assert pruned != before
+    with torch.no_grad():
+        model[0].weight[1, 1] += 0.25  # a kept weight updated (as SparseGPT does)
+    assert weights_fingerprint(model) != pruned
 
 
 def test_named_cells_run_first_in_the_order_named_and_a_later_run_does_the_rest(tmp_path, monkeypatch):
@@ -138,8 +142,10 @@ def test_named_cells_run_first_in_the_order_named_and_a_later_run_does_the_rest(
 
     first = run_grid(config, show_progress=False, only=["atv/50%", "wanda/50%", "atv/50%"])
     assert list(first.cell) == ["atv/50%", "wanda/50%"]
+    fixed = run_grid(config, show_progress=False, only=["atv(budget=fixed)/50%"])  # its atv cell has finished
+    assert list(fixed.cell) == ["atv/50%", "wanda/50%", "atv(budget=fixed)/50%"]
     rest = run_grid(config, show_progress=False)
-    assert list(rest.cell) == ["atv/50%", "wanda/50%", "dense", "magnitude/50%", "atv(budget=fixed)/50%"]
+    assert list(rest.cell) == ["atv/50%", "wanda/50%", "atv(budget=fixed)/50%", "dense", "magnitude/50%"]
 
 
 def test_bad_grid_settings(tmp_path):
