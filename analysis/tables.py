@@ -6,6 +6,8 @@ Retention of a pruned model = mean over tasks of (pruned score / dense score), i
 - :func:`table2`: a row per method, the method comparison (the paper's Table 2);
 - :func:`table3`: a row per (selection signal, adaptive budget), ATV's ablation (the paper's Table 3);
 - :func:`task_differences`: per method, each task's score minus Wanda's on the same items;
+- :func:`pool_differences`: Table 1's comparisons, each pool against the dense model and against the
+  other pools of the same pathway;
 
 each with, per setting (50%, 60%, 2:4, ...), the task scores in % and the average retention.
 """
@@ -240,6 +242,52 @@ def task_differences(results: pd.DataFrame, items: pd.DataFrame, baseline: str =
     return frame
 
 
+POOL_PAIRS = (("text", "visual"), ("mixed", "visual"), ("text", "mixed"))
+RETENTION_DIFFERENCE = "avg retention (pp)"
+
+
+def pool_differences(results: pd.DataFrame, items: pd.DataFrame, pairs: tuple[tuple[str, str], ...] = POOL_PAIRS,
+                     boots: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Table 1's comparisons, per setting and pathway: each pool's cell against the dense model
+    (``<pool> - dense``) and against another pool's (``pairs``: ``text - visual`` and so on), as the
+    difference in average retention (``avg retention (pp)``) and in each task's score (``<task> (pp)``),
+    in percentage points, with paired bootstrap 95% intervals over the same items (``diff``, ``low``,
+    ``high``). Against the dense model the retention difference is the retention minus 100. Comparisons
+    whose cells lack per-item scores are left out."""
+    from probe.uncertainty import paired_difference, paired_score_differences
+
+    dense = results[results.pathway == "dense"]
+    if dense.empty:
+        raise ResultsError("the results hold no dense cell")
+    tasks = list(dense.task)
+    dense_items = items[items.cell == dense.cell.iloc[0]]
+    order = {t: sorted(dense_items[dense_items.task == t].doc_id) for t in tasks}
+    dense_scores = _cell_items(items, dense.cell.iloc[0], tasks, order)
+    if dense_scores is None:
+        raise ResultsError("the dense cell lacks per-item scores for some task")
+    pruned = results[results.pathway != "dense"].assign(label=lambda f: _setting_labels(f))
+    scored = {key: _cell_items(items, group.cell.iloc[0], tasks, order)
+              for key, group in pruned.groupby(["label", "pathway", "pool"], sort=False)}
+    entries = {}
+    for label, pathway in dict.fromkeys((label, pathway) for label, pathway, _ in scored):
+        pools = {key[2]: values for key, values in scored.items() if key[:2] == (label, pathway)}
+        comparisons = [(pool, "dense", values, dense_scores) for pool, values in pools.items()]
+        comparisons += [(a, b, pools.get(a), pools.get(b)) for a, b in pairs]
+        for first, second, run, baseline in comparisons:
+            if run is None or baseline is None:
+                continue
+            overall = paired_difference(run, baseline, dense_scores, boots, seed)
+            per_task = paired_score_differences(run, baseline, boots, seed)
+            entries[(label, pathway, f"{first} - {second}")] = [
+                v for interval in (overall, *(per_task[t] for t in tasks))
+                for v in (interval.estimate, interval.low, interval.high)]
+    groups = [RETENTION_DIFFERENCE, *(f"{t} (pp)" for t in tasks)]
+    columns = pd.MultiIndex.from_tuples([(g, name) for g in groups for name in ("diff", "low", "high")])
+    frame = pd.DataFrame.from_dict(entries, orient="index", columns=columns)
+    frame.index = pd.MultiIndex.from_tuples(list(entries), names=["setting", "pathway", "pools"])
+    return frame
+
+
 def table3(results: pd.DataFrame) -> pd.DataFrame:
     """The selection-signal ablation in Table 3's layout: a row per (signal, adaptive budget), from ATV
     cells such as ``atv``, ``atv(budget=fixed)``, ``atv(signal=random, budget=fixed)``,
@@ -302,7 +350,7 @@ def display_frame(frame: pd.DataFrame, digits: int = 2, plus_minus: str = "±") 
                 interval = (low, high) if name == AVERAGE else (nan, nan)
                 out[(RETENTION, label)] = [_with_interval(v, lo, hi, digits)
                                            for v, lo, hi in zip(frame[(RETENTION, name)], *interval)]
-        elif group.startswith("vs ") or " vs " in group:  # a difference to a baseline: diff, low, high
+        elif {(group, "diff"), (group, "low"), (group, "high")} <= set(frame.columns):  # a difference
             out[(group, "diff [95% CI]")] = [
                 _with_interval(d, lo, hi, digits, sign=True)
                 for d, lo, hi in zip(frame[(group, "diff")], frame[(group, "low")], frame[(group, "high")])]
@@ -350,7 +398,8 @@ def write_grid_table(results: pd.DataFrame, out: Path, grid: str, model: str | N
     """The table of a finished grid (``table1`` or ``table2``) written into ``out`` as ``name``.md/.csv/.tex
     (``name`` defaults to the grid); a method grid with ATV selection-signal cells also gets
     ``<name>_signals`` in Table 3's layout, and one with per-item scores ``<name>_tasks_vs_wanda``
-    (:func:`task_differences`). When the paper reports ``model``, the average retentions next to the
+    (:func:`task_differences`); a Table 1 grid with per-item scores gets ``<name>_pools``
+    (:func:`pool_differences`). When the paper reports ``model``, the average retentions next to the
     paper's go to ``<name>_vs_paper``."""
     from analysis.results import load_items, load_paper, paper_model
 
@@ -359,6 +408,10 @@ def write_grid_table(results: pd.DataFrame, out: Path, grid: str, model: str | N
     rows = ["pathway", "pool"] if grid == "table1" else ["method"]
     if grid == "table1":
         markdown = write_table(table1(results, items), out, name)
+        if items is not None and not items.empty:
+            differences = pool_differences(results, items)
+            if not differences.empty:
+                markdown += "\n" + write_table(differences, out, f"{name}_pools")
     else:
         markdown = write_table(table2(results, items), out, name)
         if items is not None and not items.empty:

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.tables import table2, task_differences, to_markdown
+from analysis.tables import pool_differences, table2, task_differences, to_markdown, write_grid_table
 from probe.uncertainty import (
     ItemsError,
     bootstrap_retention,
@@ -134,3 +134,46 @@ def test_task_differences_table_holds_each_methods_paired_difference_to_wanda():
         assert (row["diff"], row["low"], row["high"]) == pytest.approx(
             (expected[t].estimate, expected[t].low, expected[t].high))
     assert "+25.00 [" in to_markdown(table)
+
+
+def _pathway_grid(runs: dict[tuple[str, str], dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A Table 1 grid: the dense cell and one cell per (pathway, pool)."""
+    rows, items = [], []
+    for (pathway, pool), scores in runs.items():
+        cell = "dense" if pathway == "dense" else f"{pathway}/{pool}/0.5"
+        for task, values in scores.items():
+            rows.append({"cell": cell, "pathway": pathway, "pool": pool, "sparsity": 0.5, "task": task,
+                         "score": values.mean(), "n": len(values)})
+            items += [{"cell": cell, "task": task, "doc_id": i, "value": v} for i, v in enumerate(values)]
+    return pd.DataFrame(rows), pd.DataFrame(items)
+
+
+def test_pool_differences_compare_pools_and_dense_on_the_same_items(tmp_path):
+    results, items = _pathway_grid({("dense", "-"): DENSE, ("text", "text"): ATV, ("text", "visual"): WANDA,
+                                    ("visual", "visual"): DENSE})
+    table = pool_differences(results, items.sample(frac=1, random_state=2))  # item order does not matter
+    assert list(table.index) == [("50%", "text", "text - dense"), ("50%", "text", "visual - dense"),
+                                 ("50%", "text", "text - visual"), ("50%", "visual", "visual - dense")]
+    # against the dense model: retention - 100; ATV keeps 5 of 6 on a and 6 of 6 on b
+    text_dense = table.loc[("50%", "text", "text - dense")]
+    assert text_dense[("avg retention (pp)", "diff")] == pytest.approx(100 * (5 / 6 + 1) / 2 - 100)
+    assert text_dense[("a (pp)", "diff")] == pytest.approx(100 * (5 / 8 - 6 / 8))
+    assert text_dense[("b (pp)", "diff")] == pytest.approx(0.0)
+    # between pools: the paired intervals of the plain loops tested above
+    pair = table.loc[("50%", "text", "text - visual")]
+    (low, high), _ = _plain_bootstrap(2000, 0, ATV, WANDA)
+    assert (pair[("avg retention (pp)", "low")], pair[("avg retention (pp)", "high")]) == pytest.approx((low, high))
+    per_task = paired_score_differences(ATV, WANDA)
+    assert pair[("a (pp)", "diff")] == pytest.approx(12.5)
+    assert (pair[("b (pp)", "low")], pair[("b (pp)", "high")]) == pytest.approx((per_task["b"].low,
+                                                                                 per_task["b"].high))
+    # a pathway pruned without loss: every interval is [0, 0]
+    same = table.loc[("50%", "visual", "visual - dense")]
+    assert same.abs().max() == 0
+    # a Table 1 grid writes them beside the table
+    (tmp_path / "items").mkdir()
+    items.to_csv(tmp_path / "items" / "all.csv", index=False)
+    markdown = write_grid_table(results, tmp_path, "table1")
+    assert (tmp_path / "table1_pools.md").read_text() in markdown
+    line = next(line for line in markdown.splitlines() if "| text - dense |" in line)
+    assert line.startswith("| 50% | text | text - dense | -8.33 [")
