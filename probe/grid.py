@@ -15,6 +15,7 @@ rerun skips finished cells.
 from __future__ import annotations
 
 import copy
+import gc
 import io
 import itertools
 import json
@@ -470,7 +471,17 @@ def needs_earlier_cell(cell: Cell) -> bool:
 
 def run_cell(ctx: GridContext, cell: Cell, show_progress: bool = True, log_samples: bool = False) -> bool:
     """Prune (a copy of) the model as ``cell`` says, evaluate it, write its record to ``cells/`` and add its
-    rows to ``results.csv``; False if another run had added them first (nothing is written twice)."""
+    rows to ``results.csv``; False if another run had added them first (nothing is written twice).
+
+    The cell's copy is freed before this returns, so the next cell's copy never sits beside it: an MoT
+    probe's routing hook holds its model in a reference cycle, which only the garbage collector frees."""
+    try:
+        return _prune_and_score(ctx, cell, show_progress, log_samples)
+    finally:
+        gc.collect()
+
+
+def _prune_and_score(ctx: GridContext, cell: Cell, show_progress: bool, log_samples: bool) -> bool:
     config, base, out = ctx.config, ctx.base, ctx.out
     model = copy.deepcopy(base.model)
     context: dict[str, Any] = {"command": "grid", "grid": config.grid, "cell": cell.cell_id, "pathway": cell.pathway}

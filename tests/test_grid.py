@@ -31,6 +31,28 @@ def test_grid_runs_every_cell_once_and_resumes(tmp_path, monkeypatch):
     assert calls == [] and again.equals(results)
 
 
+def test_a_cells_model_copy_is_freed_before_the_next_cell_copies_the_model(tmp_path, monkeypatch):
+    import gc
+
+    from probe.mot import RoutedLinear
+
+    alive_at_start = []
+    to_mot = grid_module.to_mot
+
+    def counting_to_mot(*args, **kwargs):
+        alive_at_start.append(sum(isinstance(o, RoutedLinear) for o in gc.get_objects()))
+        return to_mot(*args, **kwargs)
+
+    monkeypatch.setattr(grid_module, "to_mot", counting_to_mot)
+    gc.collect()
+    gc.disable()  # an automatic collection must not hide a copy left in a reference cycle
+    try:
+        run_grid(small_config(tmp_path, pathways=["text"], tasks="quote_completion", limit=2), show_progress=False)
+    finally:
+        gc.enable()
+    assert alive_at_start == [0, 0]
+
+
 def test_sensitivity_cells_run_one_sparsity_column_at_a_time(tmp_path):
     config = small_config(tmp_path, sparsities=[0.5, 0.6])
     assert [c.cell_id for c in cells(config)] == [
