@@ -44,7 +44,7 @@ from probe.evaluation.harness import evaluate_with_items, primary_rows, resolve_
 from probe.loading import LoadedModel, load_model, parse_dtype
 from probe.manifest import package_versions, write_json_atomic, write_text_atomic
 from probe.method_spec import MethodEntry, method_entry
-from probe.mot import PATHWAYS, prune_pathway, to_mot
+from probe.mot import PATHWAYS, prune_pathway, to_mot, weight_sharing_copy
 from probe.names import GRIDS, MODALITY_POOLS
 from probe.record import RunRecord, kept_visual_total
 from probe.sparsity.masks import mask_iou, parse_pattern
@@ -483,7 +483,8 @@ def run_cell(ctx: GridContext, cell: Cell, show_progress: bool = True, log_sampl
 
 def _prune_and_score(ctx: GridContext, cell: Cell, show_progress: bool, log_samples: bool) -> bool:
     config, base, out = ctx.config, ctx.base, ctx.out
-    model = copy.deepcopy(base.model)
+    # an MoT cell writes only into its pruned pathway's own copies; every other cell needs a whole copy
+    model = weight_sharing_copy(base.model) if cell.pathway in PATHWAYS else copy.deepcopy(base.model)
     context: dict[str, Any] = {"command": "grid", "grid": config.grid, "cell": cell.cell_id, "pathway": cell.pathway}
     prune_config = None
     context["token_pruning"] = cell.token_pruning
@@ -494,7 +495,7 @@ def _prune_and_score(ctx: GridContext, cell: Cell, show_progress: bool, log_samp
             samples = with_token_schedule(base.model, base.adapter, samples, make_pruner(cell.token_pruning))
         report = prune(model, base.adapter, samples, prune_config, show_progress=show_progress)
     elif cell.pathway in PATHWAYS:  # table1: one MoT pathway
-        probe = to_mot(model, base.adapter, config.replicate_o_proj)
+        probe = to_mot(model, base.adapter, config.replicate_o_proj, private=cell.pathway)
         prune_config = PruneConfig(method=config.method, sparsity=cell.sparsity, tokens=cell.pool)
         report = prune_pathway(probe, ctx.captured, prune_config, cell.pathway, show_progress=show_progress)
         if cell.pool in IOU_POOLS:  # kept until both are there for the IoU (large: git ignores them)

@@ -41,12 +41,16 @@ class Router:
 
 
 class RoutedLinear(nn.Module):
-    """A linear replicated into a text and a visual copy; each token goes through its own copy."""
+    """A linear replicated into a text and a visual copy; each token goes through its own copy. The
+    ``private`` pathway gets a new copy of the weights; the other keeps ``linear`` itself."""
 
-    def __init__(self, linear: nn.Linear, router: Router) -> None:
+    def __init__(self, linear: nn.Linear, router: Router, private: str = "visual") -> None:
         super().__init__()
-        self.text = linear
-        self.visual = copy.deepcopy(linear)
+        if private not in PATHWAYS:
+            raise MoTError(f"unknown pathway {private!r}; choose text or visual")
+        own = copy.deepcopy(linear)
+        self.text = own if private == "text" else linear
+        self.visual = own if private == "visual" else linear
         self.router = router
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -68,9 +72,11 @@ class RoutedLinear(nn.Module):
 
 
 class MoTProbe:
-    """A model converted in place into its MoT probe (see the module docstring)."""
+    """A model converted in place into its MoT probe (see the module docstring). The ``private``
+    pathway's linears are new copies; the other pathway's are the model's own."""
 
-    def __init__(self, model: nn.Module, adapter: Adapter, replicate_o_proj: bool = False) -> None:
+    def __init__(self, model: nn.Module, adapter: Adapter, replicate_o_proj: bool = False,
+                 private: str = "visual") -> None:
         self.model = model
         self.adapter = adapter
         self.router = Router()
@@ -82,7 +88,7 @@ class MoTProbe:
                 linear = getattr(parent, child)
                 if isinstance(linear, RoutedLinear):
                     raise MoTError("this model is already an MoT probe")
-                setattr(parent, child, RoutedLinear(linear, self.router))
+                setattr(parent, child, RoutedLinear(linear, self.router, private))
         self._hook = model.register_forward_pre_hook(self._route_from_inputs, with_kwargs=True)
 
     def _route_from_inputs(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -130,9 +136,24 @@ class MoTProbe:
         self._hook.remove()
 
 
-def to_mot(model: nn.Module, adapter: Adapter, replicate_o_proj: bool = False) -> MoTProbe:
-    """Convert ``model`` in place into its MoT probe."""
-    return MoTProbe(model, adapter, replicate_o_proj)
+def to_mot(model: nn.Module, adapter: Adapter, replicate_o_proj: bool = False, private: str = "visual") -> MoTProbe:
+    """Convert ``model`` in place into its MoT probe; the ``private`` pathway's linears are new copies
+    (prune that one when the model's own weights are shared with another model, see
+    :func:`weight_sharing_copy`)."""
+    return MoTProbe(model, adapter, replicate_o_proj, private)
+
+
+def weight_sharing_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model``'s modules whose parameters and buffers are new tensor objects over the same
+    storage: moving or replacing a tensor of the copy leaves ``model`` alone, but writing into one in
+    place writes into ``model``. An MoT probe of it whose pruned pathway is ``private`` costs only that
+    pathway's linears, instead of a whole model copy besides."""
+    memo: dict[int, object] = {}
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if id(tensor) not in memo:
+            memo[id(tensor)] = (nn.Parameter(tensor.data, requires_grad=tensor.requires_grad)
+                                if isinstance(tensor, nn.Parameter) else tensor.detach())
+    return copy.deepcopy(model, memo)
 
 
 def prune_pathway(

@@ -31,26 +31,37 @@ def test_grid_runs_every_cell_once_and_resumes(tmp_path, monkeypatch):
     assert calls == [] and again.equals(results)
 
 
-def test_a_cells_model_copy_is_freed_before_the_next_cell_copies_the_model(tmp_path, monkeypatch):
+def test_mot_cells_leave_the_shared_model_alone_and_free_their_copy_before_the_next(tmp_path, monkeypatch):
     import gc
+
+    import torch
 
     from probe.mot import RoutedLinear
 
-    alive_at_start = []
-    to_mot = grid_module.to_mot
+    alive_at_start, bases = [], []
+    to_mot, sharing_copy = grid_module.to_mot, grid_module.weight_sharing_copy
 
     def counting_to_mot(*args, **kwargs):
         alive_at_start.append(sum(isinstance(o, RoutedLinear) for o in gc.get_objects()))
         return to_mot(*args, **kwargs)
 
+    def recording_copy(model):
+        if not bases:
+            bases.append((model, {k: v.clone() for k, v in model.state_dict().items()}))
+        return sharing_copy(model)
+
     monkeypatch.setattr(grid_module, "to_mot", counting_to_mot)
+    monkeypatch.setattr(grid_module, "weight_sharing_copy", recording_copy)
     gc.collect()
     gc.disable()  # an automatic collection must not hide a copy left in a reference cycle
     try:
-        run_grid(small_config(tmp_path, pathways=["text"], tasks="quote_completion", limit=2), show_progress=False)
+        config = small_config(tmp_path, pathways=["text", "visual"], pools=["text"], tasks="quote_completion", limit=2)
+        run_grid(config, show_progress=False)
     finally:
         gc.enable()
     assert alive_at_start == [0, 0]
+    base, before = bases[0]
+    assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())  # both pathways pruned copies only
 
 
 def test_sensitivity_cells_run_one_sparsity_column_at_a_time(tmp_path):

@@ -9,7 +9,7 @@ from probe.data.calibration import CalibrationSpec
 from probe.engine import PruneConfig
 from probe.loading import LoadedModel
 from probe.models import get_adapter
-from probe.mot import MoTError, RoutedLinear, prune_pathway, to_mot
+from probe.mot import MoTError, RoutedLinear, prune_pathway, to_mot, weight_sharing_copy
 from probe.tiny import tiny_lvlm
 
 
@@ -91,6 +91,35 @@ def test_pruning_one_pathway_leaves_the_other_bit_identical(calibrated, pathway,
     assert set(report.sparsity) == {f"layers.{k}" for k in before_other}
     shared_after = tiny.model.state_dict()
     assert all(torch.equal(shared_before[k], shared_after[k]) for k in shared_before)
+
+
+@pytest.mark.parametrize("pathway", ["text", "visual"])
+def test_a_weight_sharing_copy_prunes_like_a_deep_copy_and_leaves_the_original_alone(pathway):
+    import copy
+
+    tiny = tiny_lvlm("llava_next", seed=0)
+    adapter = get_adapter(tiny.model)
+    loaded = LoadedModel(tiny.model, tiny.processor, adapter, "tiny:llava_next")
+    samples = capture_calibration(loaded, CalibrationSpec(nsamples=3), show_progress=False)
+    original = {k: v.clone() for k, v in tiny.model.state_dict().items()}
+    config = PruneConfig(method="wanda", sparsity=0.5, tokens="mixed")
+
+    shared = weight_sharing_copy(tiny.model)
+    first = next(iter(shared.parameters()))
+    assert first is not next(iter(tiny.model.parameters()))
+    assert first.data_ptr() == next(iter(tiny.model.parameters())).data_ptr()  # no second copy of the weights
+    shared_probe = to_mot(shared, adapter, private=pathway)
+    prune_pathway(shared_probe, samples, config, pathway, show_progress=False)
+    reference = to_mot(copy.deepcopy(tiny.model), adapter)  # a whole copy: obviously independent
+    prune_pathway(reference, samples, config, pathway, show_progress=False)
+
+    after = tiny.model.state_dict()
+    assert all(torch.equal(original[k], after[k]) for k in original)  # the original is untouched
+    for pruned in (pathway, "text" if pathway == "visual" else "visual"):
+        ours, theirs = pathway_weights(shared_probe, pruned), pathway_weights(reference, pruned)
+        assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    with pytest.raises(MoTError, match="unknown pathway"):
+        RoutedLinear(torch.nn.Linear(2, 2), shared_probe.router, private="audio")
 
 
 def test_pathway_statistics_come_from_the_pool_not_the_route(calibrated):
