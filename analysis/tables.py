@@ -209,6 +209,16 @@ def _with_token_methods(results: pd.DataFrame) -> pd.DataFrame:
                                   for m, t in zip(results.method.astype(str), tokens)])
 
 
+def _dense_item_order(results: pd.DataFrame, items: pd.DataFrame) -> tuple[list[str], dict[str, list]]:
+    """The dense cell's tasks and, per task, its items' ids in order: every cell's items are aligned to it."""
+    dense = results[results.pathway == "dense"]
+    if dense.empty:
+        raise ResultsError("the results hold no dense cell")
+    tasks = list(dense.task)
+    dense_items = items[items.cell == dense.cell.iloc[0]]
+    return tasks, {t: sorted(dense_items[dense_items.task == t].doc_id) for t in tasks}
+
+
 def task_differences(results: pd.DataFrame, items: pd.DataFrame, baseline: str = "wanda", boots: int = 2000,
                      seed: int = 0) -> pd.DataFrame:
     """Per setting and method, each task's score minus the ``baseline`` method's at the same setting, in
@@ -217,12 +227,7 @@ def task_differences(results: pd.DataFrame, items: pd.DataFrame, baseline: str =
     from probe.uncertainty import paired_score_differences
 
     results = _with_token_methods(results)
-    dense = results[results.pathway == "dense"]
-    if dense.empty:
-        raise ResultsError("the results hold no dense cell")
-    tasks = list(dense.task)
-    dense_items = items[items.cell == dense.cell.iloc[0]]
-    order = {t: sorted(dense_items[dense_items.task == t].doc_id) for t in tasks}
+    tasks, order = _dense_item_order(results, items)
     pruned = results[results.pathway != "dense"].assign(label=lambda f: _setting_labels(f))
     cell_of = {key: group.cell.iloc[0] for key, group in pruned.groupby(["label", "method"], sort=False)}
     entries = {}
@@ -256,13 +261,8 @@ def pool_differences(results: pd.DataFrame, items: pd.DataFrame, pairs: tuple[tu
     whose cells lack per-item scores are left out."""
     from probe.uncertainty import paired_difference, paired_score_differences
 
-    dense = results[results.pathway == "dense"]
-    if dense.empty:
-        raise ResultsError("the results hold no dense cell")
-    tasks = list(dense.task)
-    dense_items = items[items.cell == dense.cell.iloc[0]]
-    order = {t: sorted(dense_items[dense_items.task == t].doc_id) for t in tasks}
-    dense_scores = _cell_items(items, dense.cell.iloc[0], tasks, order)
+    tasks, order = _dense_item_order(results, items)
+    dense_scores = _cell_items(items, results[results.pathway == "dense"].cell.iloc[0], tasks, order)
     if dense_scores is None:
         raise ResultsError("the dense cell lacks per-item scores for some task")
     pruned = results[results.pathway != "dense"].assign(label=lambda f: _setting_labels(f))
