@@ -248,6 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nsamples", type=positive_int, default=8, help="tsne: calibration samples (bundled set)")
     p.set_defaults(func=cmd_plot)
 
+    p = command("table", "the tables of a grid folder from the cells finished so far (what `probe grid` writes "
+                         "when it ends)",
+                "  probe table results/grid/table1-large\n")
+    p.add_argument("grid", type=Path, help="grid folder (holding manifest.json and results.csv)")
+    p.set_defaults(func=cmd_table)
+
     p = command("families", "list the supported model families")
     p.set_defaults(func=cmd_families)
     return parser
@@ -457,6 +463,23 @@ def _executor(args: argparse.Namespace, config):  # noqa: ANN001, ANN202
     if args.executor == "slurm":
         return SlurmExecutor(resources, Path(config.out) / "logs" / "slurm")
     return RayExecutor(resources, address=args.ray_address)
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    import json
+
+    from analysis.results import ResultsError, load_grid
+    from analysis.tables import write_grid_table
+
+    manifest = args.grid / "manifest.json"
+    if not manifest.is_file():
+        raise ResultsError(f"no grid manifest at {manifest} (probe grid writes it when it starts)")
+    config = json.loads(manifest.read_text()).get("config", {})
+    if config.get("grid") not in GRIDS:
+        raise ResultsError(f"{manifest} names no grid ({', '.join(GRIDS)}) in its config")
+    results = load_grid(args.grid)
+    print(write_grid_table(results, args.grid, config["grid"], config.get("model"), config.get("name") or None))
+    return 0
 
 
 def cmd_plot(args: argparse.Namespace) -> int:

@@ -148,3 +148,23 @@ def test_progress_in_a_log_file_is_a_line_per_tenth_of_the_work():
     assert done == ["scoring: 3/25 (12%)", "scoring: 5/25 (20%)", "scoring: 8/25 (32%)", "scoring: 10/25 (40%)",
                     "scoring: 25/25 (100%)"]
     assert all(line.endswith("elapsed") for line in stream.getvalue().splitlines())
+
+
+def test_table_writes_a_grid_folders_tables_from_its_manifest(tmp_path, capsys):
+    """`probe table` rebuilds the tables of a grid stopped part-way, with the grid kind and model of its
+    manifest: Wanda's 0.4 / 0.4 against dense 0.8 / 0.4 is (50 + 100) / 2 = 75% retention."""
+    rows = [("dense", "-", "-", "a", 0.8), ("dense", "-", "-", "b", 0.4),
+            ("all", "wanda", "50%", "a", 0.4), ("all", "wanda", "50%", "b", 0.4)]
+    pd.DataFrame(rows, columns=["pathway", "method", "setting", "task", "score"]).to_csv(
+        tmp_path / "results.csv", index=False)
+    assert main(["table", str(tmp_path)]) == 2
+    assert "no grid manifest at" in capsys.readouterr().err
+    config = {"grid": "table2", "model": "llava-hf/llama3-llava-next-8b-hf", "name": "methods"}
+    (tmp_path / "manifest.json").write_text(json.dumps({"config": config}))
+    assert main(["table", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert (tmp_path / "methods.md").read_text() in printed
+    assert "| 50% | wanda | 75.00 | 88.36 |" in (tmp_path / "methods_vs_paper.md").read_text()
+    (tmp_path / "manifest.json").write_text(json.dumps({"config": {"grid": "table9"}}))
+    assert main(["table", str(tmp_path)]) == 2
+    assert "names no grid (table1, table2)" in capsys.readouterr().err
