@@ -184,10 +184,26 @@ def average_retention(frame: pd.DataFrame) -> pd.Series:
     return frame[(RETENTION, AVERAGE)]
 
 
+TABLE1_PATHWAYS = ("dense", "text", "visual")  # Table 1's row order; pools follow MODALITY_POOLS
+
+
+def in_table1_order(results: pd.DataFrame) -> pd.DataFrame:
+    """``results`` rows in Table 1's layout, whichever cells ran first: by sparsity, then pathway (text
+    before visual), then pool (text, visual, mixed); names outside these keep their order, after them."""
+    from probe.names import MODALITY_POOLS
+
+    def rank(order: tuple[str, ...]):
+        return lambda column: column.astype(str).map(lambda v: order.index(v) if v in order else len(order))
+
+    keys = [k for k in ("sparsity", "pathway", "pool") if k in results]
+    ranks = {"pathway": rank(TABLE1_PATHWAYS), "pool": rank(MODALITY_POOLS)}
+    return results.sort_values(keys, key=lambda c: ranks.get(c.name, lambda v: v)(c), kind="stable")
+
+
 def table1(results: pd.DataFrame, items: pd.DataFrame | None = None) -> pd.DataFrame:
-    """The sensitivity grid in Table 1's layout: a row per (pathway, pool); retention intervals from
-    ``items`` (:func:`analysis.results.load_items`) where given."""
-    return retention_table(results, ["pathway", "pool"], items)
+    """The sensitivity grid in Table 1's layout (:func:`in_table1_order`): a row per (pathway, pool);
+    retention intervals from ``items`` (:func:`analysis.results.load_items`) where given."""
+    return retention_table(in_table1_order(results), ["pathway", "pool"], items)
 
 
 def table2(results: pd.DataFrame, items: pd.DataFrame | None = None, baseline: str | None = "wanda") -> pd.DataFrame:
@@ -261,6 +277,7 @@ def pool_differences(results: pd.DataFrame, items: pd.DataFrame, pairs: tuple[tu
     whose cells lack per-item scores are left out."""
     from probe.uncertainty import paired_difference, paired_score_differences
 
+    results = in_table1_order(results)
     tasks, order = _dense_item_order(results, items)
     dense_scores = _cell_items(items, results[results.pathway == "dense"].cell.iloc[0], tasks, order)
     if dense_scores is None:

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.tables import pool_differences, table2, task_differences, to_markdown, write_grid_table
+from analysis.tables import pool_differences, table1, table2, task_differences, to_markdown, write_grid_table
 from probe.uncertainty import (
     ItemsError,
     bootstrap_retention,
@@ -146,6 +146,24 @@ def _pathway_grid(runs: dict[tuple[str, str], dict]) -> tuple[pd.DataFrame, pd.D
                          "score": values.mean(), "n": len(values)})
             items += [{"cell": cell, "task": task, "doc_id": i, "value": v} for i, v in enumerate(values)]
     return pd.DataFrame(rows), pd.DataFrame(items)
+
+
+def test_table1_rows_follow_the_papers_layout_whichever_cells_ran_first():
+    runs = {("visual", "mixed"): DENSE, ("text", "visual"): WANDA, ("dense", "-"): DENSE,
+            ("visual", "text"): ATV, ("text", "mixed"): ATV, ("text", "text"): DENSE}
+    results, items = _pathway_grid(runs)
+    late = results[results.pathway == "text"].assign(sparsity=0.6, cell=lambda f: f.cell + "-60")
+    results = pd.concat([late, results])  # a 60% cell finished before the 50% ones
+    items = pd.concat([items[items.cell.str.startswith("text/")].assign(cell=lambda f: f.cell + "-60"), items])
+    expected = [("dense", "dense", "-"), ("50%", "text", "text"), ("50%", "text", "visual"),
+                ("50%", "text", "mixed"), ("50%", "visual", "text"), ("50%", "visual", "mixed"),
+                ("60%", "text", "text"), ("60%", "text", "visual"), ("60%", "text", "mixed")]
+    assert list(table1(results, items).index) == expected
+    pools = pool_differences(results, items)
+    assert [key for key in pools.index if key[0] == "50%" and key[1] == "text"] == [
+        ("50%", "text", f"{pool} - dense") for pool in ("text", "visual", "mixed")] + [
+        ("50%", "text", pair) for pair in ("text - visual", "mixed - visual", "text - mixed")]
+    assert pools.index[-1][0] == "60%"
 
 
 def test_pool_differences_compare_pools_and_dense_on_the_same_items(tmp_path):
