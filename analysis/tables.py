@@ -264,17 +264,20 @@ def task_differences(results: pd.DataFrame, items: pd.DataFrame, baseline: str =
 
 
 POOL_PAIRS = (("text", "visual"), ("mixed", "visual"), ("text", "mixed"))
+PATHWAY_PAIRS = (("visual", "text"),)
 RETENTION_DIFFERENCE = "avg retention (pp)"
 
 
 def pool_differences(results: pd.DataFrame, items: pd.DataFrame, pairs: tuple[tuple[str, str], ...] = POOL_PAIRS,
-                     boots: int = 2000, seed: int = 0) -> pd.DataFrame:
+                     pathway_pairs: tuple[tuple[str, str], ...] = PATHWAY_PAIRS, boots: int = 2000,
+                     seed: int = 0) -> pd.DataFrame:
     """Table 1's comparisons, per setting and pathway: each pool's cell against the dense model
-    (``<pool> - dense``) and against another pool's (``pairs``: ``text - visual`` and so on), as the
-    difference in average retention (``avg retention (pp)``) and in each task's score (``<task> (pp)``),
-    in percentage points, with paired bootstrap 95% intervals over the same items (``diff``, ``low``,
-    ``high``). Against the dense model the retention difference is the retention minus 100. Comparisons
-    whose cells lack per-item scores are left out."""
+    (``<pool> - dense``) and against another pool's (``pairs``: ``text - visual`` and so on); then, per
+    pool, one pathway's cell against the other's (``pathway_pairs``: pathway ``visual - text``). Each is
+    the difference in average retention (``avg retention (pp)``) and in each task's score
+    (``<task> (pp)``), in percentage points, with paired bootstrap 95% intervals over the same items
+    (``diff``, ``low``, ``high``). Against the dense model the retention difference is the retention
+    minus 100. Comparisons whose cells lack per-item scores are left out."""
     from probe.uncertainty import paired_difference, paired_score_differences
 
     results = in_table1_order(results)
@@ -285,24 +288,30 @@ def pool_differences(results: pd.DataFrame, items: pd.DataFrame, pairs: tuple[tu
     pruned = results[results.pathway != "dense"].assign(label=lambda f: _setting_labels(f))
     scored = {key: _cell_items(items, group.cell.iloc[0], tasks, order)
               for key, group in pruned.groupby(["label", "pathway", "pool"], sort=False)}
+    comparisons = []  # (row key, run, baseline)
+    for label in dict.fromkeys(key[0] for key in scored):
+        pathways = dict.fromkeys(key[1] for key in scored if key[0] == label)
+        for pathway in pathways:
+            pools = {key[2]: values for key, values in scored.items() if key[:2] == (label, pathway)}
+            comparisons += [((label, pathway, f"{pool} - dense"), values, dense_scores)
+                            for pool, values in pools.items()]
+            comparisons += [((label, pathway, f"{a} - {b}"), pools.get(a), pools.get(b)) for a, b in pairs]
+        for a, b in pathway_pairs:
+            for pool in dict.fromkeys(key[2] for key in scored if key[0] == label):
+                comparisons.append(((label, f"{a} - {b}", pool), scored.get((label, a, pool)),
+                                    scored.get((label, b, pool))))
     entries = {}
-    for label, pathway in dict.fromkeys((label, pathway) for label, pathway, _ in scored):
-        pools = {key[2]: values for key, values in scored.items() if key[:2] == (label, pathway)}
-        comparisons = [(pool, "dense", values, dense_scores) for pool, values in pools.items()]
-        comparisons += [(a, b, pools.get(a), pools.get(b)) for a, b in pairs]
-        for first, second, run, baseline in comparisons:
-            if run is None or baseline is None:
-                continue
-            overall = paired_difference(run, baseline, dense_scores, boots, seed)
-            per_task = paired_score_differences(run, baseline, boots, seed)
-            entries[(label, pathway, f"{first} - {second}")] = [
-                v for interval in (overall, *(per_task[t] for t in tasks))
-                for v in (interval.estimate, interval.low, interval.high)]
+    for key, run, baseline in comparisons:
+        if run is None or baseline is None:
+            continue
+        overall = paired_difference(run, baseline, dense_scores, boots, seed)
+        per_task = paired_score_differences(run, baseline, boots, seed)
+        entries[key] = [v for interval in (overall, *(per_task[t] for t in tasks))
+                        for v in (interval.estimate, interval.low, interval.high)]
     groups = [RETENTION_DIFFERENCE, *(f"{t} (pp)" for t in tasks)]
     columns = pd.MultiIndex.from_tuples([(g, name) for g in groups for name in ("diff", "low", "high")])
-    frame = pd.DataFrame.from_dict(entries, orient="index", columns=columns)
-    frame.index = pd.MultiIndex.from_tuples(list(entries), names=["setting", "pathway", "pools"])
-    return frame
+    index = pd.MultiIndex.from_tuples(list(entries) or [("", "", "")], names=["setting", "pathway", "pools"])
+    return pd.DataFrame(list(entries.values()), index=index[:len(entries)], columns=columns)
 
 
 def table3(results: pd.DataFrame) -> pd.DataFrame:

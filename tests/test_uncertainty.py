@@ -171,7 +171,8 @@ def test_pool_differences_compare_pools_and_dense_on_the_same_items(tmp_path):
                                     ("visual", "visual"): DENSE})
     table = pool_differences(results, items.sample(frac=1, random_state=2))  # item order does not matter
     assert list(table.index) == [("50%", "text", "text - dense"), ("50%", "text", "visual - dense"),
-                                 ("50%", "text", "text - visual"), ("50%", "visual", "visual - dense")]
+                                 ("50%", "text", "text - visual"), ("50%", "visual", "visual - dense"),
+                                 ("50%", "visual - text", "visual")]
     # against the dense model: retention - 100; ATV keeps 5 of 6 on a and 6 of 6 on b
     text_dense = table.loc[("50%", "text", "text - dense")]
     assert text_dense[("avg retention (pp)", "diff")] == pytest.approx(100 * (5 / 6 + 1) / 2 - 100)
@@ -188,6 +189,14 @@ def test_pool_differences_compare_pools_and_dense_on_the_same_items(tmp_path):
     # a pathway pruned without loss: every interval is [0, 0]
     same = table.loc[("50%", "visual", "visual - dense")]
     assert same.abs().max() == 0
+    # between pathways, same pool: the visual pathway's cell (dense answers) against the text pathway's
+    # (Wanda's 4 of 8 on each task, retention (4/6 + 4/6) / 2)
+    across = table.loc[("50%", "visual - text", "visual")]
+    assert across[("avg retention (pp)", "diff")] == pytest.approx(100 - 100 * 4 / 6)
+    assert across[("a (pp)", "diff")] == pytest.approx(100 * (6 / 8 - 4 / 8))
+    (low, high), _ = _plain_bootstrap(2000, 0, DENSE, WANDA)
+    assert (across[("avg retention (pp)", "low")], across[("avg retention (pp)", "high")]) == pytest.approx(
+        (low, high))
     # a Table 1 grid writes them beside the table
     (tmp_path / "items").mkdir()
     items.to_csv(tmp_path / "items" / "all.csv", index=False)
