@@ -310,8 +310,8 @@ def pool_differences(results: pd.DataFrame, items: pd.DataFrame, pairs: tuple[tu
                         for v in (interval.estimate, interval.low, interval.high)]
     groups = [RETENTION_DIFFERENCE, *(f"{t} (pp)" for t in tasks)]
     columns = pd.MultiIndex.from_tuples([(g, name) for g in groups for name in ("diff", "low", "high")])
-    index = pd.MultiIndex.from_tuples(list(entries) or [("", "", "")], names=["setting", "pathway", "pools"])
-    return pd.DataFrame(list(entries.values()), index=index[:len(entries)], columns=columns)
+    index = pd.MultiIndex.from_arrays(list(zip(*entries)) or [[], [], []], names=["setting", "pathway", "pools"])
+    return pd.DataFrame(list(entries.values()), index=index, columns=columns)
 
 
 def table3(results: pd.DataFrame) -> pd.DataFrame:

@@ -164,6 +164,8 @@ def test_table1_rows_follow_the_papers_layout_whichever_cells_ran_first():
         ("50%", "text", f"{pool} - dense") for pool in ("text", "visual", "mixed")] + [
         ("50%", "text", pair) for pair in ("text - visual", "mixed - visual", "text - mixed")]
     assert pools.index[-1][0] == "60%"
+    # a grid with no pruned cell yet has nothing to compare
+    assert pool_differences(*_pathway_grid({("dense", "-"): DENSE})).empty
 
 
 def test_pool_differences_compare_pools_and_dense_on_the_same_items(tmp_path):
