@@ -42,13 +42,13 @@ from probe.engine import PruneConfig, prune
 from probe.errors import ProbeError
 from probe.evaluation.harness import evaluate_with_items, primary_rows, resolve_tasks, token_records_path
 from probe.loading import LoadedModel, load_model, parse_dtype
-from probe.manifest import package_versions, write_json_atomic, write_text_atomic
+from probe.manifest import machine_description, package_versions, write_json_atomic, write_text_atomic
 from probe.method_spec import MethodEntry, method_entry
 from probe.mot import PATHWAYS, prune_pathway, to_mot, weight_sharing_copy
 from probe.names import GRIDS, MODALITY_POOLS
 from probe.record import RunRecord, kept_visual_total
 from probe.sparsity.masks import mask_iou, parse_pattern
-from probe.task_checkpoint import TaskCheckpoint, weights_fingerprint
+from probe.task_checkpoint import TaskCheckpoint, parameter_stats
 from probe.token_pruning.base import make_pruner
 from probe.token_pruning.schedule import with_token_schedule
 from probe.vision_cache import VisionFeatureCache
@@ -485,7 +485,8 @@ def _prune_and_score(ctx: GridContext, cell: Cell, show_progress: bool, log_samp
     config, base, out = ctx.config, ctx.base, ctx.out
     # an MoT cell writes only into its pruned pathway's own copies; every other cell needs a whole copy
     model = weight_sharing_copy(base.model) if cell.pathway in PATHWAYS else copy.deepcopy(base.model)
-    context: dict[str, Any] = {"command": "grid", "grid": config.grid, "cell": cell.cell_id, "pathway": cell.pathway}
+    context: dict[str, Any] = {"command": "grid", "grid": config.grid, "cell": cell.cell_id, "pathway": cell.pathway,
+                               "machine": machine_description(config.device)}
     prune_config = None
     context["token_pruning"] = cell.token_pruning
     if cell.pathway == "all" and cell.entry is not None:
@@ -511,6 +512,7 @@ def _prune_and_score(ctx: GridContext, cell: Cell, show_progress: bool, log_samp
     else:
         record = RunRecord(settings={}, method="dense", model=config.model, context=context)
     scores, items, checkpoint = _evaluate_cell(ctx, cell, model, show_progress, log_samples)
+    record.context["weights_fingerprint"] = checkpoint.fingerprint
     settings = {"cell": cell.cell_id, "pathway": cell.pathway, "pool": cell.pool, "sparsity": cell.sparsity,
                 "method": cell.method, "setting": cell.setting, "model": config.model,
                 "nsamples": config.nsamples, "seed": config.seed, "limit": config.limit,
@@ -533,7 +535,7 @@ def _evaluate_cell(ctx: GridContext, cell: Cell, model: torch.nn.Module, show_pr
     """Score the cell's model task by task, each task's scores checkpointed under ``partial/<cell>/`` as it
     finishes, so that a rerun after a stop scores only the tasks left (on the same pruned weights)."""
     config, base, out = ctx.config, ctx.base, ctx.out
-    checkpoint = TaskCheckpoint(cell_path(out, cell.cell_id, "partial", ""), weights_fingerprint(model)).open()
+    checkpoint = TaskCheckpoint(cell_path(out, cell.cell_id, "partial", ""), parameter_stats(model)).open()
     if checkpoint.finished():
         log.info("%s: %s already scored, resuming", cell.cell_id, ", ".join(checkpoint.finished()))
     loaded = LoadedModel(model, base.processor, base.adapter, base.ref)

@@ -10,6 +10,7 @@ and their tasks scored again.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import shutil
 from dataclasses import dataclass
@@ -23,35 +24,77 @@ from probe.manifest import write_text_atomic
 log = logging.getLogger(__name__)
 
 
-def weights_fingerprint(model: torch.nn.Module) -> str:
-    """A short hash of every parameter's name, shape, zero count and sum (accumulated in float64): equal
-    for a model pruned again the same way, different after a change to its masks or weights (a change
-    that leaves every sum and zero count as it was goes unseen)."""
-    digest = hashlib.sha256()
+ParameterStats = dict[str, tuple[tuple[int, ...], int, float]]
+
+
+def parameter_stats(model: torch.nn.Module) -> ParameterStats:
+    """Every parameter's shape, zero count and sum (accumulated in float64), by name."""
+    stats: ParameterStats = {}
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             values = parameter.detach()
-            stats = (int((values == 0).sum()), float(values.sum(dtype=torch.float64)))
-            digest.update(f"{name}:{tuple(values.shape)}:{stats!r};".encode())
+            stats[name] = (tuple(values.shape), int((values == 0).sum()), float(values.sum(dtype=torch.float64)))
+    return stats
+
+
+def weights_fingerprint(model: torch.nn.Module | ParameterStats) -> str:
+    """A short hash of every parameter's name, shape, zero count and sum: equal for a model pruned again
+    the same way, different after a change to its masks or weights (a change that leaves every sum and
+    zero count as it was goes unseen). Takes the model or its :func:`parameter_stats`."""
+    stats = model if isinstance(model, dict) else parameter_stats(model)
+    digest = hashlib.sha256()
+    for name, (shape, zeros, total) in stats.items():
+        digest.update(f"{name}:{shape}:{(zeros, total)!r};".encode())
     return digest.hexdigest()[:16]
+
+
+def describe_weight_change(before: ParameterStats, after: ParameterStats) -> str:
+    """How two models' parameter statistics differ, in one line: how many parameters changed their zero
+    count (pruning masks of another size) and how many only their sum (other masks of the same size, or
+    other kept values), with the largest relative change of a sum. Differences in the last bits alone
+    usually mean floating-point noise in the calibration statistics, e.g. from another CPU."""
+    if before.keys() != after.keys() or any(before[n][0] != after[n][0] for n in before):
+        return "the parameters' names or shapes differ"
+    zeros = [n for n in before if before[n][1] != after[n][1]]
+    sums = [n for n in before if before[n][1] == after[n][1] and before[n][2] != after[n][2]]
+    parts = [f"{len(zeros)} of {len(before)} parameters have another zero count "
+             f"({sum(before[n][1] for n in before):,} zeros before, {sum(after[n][1] for n in after):,} now)"]
+    if sums:
+        largest = max(abs(after[n][2] - before[n][2]) / max(abs(before[n][2]), 1e-30) for n in sums)
+        parts.append(f"{len(sums)} more have the same zero count and another sum "
+                     f"(largest relative change {largest:.1e})")
+    return "; ".join(parts)
 
 
 @dataclass(frozen=True)
 class TaskCheckpoint:
     """The finished tasks of one cell: ``<folder>/<task>.scores.csv``, ``.items.csv`` and, with logged
-    samples, ``.samples.jsonl`` (and ``.tokens.jsonl``), plus ``fingerprint`` naming the weights."""
+    samples, ``.samples.jsonl`` (and ``.tokens.jsonl``), plus ``fingerprint`` naming the weights and
+    ``parameters.json`` with the statistics it hashes (to say how other weights differ)."""
 
     folder: Path
-    fingerprint: str
+    parameters: ParameterStats
+
+    @property
+    def fingerprint(self) -> str:
+        """The hash of :attr:`parameters` (:func:`weights_fingerprint`)."""
+        return weights_fingerprint(self.parameters)
 
     def open(self) -> TaskCheckpoint:
         """Keep the folder's checkpoints if they were scored on these weights, else start it empty."""
-        stamp = self.folder / "fingerprint"
+        stamp, record = self.folder / "fingerprint", self.folder / "parameters.json"
         if stamp.is_file() and stamp.read_text().strip() != self.fingerprint:
-            log.warning("%s: the pruned weights differ from those its finished tasks were scored on; "
-                        "scoring every task again", self.folder)
+            change = ""
+            if record.is_file():
+                earlier = {name: (tuple(shape), zeros, total)
+                           for name, (shape, zeros, total) in json.loads(record.read_text()).items()}
+                change = f" ({describe_weight_change(earlier, self.parameters)})"
+            log.warning("%s: the pruned weights differ from those its finished tasks were scored on%s; "
+                        "scoring every task again", self.folder, change)
             shutil.rmtree(self.folder)
         if not stamp.is_file():
+            write_text_atomic(record, json.dumps({name: [list(shape), zeros, total] for name, (shape, zeros, total)
+                                                  in self.parameters.items()}, indent=0) + "\n")
             write_text_atomic(stamp, self.fingerprint + "\n")
         return self
 

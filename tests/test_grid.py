@@ -1,12 +1,16 @@
 """The sensitivity grid: every cell evaluated once, resumable, nothing lost; Table 1 layout."""
 
+import hashlib
+import json
+import logging
+
 import pandas as pd
 import pytest
 
 from analysis.tables import retention, table1, table2, to_latex, to_markdown
 from probe import grid as grid_module
 from probe.grid import GridConfig, GridConfigError, cells, run_grid
-from probe.task_checkpoint import weights_fingerprint
+from probe.task_checkpoint import describe_weight_change, weights_fingerprint
 
 
 def small_config(tmp_path, **kw):
@@ -96,7 +100,8 @@ def test_a_killed_grid_keeps_finished_cells_and_the_finished_tasks_of_the_cell_i
     kept = pd.read_csv(tmp_path / "grid" / "results.csv")
     assert len(kept) == 4 and kept.cell.nunique() == 2
     partial = tmp_path / "grid" / "partial" / "visual_visual_0_5"
-    assert sorted(p.name for p in partial.iterdir()) == ["digits.items.csv", "digits.scores.csv", "fingerprint"]
+    assert sorted(p.name for p in partial.iterdir()) == [
+        "digits.items.csv", "digits.scores.csv", "fingerprint", "parameters.json"]
 
     calls.clear()
     resumed = run_grid(config, show_progress=False)
@@ -111,16 +116,23 @@ def test_a_killed_grid_keeps_finished_cells_and_the_finished_tasks_of_the_cell_i
         assert (tmp_path / "grid" / "items" / name).read_text() == (tmp_path / "whole" / "items" / name).read_text()
 
 
-def test_task_checkpoints_of_other_weights_are_scored_again(tmp_path, monkeypatch):
+def test_task_checkpoints_of_other_weights_are_scored_again(tmp_path, monkeypatch, caplog):
     config = small_config(tmp_path, pathways=["visual"], pools=["text"])
     calls = _kill_on_evaluation(monkeypatch, 4)  # the second cell's second task
     with pytest.raises(KeyboardInterrupt):
         run_grid(config, show_progress=False)
     stamp = tmp_path / "grid" / "partial" / "visual_text_0_5" / "fingerprint"
     stamp.write_text("0123456789abcdef\n")  # as if the cell's pruning had come out otherwise
+    record = stamp.parent / "parameters.json"
+    recorded = json.loads(record.read_text())
+    name = next(n for n, (_, zeros, _) in recorded.items() if zeros > 0)
+    recorded[name][1] -= 1  # one weight fewer pruned in one parameter
+    record.write_text(json.dumps(recorded))
     calls.clear()
-    run_grid(config, show_progress=False)
+    with caplog.at_level(logging.WARNING, logger="probe.task_checkpoint"):
+        run_grid(config, show_progress=False)
     assert calls == [["digits"], ["quote_completion"]]
+    assert f"(1 of {len(recorded)} parameters have another zero count" in caplog.text
 
 
 def test_a_grid_takes_its_dense_cell_from_another_grid_scored_alike(tmp_path, monkeypatch):
@@ -161,6 +173,30 @@ def test_the_weights_fingerprint_sees_one_changed_weight():
     with torch.no_grad():
         model[0].weight[1, 1] += 0.25  # a kept weight updated (as SparseGPT does)
     assert weights_fingerprint(model) != pruned
+
+
+def test_the_weights_fingerprint_hashes_each_parameter_as_documented():
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        model.weight[0, 0] = 0.0
+    digest = hashlib.sha256()
+    for name, values in (("weight", model.weight), ("bias", model.bias)):
+        zeros = sum(1 for v in values.flatten().tolist() if v == 0.0)
+        total = float(values.detach().double().sum())
+        digest.update(f"{name}:{tuple(values.shape)}:({zeros}, {total!r});".encode())
+    assert weights_fingerprint(model) == digest.hexdigest()[:16]  # stamps written earlier stay valid
+
+
+def test_a_weight_change_is_described_by_zero_counts_and_sums():
+    before = {"a": ((2, 2), 2, 1.0), "b": ((2,), 0, 4.0), "c": ((2,), 1, -2.0)}
+    after = {"a": ((2, 2), 3, 0.5), "b": ((2,), 0, 4.0 + 4e-6), "c": ((2,), 1, -2.0 - 3e-6)}
+    assert describe_weight_change(before, after) == (
+        "1 of 3 parameters have another zero count (3 zeros before, 4 now); "
+        "2 more have the same zero count and another sum (largest relative change 1.5e-06)")
+    assert describe_weight_change(before, {**after, "a": ((4,), 3, 0.5)}) == "the parameters' names or shapes differ"
 
 
 def test_named_cells_run_first_in_the_order_named_and_a_later_run_does_the_rest(tmp_path, monkeypatch):
@@ -360,3 +396,18 @@ def test_token_methods_are_a_grid_axis(tmp_path):
         small_config(tmp_path, grid="table2", methods=[{"tokens": "kept"}], token_methods=["none"])
     with pytest.raises(GridConfigError, match="token_methods: unknown token-pruning method 'fast'"):
         small_config(tmp_path, grid="table2", token_methods=["fast"])
+
+
+def test_cell_records_name_the_machine_and_the_scored_weights(tmp_path):
+    import torch
+
+    from probe.loading import load_model
+
+    config = small_config(tmp_path, grid="table2", tasks="digits", settings=["0.5"], methods=["magnitude"])
+    run_grid(config, show_progress=False)
+    records = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "grid" / "cells").glob("*.json")}
+    dense, pruned = records["dense"]["context"], records["magnitude_50"]["context"]
+    assert dense["weights_fingerprint"] == weights_fingerprint(load_model("tiny:llava_next").model)
+    assert pruned["weights_fingerprint"] != dense["weights_fingerprint"]
+    assert pruned["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert pruned["machine"]["torch_threads"] == torch.get_num_threads()
