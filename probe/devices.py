@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import platform
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -36,13 +38,35 @@ def check_device(name: str | torch.device) -> torch.device:
     raise DeviceError(f"device {str(name)!r} is not available here; use cpu or cuda")
 
 
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str] | None:
-    """The instruction-set flags of this machine's CPU, or None where the system does not list them."""
+def _cpuinfo_lines(cpuinfo: Path) -> list[str] | None:
+    """The lines of Linux's CPU description, or None where the system has none."""
     try:
-        text = cpuinfo.read_text()
+        return cpuinfo.read_text().splitlines()
     except OSError:
         return None
-    return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str] | None:
+    """The instruction-set flags of this machine's CPU, or None where the system does not list them."""
+    lines = _cpuinfo_lines(cpuinfo)
+    if lines is None:
+        return None
+    return {flag for line in lines if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+
+
+def machine_description(device: str | torch.device = "cpu", cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, Any]:
+    """The hardware a run computed on: the CPU's model, the vector instructions torch's kernels use on it
+    (AVX2, AVX512, ...), torch's thread count and, for a CUDA device, the GPU. Float results such as
+    calibration statistics, and so pruning masks near their threshold, can differ in the last bits
+    between machines."""
+    lines = _cpuinfo_lines(cpuinfo) or []
+    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
+    machine: dict[str, Any] = {"cpu": model or platform.processor() or platform.machine(),
+                               "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                               "torch_threads": torch.get_num_threads()}
+    if torch.device(device).type == "cuda" and torch.cuda.is_available():
+        machine["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return machine
 
 
 def slow_dtype_warning(device: str | torch.device, dtype: torch.dtype, flags: set[str] | None) -> str | None:

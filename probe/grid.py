@@ -37,12 +37,12 @@ from pydantic import TypeAdapter, ValidationError
 from probe.calibrate import capture_calibration
 from probe.capture import CapturedSample
 from probe.data.calibration import CalibrationSpec, select
-from probe.devices import check_device
+from probe.devices import check_device, machine_description
 from probe.engine import PruneConfig, prune
 from probe.errors import ProbeError
 from probe.evaluation.harness import evaluate_with_items, primary_rows, resolve_tasks, token_records_path
 from probe.loading import LoadedModel, load_model, parse_dtype
-from probe.manifest import machine_description, package_versions, write_json_atomic, write_text_atomic
+from probe.manifest import package_versions, write_json_atomic, write_text_atomic
 from probe.method_spec import MethodEntry, method_entry
 from probe.mot import PATHWAYS, prune_pathway, to_mot, weight_sharing_copy
 from probe.names import GRIDS, MODALITY_POOLS

@@ -31,30 +31,6 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
-def machine_description(device: str = "cpu") -> dict[str, Any]:
-    """The hardware a run computed on: the CPU, the vector instructions torch's kernels use on it (AVX2,
-    AVX512, ...), torch's thread count and, for a CUDA device, the GPU. Float results such as
-    calibration statistics, and so pruning masks near their threshold, can differ in the last bits
-    between them."""
-    import torch
-
-    machine: dict[str, Any] = {"cpu": _cpu_model() or platform.processor() or platform.machine(),
-                               "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                               "torch_threads": torch.get_num_threads()}
-    if device.startswith("cuda") and torch.cuda.is_available():
-        machine["gpu"] = torch.cuda.get_device_name(torch.device(device))
-    return machine
-
-
-def _cpu_model() -> str | None:
-    """The CPU's model name as Linux reports it, or None elsewhere."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return None
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
-
-
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

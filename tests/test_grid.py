@@ -411,3 +411,16 @@ def test_cell_records_name_the_machine_and_the_scored_weights(tmp_path):
     assert pruned["weights_fingerprint"] != dense["weights_fingerprint"]
     assert pruned["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert pruned["machine"]["torch_threads"] == torch.get_num_threads()
+
+
+def test_the_machine_is_named_from_the_cpu_description(tmp_path):
+    import platform
+
+    from probe.devices import machine_description
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Example CPU 9000\nflags\t\t: avx2\n\n"
+                       "processor\t: 1\nmodel name\t: Example CPU 9000\nflags\t\t: avx2\n")
+    assert machine_description("cpu", cpuinfo)["cpu"] == "Example CPU 9000"
+    assert "gpu" not in machine_description("cpu", cpuinfo)
+    assert machine_description("cpu", tmp_path / "absent")["cpu"] == (platform.processor() or platform.machine())
