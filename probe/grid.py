@@ -90,6 +90,9 @@ class GridConfig:
     calib_subset: str | None = None
     nsamples: int = 128
     seed: int = 0
+    # the calibration draw's own seed (None: seed): the same cells pruned again on other calibration samples,
+    # with the same dense cell, task items and evaluation seed
+    calib_seed: int | None = None
     replicate_o_proj: bool = False
     dtype: str = "float32"
     device: str = "cpu"
@@ -204,7 +207,8 @@ class GridConfig:
 
     def calibration(self) -> CalibrationSpec:
         return CalibrationSpec.parse(self.calib, image_root=self.image_root, subset=self.calib_subset,
-                                     nsamples=self.nsamples, seed=self.seed)
+                                     nsamples=self.nsamples,
+                                     seed=self.seed if self.calib_seed is None else self.calib_seed)
 
 
 @dataclass(frozen=True)

@@ -355,6 +355,40 @@ def test_a_rerun_with_other_calibration_samples_is_refused(tmp_path):
         run_grid(config, show_progress=False)
 
 
+def test_calib_seed_prunes_again_on_another_draw_with_the_same_dense_cell_and_evaluation(tmp_path, monkeypatch):
+    """``calib_seed`` changes the calibration draw only: the dense cell is taken from the first grid, the
+    evaluation keeps ``seed``, and the samples are those a seeded draw from the bundled pool gives."""
+    import random
+
+    from probe.data.calibration import CalibrationSpec, load_samples
+
+    first = small_config(tmp_path, grid="table2", methods=["wanda"], settings=["0.5"], tasks="digits",
+                         out=str(tmp_path / "first"))
+    run_grid(first, show_progress=False)
+    seeds = []
+    real = grid_module.evaluate_with_items
+    monkeypatch.setattr(grid_module, "evaluate_with_items",
+                        lambda *args, **kwargs: seeds.append(kwargs["seed"]) or real(*args, **kwargs))
+    second = small_config(tmp_path, grid="table2", methods=["wanda"], settings=["0.5"], tasks="digits",
+                          calib_seed=1, dense_from=str(tmp_path / "first"), out=str(tmp_path / "second"))
+    run_grid(second, show_progress=False)
+    assert seeds == [0]  # the wanda cell only, evaluated with the grid's seed
+
+    def drawn(folder):
+        record = json.loads(grid_module.cell_path(tmp_path / folder, "wanda/50%").read_text())
+        return record["calibration"]["sample_ids"]
+
+    pool = load_samples(CalibrationSpec())
+    assert drawn("first") == [s.sample_id for s in random.Random(0).sample(pool, 3)]
+    assert drawn("second") == [s.sample_id for s in random.Random(1).sample(pool, 3)]
+    assert drawn("first") != drawn("second")
+    dense = "items/dense.csv"
+    assert (tmp_path / "second" / dense).read_text() == (tmp_path / "first" / dense).read_text()
+    with pytest.raises(GridConfigError, match="other settings.*calib_seed"):
+        run_grid(small_config(tmp_path, grid="table2", methods=["wanda"], settings=["0.5"], tasks="digits",
+                              calib_seed=2, out=str(tmp_path / "second")), show_progress=False)
+
+
 def test_a_fixed_budget_cell_needs_plain_atv_in_the_grid(tmp_path):
     with pytest.raises(GridConfigError, match="add atv to methods"):
         small_config(tmp_path, grid="table2", methods=["wanda", "atv(budget=fixed)"])
