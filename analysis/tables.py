@@ -8,6 +8,8 @@ Retention of a pruned model = mean over tasks of (pruned score / dense score), i
 - :func:`task_differences`: per method, each task's score minus Wanda's on the same items;
 - :func:`pool_differences`: Table 1's comparisons, each pool against the dense model and against the
   other pools of the same pathway;
+- :func:`rerun_differences`: per cell, a second run of a grid (another machine, another calibration
+  draw) against the first, on the same items;
 
 each with, per setting (50%, 60%, 2:4, ...), the task scores in % and the average retention.
 """
@@ -314,6 +316,49 @@ def pool_differences(results: pd.DataFrame, items: pd.DataFrame, pairs: tuple[tu
     return pd.DataFrame(list(entries.values()), index=index, columns=columns)
 
 
+CHANGED = "items answered differently"
+
+
+def rerun_differences(results: pd.DataFrame, items: pd.DataFrame, rerun_results: pd.DataFrame,
+                      rerun_items: pd.DataFrame, boots: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Per cell finished in both grids (same cell id, in the first grid's order), the rerun minus the first
+    run on the same items: how many items each task answers differently (``items answered differently``),
+    and the difference in average retention and in each task's score, in percentage points, with paired
+    bootstrap 95% intervals (``diff``, ``low``, ``high``). Both grids must hold the same dense cell (a
+    rerun takes it with ``dense_from``), since retention is read against it."""
+    from probe.uncertainty import paired_difference, paired_score_differences
+
+    tasks, order = _dense_item_order(results, items)
+    if _dense_item_order(rerun_results, rerun_items) != (tasks, order):
+        raise ResultsError("the two grids score other tasks or items; a rerun is compared on the same ones")
+    dense = _cell_items(items, results[results.pathway == "dense"].cell.iloc[0], tasks, order)
+    rerun_dense = _cell_items(rerun_items, rerun_results[rerun_results.pathway == "dense"].cell.iloc[0], tasks,
+                              order)
+    if dense is None or rerun_dense is None:
+        raise ResultsError("a dense cell lacks per-item scores for some task")
+    differing = sum(int((dense[t] != rerun_dense[t]).sum()) for t in tasks)
+    if differing:
+        raise ResultsError(f"the two grids' dense cells answer {differing} items differently; compare a rerun "
+                           "that takes the first grid's dense cell (dense_from)")
+    rerun_cells = set(rerun_results.cell)
+    entries = {}
+    for cell in dict.fromkeys(results[results.pathway != "dense"].cell):
+        first = _cell_items(items, cell, tasks, order)
+        second = _cell_items(rerun_items, cell, tasks, order) if cell in rerun_cells else None
+        if first is None or second is None:
+            continue
+        overall = paired_difference(second, first, dense, boots, seed)
+        per_task = paired_score_differences(second, first, boots, seed)
+        entries[cell] = [*(int((first[t] != second[t]).sum()) for t in tasks),
+                         *(v for interval in (overall, *(per_task[t] for t in tasks))
+                           for v in (interval.estimate, interval.low, interval.high))]
+    groups = [RETENTION_DIFFERENCE, *(f"{t} (pp)" for t in tasks)]
+    columns = [(CHANGED, t) for t in tasks] + [(g, name) for g in groups for name in ("diff", "low", "high")]
+    frame = pd.DataFrame(list(entries.values()), index=pd.Index(list(entries), name="cell"),
+                         columns=pd.MultiIndex.from_tuples(columns))
+    return frame.astype({(CHANGED, t): int for t in tasks})
+
+
 def table3(results: pd.DataFrame) -> pd.DataFrame:
     """The selection-signal ablation in Table 3's layout: a row per (signal, adaptive budget), from ATV
     cells such as ``atv``, ``atv(budget=fixed)``, ``atv(signal=random, budget=fixed)``,
@@ -376,6 +421,9 @@ def display_frame(frame: pd.DataFrame, digits: int = 2, plus_minus: str = "±") 
                 interval = (low, high) if name == AVERAGE else (nan, nan)
                 out[(RETENTION, label)] = [_with_interval(v, lo, hi, digits)
                                            for v, lo, hi in zip(frame[(RETENTION, name)], *interval)]
+        elif group == CHANGED:
+            for name in [n for g, n in frame.columns if g == CHANGED]:
+                out[(CHANGED, name)] = [str(v) for v in frame[(CHANGED, name)]]
         elif {(group, "diff"), (group, "low"), (group, "high")} <= set(frame.columns):  # a difference
             out[(group, "diff [95% CI]")] = [
                 _with_interval(d, lo, hi, digits, sign=True)

@@ -250,8 +250,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("table", "the tables of a grid folder from the cells finished so far (what `probe grid` writes "
                          "when it ends)",
-                "  probe table results/grid/table1-large\n")
+                "  probe table results/grid/table1-large\n"
+                "  probe table results/grid/table2-large-calib1 --against results/grid/table2-large\n")
     p.add_argument("grid", type=Path, help="grid folder (holding manifest.json and results.csv)")
+    p.add_argument("--against", type=Path, default=None, metavar="FIRST_GRID",
+                   help="also compare GRID, a rerun of the cells of FIRST_GRID (on another machine or calibration "
+                        "draw, with its dense cell), against it: per cell the items answered differently and the "
+                        "paired differences, written to GRID/<name>_vs_<first name>.md|csv|tex")
     p.set_defaults(func=cmd_table)
 
     p = command("families", "list the supported model families")
@@ -466,20 +471,40 @@ def _executor(args: argparse.Namespace, config):  # noqa: ANN001, ANN202
 
 
 def cmd_table(args: argparse.Namespace) -> int:
+    from analysis.results import ResultsError, load_grid, load_items
+    from analysis.tables import rerun_differences, write_grid_table, write_table
+
+    config = _grid_manifest_config(args.grid)
+    first = _grid_manifest_config(args.against) if args.against is not None else None
+    results = load_grid(args.grid)
+    print(write_grid_table(results, args.grid, config["grid"], config.get("model"), config.get("name") or None))
+    if first is not None:
+        items, first_items = load_items(args.grid), load_items(args.against)
+        missing = [str(folder) for folder, kept in ((args.grid, items), (args.against, first_items)) if kept is None]
+        if missing:
+            raise ResultsError(f"{', '.join(missing)} keeps no per-item scores (items/), which a rerun "
+                               "comparison needs")
+        frame = rerun_differences(load_grid(args.against), first_items, results, items)
+        if frame.empty:
+            raise ResultsError(f"no cell is finished in both {args.grid} and {args.against}")
+        name = f"{config.get('name') or config['grid']}_vs_{first.get('name') or first['grid']}"
+        print(write_table(frame, args.grid, name))
+    return 0
+
+
+def _grid_manifest_config(folder: Path) -> dict:
+    """The config stored in a grid folder's manifest, checked to name a grid."""
     import json
 
-    from analysis.results import ResultsError, load_grid
-    from analysis.tables import write_grid_table
+    from analysis.results import ResultsError
 
-    manifest = args.grid / "manifest.json"
+    manifest = folder / "manifest.json"
     if not manifest.is_file():
         raise ResultsError(f"no grid manifest at {manifest} (probe grid writes it when it starts)")
     config = json.loads(manifest.read_text()).get("config", {})
     if config.get("grid") not in GRIDS:
         raise ResultsError(f"{manifest} names no grid ({', '.join(GRIDS)}) in its config")
-    results = load_grid(args.grid)
-    print(write_grid_table(results, args.grid, config["grid"], config.get("model"), config.get("name") or None))
-    return 0
+    return config
 
 
 def cmd_plot(args: argparse.Namespace) -> int:

@@ -5,7 +5,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.tables import pool_differences, table1, table2, task_differences, to_markdown, write_grid_table
+from analysis.results import ResultsError
+from analysis.tables import (
+    pool_differences,
+    rerun_differences,
+    table1,
+    table2,
+    task_differences,
+    to_markdown,
+    write_grid_table,
+)
 from probe.uncertainty import (
     ItemsError,
     bootstrap_retention,
@@ -206,3 +215,44 @@ def test_pool_differences_compare_pools_and_dense_on_the_same_items(tmp_path):
     assert (tmp_path / "table1_pools.md").read_text() in markdown
     line = next(line for line in markdown.splitlines() if "| text - dense |" in line)
     assert line.startswith("| 50% | text | text - dense | -8.33 [")
+
+
+def test_rerun_differences_pair_each_cell_with_its_rerun_on_the_same_items():
+    first_results, first_items = _grid({"dense": DENSE, "wanda": WANDA, "atv": ATV})
+    rerun_results, rerun_items = _grid({"dense": DENSE, "wanda": ATV})  # Wanda run again; ATV not (yet)
+    table = rerun_differences(first_results, first_items, rerun_results, rerun_items.sample(frac=1, random_state=2),
+                              boots=300, seed=3)
+    assert list(table.index) == ["wanda"]
+    row = table.loc["wanda"]
+    for t in ("a", "b"):
+        assert row[("items answered differently", t)] == sum(x != y for x, y in zip(WANDA[t], ATV[t]))
+    assert (row[("items answered differently", "a")], row[("items answered differently", "b")]) == (1, 2)
+    assert row[("a (pp)", "diff")] == pytest.approx(100 * (5 / 8 - 4 / 8))
+    assert row[("b (pp)", "diff")] == pytest.approx(100 * (6 / 8 - 4 / 8))
+    overall = row["avg retention (pp)"]
+    assert overall["diff"] == pytest.approx(100 * ((5 / 6 + 1) / 2 - (4 / 6 + 4 / 6) / 2))
+    (low, high), _ = _plain_bootstrap(300, 3, ATV, WANDA)
+    assert (overall["low"], overall["high"]) == pytest.approx((low, high))
+    assert "| wanda | 1 | 2 | +25.00 [" in to_markdown(table)
+    moved = {"a": np.where(np.arange(8) == 2, 1.0, DENSE["a"]), "b": DENSE["b"]}
+    with pytest.raises(ResultsError, match="dense cells answer 1 items differently"):
+        rerun_differences(first_results, first_items, *_grid({"dense": moved, "wanda": ATV}))
+
+
+def test_table_cli_compares_a_rerun_folder_against_the_first(tmp_path, capsys):
+    """`probe table RERUN --against FIRST` writes RERUN/<name>_vs_<first name>.md with the paired differences."""
+    from probe.cli import main
+
+    for folder, runs, name in (("first", {"dense": DENSE, "wanda": WANDA}, "table2"),
+                               ("second", {"dense": DENSE, "wanda": ATV}, "table2-calib1")):
+        results, items = _grid(runs)
+        (tmp_path / folder / "items").mkdir(parents=True)
+        results.to_csv(tmp_path / folder / "results.csv", index=False)
+        items.to_csv(tmp_path / folder / "items" / "all.csv", index=False)
+        (tmp_path / folder / "manifest.json").write_text(f'{{"config": {{"grid": "table2", "name": "{name}"}}}}')
+    assert main(["table", str(tmp_path / "second"), "--against", str(tmp_path / "nowhere")]) == 2
+    assert "no grid manifest at" in capsys.readouterr().err
+    assert main(["table", str(tmp_path / "second"), "--against", str(tmp_path / "first")]) == 0
+    written = (tmp_path / "second" / "table2-calib1_vs_table2.md").read_text()
+    assert written in capsys.readouterr().out
+    assert "| wanda | 1 | 2 | +25.00 [" in written
