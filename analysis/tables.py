@@ -340,11 +340,9 @@ def rerun_differences(results: pd.DataFrame, items: pd.DataFrame, rerun_results:
     if differing:
         raise ResultsError(f"the two grids' dense cells answer {differing} items differently; compare a rerun "
                            "that takes the first grid's dense cell (dense_from)")
-    rerun_cells = set(rerun_results.cell)
     entries = {}
     for cell in dict.fromkeys(results[results.pathway != "dense"].cell):
-        first = _cell_items(items, cell, tasks, order)
-        second = _cell_items(rerun_items, cell, tasks, order) if cell in rerun_cells else None
+        first, second = _cell_items(items, cell, tasks, order), _cell_items(rerun_items, cell, tasks, order)
         if first is None or second is None:
             continue
         overall = paired_difference(second, first, dense, boots, seed)
