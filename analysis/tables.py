@@ -10,6 +10,8 @@ Retention of a pruned model = mean over tasks of (pruned score / dense score), i
   other pools of the same pathway;
 - :func:`rerun_differences`: per cell, a second run of a grid (another machine, another calibration
   draw) against the first, on the same items;
+- :func:`average_draws`: reruns of a grid on other calibration draws as one grid whose items score the
+  mean of the draws' answers, which the tables above then read like any grid;
 
 each with, per setting (50%, 60%, 2:4, ...), the task scores in % and the average retention.
 """
@@ -357,6 +359,53 @@ def rerun_differences(results: pd.DataFrame, items: pd.DataFrame, rerun_results:
     return frame.astype({(CHANGED, t): int for t in tasks})
 
 
+def average_draws(draws: list[tuple[pd.DataFrame, pd.DataFrame]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Runs of one grid on several calibration draws (each a grid's results and per-item scores, the first
+    draw first) as one grid whose per-item score is the mean of the draws' answers. It keeps the cells
+    finished in every draw, in the first draw's order; each task's score is the mean of the averaged
+    items, and its ``stderr`` the standard error of those means. The draws must share the dense cell
+    (the same answers, item for item) and score the same items, so that :func:`table1` and
+    :func:`table2` give the averaged cells paired intervals over the same items."""
+    from probe.uncertainty import standard_error
+
+    if len(draws) < 2:
+        raise ResultsError(f"averaging draws needs at least two grids, got {len(draws)}")
+    (results, items), others = draws[0], draws[1:]
+    tasks, order = _dense_item_order(results, items)
+    dense_cell = results[results.pathway == "dense"].cell.iloc[0]
+    dense = _cell_items(items, dense_cell, tasks, order)
+    if dense is None:
+        raise ResultsError("the first draw's dense cell lacks per-item scores for some task")
+    for number, (other_results, other_items) in enumerate(others, start=2):
+        if _dense_item_order(other_results, other_items) != (tasks, order):
+            raise ResultsError(f"draw {number} scores other tasks or items than the first; draws are averaged "
+                               "on the same ones")
+        other_dense = _cell_items(other_items, other_results[other_results.pathway == "dense"].cell.iloc[0],
+                                  tasks, order)
+        if other_dense is None:
+            raise ResultsError(f"draw {number}'s dense cell lacks per-item scores for some task")
+        differing = sum(int((dense[t] != other_dense[t]).sum()) for t in tasks)
+        if differing:
+            raise ResultsError(f"draw {number}'s dense cell answers {differing} items differently from the "
+                               "first's; draws share the first draw's dense cell (dense_from)")
+    kept_rows, kept_items = [results[results.pathway == "dense"]], [items[items.cell == dense_cell]]
+    for cell in dict.fromkeys(results[results.pathway != "dense"].cell):
+        runs = [_cell_items(draw_items, cell, tasks, order) if cell in set(draw_results.cell) else None
+                for draw_results, draw_items in draws]
+        if any(run is None for run in runs):
+            continue
+        rows = results[results.cell == cell].copy()
+        for t in tasks:
+            mean = sum(run[t] for run in runs) / len(runs)
+            rows.loc[rows.task == t, ["score", "stderr", "n"]] = [float(mean.mean()), standard_error(mean),
+                                                                 len(mean)]
+            kept_items.append(pd.DataFrame({"cell": cell, "task": t, "doc_id": order[t], "value": mean}))
+        kept_rows.append(rows)
+    if len(kept_rows) == 1:
+        raise ResultsError("no pruned cell is finished in every draw")
+    return pd.concat(kept_rows, ignore_index=True), pd.concat(kept_items, ignore_index=True)
+
+
 def table3(results: pd.DataFrame) -> pd.DataFrame:
     """The selection-signal ablation in Table 3's layout: a row per (signal, adaptive budget), from ATV
     cells such as ``atv``, ``atv(budget=fixed)``, ``atv(signal=random, budget=fixed)``,
@@ -466,17 +515,18 @@ def write_table(frame: pd.DataFrame, out: Path, name: str) -> str:
 
 
 def write_grid_table(results: pd.DataFrame, out: Path, grid: str, model: str | None = None,
-                     name: str | None = None) -> str:
+                     name: str | None = None, items: pd.DataFrame | None = None) -> str:
     """The table of a finished grid (``table1`` or ``table2``) written into ``out`` as ``name``.md/.csv/.tex
     (``name`` defaults to the grid); a method grid with ATV selection-signal cells also gets
     ``<name>_signals`` in Table 3's layout, and one with per-item scores ``<name>_tasks_vs_wanda``
     (:func:`task_differences`); a Table 1 grid with per-item scores gets ``<name>_pools``
     (:func:`pool_differences`). When the paper reports ``model``, the average retentions next to the
-    paper's go to ``<name>_vs_paper``."""
+    paper's go to ``<name>_vs_paper``. The per-item scores are ``items`` when given, else those kept in
+    ``out`` (``items/``)."""
     from analysis.results import load_items, load_paper, paper_model
 
     name = name or grid
-    items = load_items(out)
+    items = load_items(out) if items is None else items
     rows = ["pathway", "pool"] if grid == "table1" else ["method"]
     if grid == "table1":
         markdown = write_table(table1(results, items), out, name)

@@ -251,12 +251,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("table", "the tables of a grid folder from the cells finished so far (what `probe grid` writes "
                          "when it ends)",
                 "  probe table results/grid/table1-large\n"
-                "  probe table results/grid/table2-large-calib1 --against results/grid/table2-large\n")
+                "  probe table results/grid/table2-large-calib1 --against results/grid/table2-large\n"
+                "  probe table results/grid/table2-large --average-with results/grid/table2-large-calib1\n")
     p.add_argument("grid", type=Path, help="grid folder (holding manifest.json and results.csv)")
     p.add_argument("--against", type=Path, default=None, metavar="FIRST_GRID",
                    help="also compare GRID, a rerun of the cells of FIRST_GRID (on another machine or calibration "
                         "draw, with its dense cell), against it: per cell the items answered differently and the "
                         "paired differences, written to GRID/<name>_vs_<first name>.md|csv|tex")
+    p.add_argument("--average-with", type=Path, action="append", default=[], metavar="OTHER_GRID",
+                   help="also write the tables of the mean of GRID and OTHER_GRID, a rerun of its cells on "
+                        "another calibration draw with its dense cell (repeat for more draws): each item scores "
+                        "the mean of the draws' answers, over the cells finished in every draw, written to "
+                        "GRID/<name>_mean_of_<k>_draws.md|csv|tex")
     p.set_defaults(func=cmd_table)
 
     p = command("families", "list the supported model families")
@@ -472,10 +478,14 @@ def _executor(args: argparse.Namespace, config):  # noqa: ANN001, ANN202
 
 def cmd_table(args: argparse.Namespace) -> int:
     from analysis.results import ResultsError, load_grid, load_items
-    from analysis.tables import rerun_differences, write_grid_table, write_table
+    from analysis.tables import average_draws, rerun_differences, write_grid_table, write_table
 
     config = _grid_manifest_config(args.grid)
     first = _grid_manifest_config(args.against) if args.against is not None else None
+    for other in args.average_with:
+        if _grid_manifest_config(other)["grid"] != config["grid"]:
+            raise ResultsError(f"{other} is not a {config['grid']} grid like {args.grid}; only reruns of the same "
+                               "grid are averaged")
     results = load_grid(args.grid)
     print(write_grid_table(results, args.grid, config["grid"], config.get("model"), config.get("name") or None))
     if first is not None:
@@ -489,6 +499,16 @@ def cmd_table(args: argparse.Namespace) -> int:
             raise ResultsError(f"no cell is finished in both {args.grid} and {args.against}")
         name = f"{config.get('name') or config['grid']}_vs_{first.get('name') or first['grid']}"
         print(write_table(frame, args.grid, name))
+    if args.average_with:
+        draws = []
+        for folder in (args.grid, *args.average_with):
+            items = load_items(folder)
+            if items is None:
+                raise ResultsError(f"{folder} keeps no per-item scores (items/), which averaging draws needs")
+            draws.append((load_grid(folder), items))
+        averaged, averaged_items = average_draws(draws)
+        name = f"{config.get('name') or config['grid']}_mean_of_{len(draws)}_draws"
+        print(write_grid_table(averaged, args.grid, config["grid"], config.get("model"), name, averaged_items))
     return 0
 
 

@@ -7,6 +7,7 @@ import pytest
 
 from analysis.results import ResultsError
 from analysis.tables import (
+    average_draws,
     pool_differences,
     rerun_differences,
     table1,
@@ -239,20 +240,89 @@ def test_rerun_differences_pair_each_cell_with_its_rerun_on_the_same_items():
         rerun_differences(first_results, first_items, *_grid({"dense": moved, "wanda": ATV}))
 
 
+def _grid_folder(folder, runs: dict[str, dict], name: str, grid: str = "table2") -> None:
+    """A grid folder as `probe grid` leaves it: results.csv, items/ and the manifest naming the grid."""
+    results, items = _grid(runs)
+    (folder / "items").mkdir(parents=True)
+    results.to_csv(folder / "results.csv", index=False)
+    items.to_csv(folder / "items" / "all.csv", index=False)
+    (folder / "manifest.json").write_text(f'{{"config": {{"grid": "{grid}", "name": "{name}"}}}}')
+
+
 def test_table_cli_compares_a_rerun_folder_against_the_first(tmp_path, capsys):
     """`probe table RERUN --against FIRST` writes RERUN/<name>_vs_<first name>.md with the paired differences."""
     from probe.cli import main
 
-    for folder, runs, name in (("first", {"dense": DENSE, "wanda": WANDA}, "table2"),
-                               ("second", {"dense": DENSE, "wanda": ATV}, "table2-calib1")):
-        results, items = _grid(runs)
-        (tmp_path / folder / "items").mkdir(parents=True)
-        results.to_csv(tmp_path / folder / "results.csv", index=False)
-        items.to_csv(tmp_path / folder / "items" / "all.csv", index=False)
-        (tmp_path / folder / "manifest.json").write_text(f'{{"config": {{"grid": "table2", "name": "{name}"}}}}')
+    _grid_folder(tmp_path / "first", {"dense": DENSE, "wanda": WANDA}, "table2")
+    _grid_folder(tmp_path / "second", {"dense": DENSE, "wanda": ATV}, "table2-calib1")
     assert main(["table", str(tmp_path / "second"), "--against", str(tmp_path / "nowhere")]) == 2
     assert "no grid manifest at" in capsys.readouterr().err
     assert main(["table", str(tmp_path / "second"), "--against", str(tmp_path / "first")]) == 0
     written = (tmp_path / "second" / "table2-calib1_vs_table2.md").read_text()
     assert written in capsys.readouterr().out
     assert "| wanda | 1 | 2 | +25.00 [" in written
+
+
+def _plain_mean_and_stderr(values) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    variance = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    return mean, (variance / len(values)) ** 0.5
+
+
+def test_average_draws_score_each_item_by_the_mean_of_its_answers():
+    first = _grid({"dense": DENSE, "wanda": WANDA, "atv": ATV, "tamp": WANDA})
+    second = _grid({"dense": DENSE, "wanda": ATV, "atv": ATV})  # TAMP not rerun: left out
+    results, items = average_draws([first, (second[0], second[1].sample(frac=1, random_state=4))])
+    assert list(dict.fromkeys(results.cell)) == ["dense", "wanda", "atv"]
+    mean = {t: np.array([(w + a) / 2 for w, a in zip(WANDA[t], ATV[t])]) for t in ("a", "b")}
+    wanda = results[results.cell == "wanda"].set_index("task")
+    for t in ("a", "b"):
+        score, error = _plain_mean_and_stderr(mean[t])
+        assert (wanda.score[t], wanda.stderr[t], wanda.n[t]) == pytest.approx((score, error, 8))
+    assert (wanda.score["a"], wanda.score["b"]) == pytest.approx((4.5 / 8, 5 / 8))
+    kept = items[(items.cell == "wanda") & (items.task == "a")].sort_values("doc_id").value
+    assert list(kept) == pytest.approx(list(mean["a"]))
+    # the tables read the averaged items like any grid's
+    table = table2(results, items)
+    row = table.loc[("50%", "wanda")]
+    assert row[("retention (%)", "avg")] == pytest.approx(100 * (4.5 / 6 + 5 / 6) / 2)
+    (low, high), _ = _plain_bootstrap(2000, 0, mean)
+    assert (row[("retention (%)", "low")], row[("retention (%)", "high")]) == pytest.approx((low, high))
+    (low, high), _ = _plain_bootstrap(2000, 0, ATV, mean)
+    atv = table.loc[("50%", "atv")]
+    assert (atv[("vs wanda (pp)", "low")], atv[("vs wanda (pp)", "high")]) == pytest.approx((low, high))
+
+
+def test_average_draws_refuse_draws_that_are_not_reruns():
+    first = _grid({"dense": DENSE, "wanda": WANDA})
+    moved = {"a": np.where(np.arange(8) == 2, 1.0, DENSE["a"]), "b": DENSE["b"]}
+    with pytest.raises(ResultsError, match="draw 2's dense cell answers 1 items differently"):
+        average_draws([first, _grid({"dense": moved, "wanda": ATV})])
+    shorter = {t: v[:6] for t, v in DENSE.items()}
+    with pytest.raises(ResultsError, match="draw 2 scores other tasks or items"):
+        average_draws([first, _grid({"dense": shorter, "wanda": {t: v[:6] for t, v in ATV.items()}})])
+    with pytest.raises(ResultsError, match="no pruned cell is finished in every draw"):
+        average_draws([first, _grid({"dense": DENSE, "atv": ATV})])
+    with pytest.raises(ResultsError, match="at least two grids"):
+        average_draws([first])
+
+
+def test_table_cli_averages_draws(tmp_path, capsys):
+    """`probe table FIRST --average-with SECOND` writes FIRST/<name>_mean_of_2_draws.md."""
+    from probe.cli import main
+
+    _grid_folder(tmp_path / "first", {"dense": DENSE, "wanda": WANDA, "atv": ATV}, "table2")
+    _grid_folder(tmp_path / "second", {"dense": DENSE, "wanda": ATV, "atv": ATV}, "table2-calib1")
+    _grid_folder(tmp_path / "probe", {"dense": DENSE, "wanda": ATV}, "table1", grid="table1")
+    assert main(["table", str(tmp_path / "first"), "--average-with", str(tmp_path / "probe")]) == 2
+    assert "is not a table2 grid" in capsys.readouterr().err
+    assert main(["table", str(tmp_path / "first"), "--average-with", str(tmp_path / "second")]) == 0
+    written = (tmp_path / "first" / "table2_mean_of_2_draws.md").read_text()
+    assert written in capsys.readouterr().out
+    # Wanda: items averaged to 4.5 / 8 and 5 / 8; the standard error of the means, by hand
+    assert "| 50% | wanda | 56.25 ± 17.52 | 62.50 ± " in written
+    assert (tmp_path / "first" / "table2_mean_of_2_draws_tasks_vs_wanda.md").is_file()
+    for path in (tmp_path / "second" / "items").iterdir():
+        path.unlink()
+    assert main(["table", str(tmp_path / "first"), "--average-with", str(tmp_path / "second")]) == 2
+    assert "keeps no per-item scores" in capsys.readouterr().err
