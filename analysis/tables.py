@@ -321,6 +321,22 @@ def pool_differences(results: pd.DataFrame, items: pd.DataFrame, pairs: tuple[tu
 CHANGED = "items answered differently"
 
 
+def _dense_items(results: pd.DataFrame, items: pd.DataFrame, tasks: list[str], order: dict[str, list]
+                 ) -> dict | None:
+    """The dense cell's per-item scores as {task: array} in ``order`` (None if any is missing)."""
+    return _cell_items(items, results[results.pathway == "dense"].cell.iloc[0], tasks, order)
+
+
+def _dense_differences(dense: dict | None, other_results: pd.DataFrame, other_items: pd.DataFrame,
+                       tasks: list[str], order: dict[str, list]) -> int | None:
+    """How many items another grid's dense cell answers differently from ``dense`` (None where either
+    lacks per-item scores)."""
+    other = _dense_items(other_results, other_items, tasks, order)
+    if dense is None or other is None:
+        return None
+    return sum(int((dense[t] != other[t]).sum()) for t in tasks)
+
+
 def rerun_differences(results: pd.DataFrame, items: pd.DataFrame, rerun_results: pd.DataFrame,
                       rerun_items: pd.DataFrame, boots: int = 2000, seed: int = 0) -> pd.DataFrame:
     """Per cell finished in both grids (same cell id, in the first grid's order), the rerun minus the first
@@ -333,12 +349,10 @@ def rerun_differences(results: pd.DataFrame, items: pd.DataFrame, rerun_results:
     tasks, order = _dense_item_order(results, items)
     if _dense_item_order(rerun_results, rerun_items) != (tasks, order):
         raise ResultsError("the two grids score other tasks or items; a rerun is compared on the same ones")
-    dense = _cell_items(items, results[results.pathway == "dense"].cell.iloc[0], tasks, order)
-    rerun_dense = _cell_items(rerun_items, rerun_results[rerun_results.pathway == "dense"].cell.iloc[0], tasks,
-                              order)
-    if dense is None or rerun_dense is None:
+    dense = _dense_items(results, items, tasks, order)
+    differing = _dense_differences(dense, rerun_results, rerun_items, tasks, order)
+    if differing is None:
         raise ResultsError("a dense cell lacks per-item scores for some task")
-    differing = sum(int((dense[t] != rerun_dense[t]).sum()) for t in tasks)
     if differing:
         raise ResultsError(f"the two grids' dense cells answer {differing} items differently; compare a rerun "
                            "that takes the first grid's dense cell (dense_from)")
@@ -373,18 +387,15 @@ def average_draws(draws: list[tuple[pd.DataFrame, pd.DataFrame]]) -> tuple[pd.Da
     (results, items), others = draws[0], draws[1:]
     tasks, order = _dense_item_order(results, items)
     dense_cell = results[results.pathway == "dense"].cell.iloc[0]
-    dense = _cell_items(items, dense_cell, tasks, order)
-    if dense is None:
-        raise ResultsError("the first draw's dense cell lacks per-item scores for some task")
+    dense = _dense_items(results, items, tasks, order)
     for number, (other_results, other_items) in enumerate(others, start=2):
         if _dense_item_order(other_results, other_items) != (tasks, order):
             raise ResultsError(f"draw {number} scores other tasks or items than the first; draws are averaged "
                                "on the same ones")
-        other_dense = _cell_items(other_items, other_results[other_results.pathway == "dense"].cell.iloc[0],
-                                  tasks, order)
-        if other_dense is None:
-            raise ResultsError(f"draw {number}'s dense cell lacks per-item scores for some task")
-        differing = sum(int((dense[t] != other_dense[t]).sum()) for t in tasks)
+        differing = _dense_differences(dense, other_results, other_items, tasks, order)
+        if differing is None:
+            raise ResultsError(f"the first draw's or draw {number}'s dense cell lacks per-item scores for some "
+                               "task")
         if differing:
             raise ResultsError(f"draw {number}'s dense cell answers {differing} items differently from the "
                                "first's; draws share the first draw's dense cell (dense_from)")

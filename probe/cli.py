@@ -477,7 +477,7 @@ def _executor(args: argparse.Namespace, config):  # noqa: ANN001, ANN202
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    from analysis.results import ResultsError, load_grid, load_items
+    from analysis.results import ResultsError, load_grid
     from analysis.tables import average_draws, rerun_differences, write_grid_table, write_table
 
     config = _grid_manifest_config(args.grid)
@@ -489,27 +489,30 @@ def cmd_table(args: argparse.Namespace) -> int:
     results = load_grid(args.grid)
     print(write_grid_table(results, args.grid, config["grid"], config.get("model"), config.get("name") or None))
     if first is not None:
-        items, first_items = load_items(args.grid), load_items(args.against)
-        missing = [str(folder) for folder, kept in ((args.grid, items), (args.against, first_items)) if kept is None]
-        if missing:
-            raise ResultsError(f"{', '.join(missing)} keeps no per-item scores (items/), which a rerun "
-                               "comparison needs")
+        items, first_items = _grid_items(args.grid, "a rerun comparison"), _grid_items(args.against,
+                                                                                       "a rerun comparison")
         frame = rerun_differences(load_grid(args.against), first_items, results, items)
         if frame.empty:
             raise ResultsError(f"no cell is finished in both {args.grid} and {args.against}")
         name = f"{config.get('name') or config['grid']}_vs_{first.get('name') or first['grid']}"
         print(write_table(frame, args.grid, name))
     if args.average_with:
-        draws = []
-        for folder in (args.grid, *args.average_with):
-            items = load_items(folder)
-            if items is None:
-                raise ResultsError(f"{folder} keeps no per-item scores (items/), which averaging draws needs")
-            draws.append((load_grid(folder), items))
+        draws = [(load_grid(folder), _grid_items(folder, "averaging draws"))
+                 for folder in (args.grid, *args.average_with)]
         averaged, averaged_items = average_draws(draws)
         name = f"{config.get('name') or config['grid']}_mean_of_{len(draws)}_draws"
         print(write_grid_table(averaged, args.grid, config["grid"], config.get("model"), name, averaged_items))
     return 0
+
+
+def _grid_items(folder: Path, purpose: str):  # noqa: ANN202
+    """A grid folder's per-item scores, which ``purpose`` needs."""
+    from analysis.results import ResultsError, load_items
+
+    items = load_items(folder)
+    if items is None:
+        raise ResultsError(f"{folder} keeps no per-item scores (items/), which {purpose} needs")
+    return items
 
 
 def _grid_manifest_config(folder: Path) -> dict:
