@@ -67,10 +67,30 @@ def _file_loader(path: Path) -> Callable[[], Image.Image]:
     return lambda: Image.open(path)
 
 
-def _record_sample(record: dict[str, Any], index: int, image_root: Path | None, origin: str) -> ConversationSample:
+def _check_conversations(sample_id: str, conversations: Any) -> list[dict[str, str]]:
+    """``conversations`` as a list of turns ``{"from": str, "value": str}``, or a :class:`CalibrationError`."""
+    if not isinstance(conversations, list):
+        raise CalibrationError(f"sample {sample_id!r}: 'conversations' should be a list of turns, not a "
+                               f"{type(conversations).__name__}")
+    for i, turn in enumerate(conversations):
+        if not isinstance(turn, dict):
+            raise CalibrationError(f"sample {sample_id!r}: turn {i} should be a mapping with 'from' and 'value', "
+                                   f"not a {type(turn).__name__}")
+        for key in ("from", "value"):
+            if not isinstance(turn.get(key), str):
+                raise CalibrationError(f"sample {sample_id!r}: turn {i}'s {key!r} should be a string, got "
+                                       f"{turn.get(key)!r:.40}")
+    return conversations
+
+
+def _record_sample(record: Any, index: int, image_root: Path | None, origin: str) -> ConversationSample:
+    if not isinstance(record, dict):
+        raise CalibrationError(f"{origin}: record {index} should be a mapping with 'image' and 'conversations', "
+                               f"not a {type(record).__name__} ({record!r:.40})")
     sample_id = str(record.get("id", f"{origin}#{index}"))
     if "conversations" not in record:
         raise CalibrationError(f"sample {sample_id!r} has no 'conversations'")
+    conversations = _check_conversations(sample_id, record["conversations"])
     image = record.get("image")
     loader: Callable[[], Image.Image] | None
     if isinstance(image, Image.Image):
@@ -81,14 +101,17 @@ def _record_sample(record: dict[str, Any], index: int, image_root: Path | None, 
     else:
         loader = None
     source = str(record.get("data_source", image if isinstance(image, str) else ""))
-    return ConversationSample(sample_id, list(record["conversations"]), loader, source)
+    return ConversationSample(sample_id, list(conversations), loader, source)
 
 
 def read_json_records(path: Path) -> list[dict[str, Any]]:
     """Records of a JSON list or a JSONL file."""
     if not path.is_file():
         raise CalibrationError(f"calibration file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise CalibrationError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8 JSON") from None
     try:
         if path.suffix == ".jsonl":
             return [json.loads(line) for line in text.splitlines() if line.strip()]
@@ -117,7 +140,7 @@ def load_samples(spec: CalibrationSpec) -> list[ConversationSample]:
             import datasets
         except ImportError as exc:
             raise CalibrationError("the 'hf' calibration source needs the `datasets` package") from exc
-        ds = datasets.load_from_disk(spec.path) if Path(spec.path).is_dir() else datasets.load_dataset(spec.path)
+        ds = _load_dataset(datasets, spec.path)
         if isinstance(ds, datasets.DatasetDict):
             if spec.split not in ds:
                 raise CalibrationError(f"dataset {spec.path!r} has no split {spec.split!r}; has {list(ds)}")
@@ -126,6 +149,22 @@ def load_samples(spec: CalibrationSpec) -> list[ConversationSample]:
     if spec.subset:
         samples = [s for s in samples if spec.subset.lower() in s.source.lower()]
     return samples
+
+
+def _load_dataset(datasets: Any, name: str) -> Any:
+    """A saved dataset folder (``save_to_disk``) or a dataset the ``datasets`` package can load by name."""
+    if Path(name).is_dir():
+        try:
+            return datasets.load_from_disk(name)
+        except FileNotFoundError:
+            raise CalibrationError(f"hf:{name} is a folder but not a dataset saved with save_to_disk "
+                                   "(no dataset_info.json / state.json)") from None
+    try:
+        return datasets.load_dataset(name)
+    except (OSError, ValueError, datasets.exceptions.DatasetNotFoundError) as exc:
+        # offline, an unknown name, or a name the hub does not provide all end here
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CalibrationError(f"hf:{name}: the dataset cannot be loaded ({reason:.200})") from None
 
 
 def draw(samples: Sequence[ConversationSample], n: int, seed: int) -> list[ConversationSample]:

@@ -6,10 +6,11 @@ source builds samples without importing the others.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from PIL import Image
+from PIL import Image, ImageFile
 
 from probe.errors import ProbeError
 
@@ -31,8 +32,21 @@ class ConversationSample:
         if self.image_loader is None:
             raise CalibrationError(f"sample {self.sample_id!r} has no image")
         try:
-            return self.image_loader().convert("RGB")
+            with complete_images_only():
+                return self.image_loader().convert("RGB")
         except CalibrationError:
             raise
         except Exception as exc:  # PIL raises many types for unreadable files
             raise CalibrationError(f"sample {self.sample_id!r}: image cannot be read ({exc})") from exc
+
+
+@contextlib.contextmanager
+def complete_images_only() -> Iterator[None]:
+    """Decode images with PIL's refusal of truncated files in force, whatever another library set for the
+    process (lmms-eval turns ``ImageFile.LOAD_TRUNCATED_IMAGES`` on when imported)."""
+    before = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = before
