@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,78 @@ def check_model_folder(path: Path) -> None:
     if not isinstance(config, dict) or "model_type" not in config:
         raise ModelLoadError(f"{config_file} names no model_type")
     get_adapter(str(config["model_type"]))
+    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        raise ModelLoadError(f"{path} holds no weights (no .safetensors or .bin file)")
+    for weights in sorted(path.glob("*.safetensors")):
+        problem = safetensors_problem(weights)
+        if problem:
+            raise ModelLoadError(f"{weights} is {problem}: the checkpoint is damaged; write it again")
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """What is wrong with a ``.safetensors`` file, read from its header alone (None if nothing): empty,
+    cut short of the tensors its header lists, or a header that is not one."""
+    size = path.stat().st_size
+    if size == 0:
+        return "empty (0 bytes)"
+    with path.open("rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            return f"truncated ({size} bytes, less than a header)"
+        (length,) = struct.unpack("<Q", head)
+        if 8 + length > size:
+            return f"truncated ({size:,} bytes; its header alone needs {8 + length:,})"
+        try:
+            header = json.loads(fh.read(length))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return "not a safetensors file (its header is not JSON)"
+    try:
+        end = max((int(t["data_offsets"][1]) for n, t in header.items() if n != "__metadata__"), default=0)
+    except (AttributeError, KeyError, TypeError, ValueError, IndexError):
+        return "not a safetensors file (its header lists no tensor offsets)"
+    if 8 + length + end > size:
+        return f"truncated ({size:,} bytes of the {8 + length + end:,} its header lists)"
+    return None
+
+
+def check_model_ref(ref: str) -> None:
+    """Raise before any work for a model reference that cannot load, as far as that shows without weights or
+    a download: an unknown tiny family, a missing folder, a folder that is not a (supported, whole) model."""
+    if ref in REFERENCE_MODELS:
+        return
+    if ref.startswith(TINY_PREFIX):
+        from probe.models import UnknownModelFamilyError, tiny_families
+
+        family = ref[len(TINY_PREFIX):]
+        if family not in tiny_families():
+            raise UnknownModelFamilyError(f"no tiny model for {family!r}; available: {', '.join(tiny_families())}")
+        return
+    path = Path(ref)
+    if path.exists():
+        check_model_folder(path)
+    elif ref.startswith((".", "/", "~")) or ref.count("/") > 1:
+        raise ModelLoadError(f"model folder not found: {ref}")
+
+
+def model_config(ref: str) -> Any | None:
+    """The config of ``ref`` where it is at hand without loading weights or downloading: a tiny model's, a
+    local folder's, an assembled reference model's, a hub id's in the local cache; None otherwise."""
+    check_model_ref(ref)
+    if ref.startswith(TINY_PREFIX):
+        from probe.tiny import tiny_lvlm
+
+        return tiny_lvlm(ref[len(TINY_PREFIX):]).model.config
+    if ref in REFERENCE_MODELS:
+        from probe.reference import reference_spec
+
+        folder = reference_spec(ref).default_dir()
+        if not (folder / "config.json").is_file():
+            return None
+        ref = str(folder)
+    try:
+        return AutoConfig.from_pretrained(ref, local_files_only=True)
+    except (OSError, ValueError):
+        return None
 
 
 def _load(ref: str, dtype: torch.dtype, device: str) -> LoadedModel:
@@ -94,11 +167,7 @@ def _load(ref: str, dtype: torch.dtype, device: str) -> LoadedModel:
 
         tiny = tiny_lvlm(ref[len(TINY_PREFIX):], dtype=dtype)
         return LoadedModel(tiny.model.to(device), tiny.processor, get_adapter(tiny.model), ref)
-    path = Path(ref)
-    if path.exists():
-        check_model_folder(path)
-    elif ref.startswith((".", "/", "~")) or ref.count("/") > 1:
-        raise ModelLoadError(f"model folder not found: {ref}")
+    check_model_ref(ref)
     try:
         config = AutoConfig.from_pretrained(ref)
     except OSError as exc:

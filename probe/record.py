@@ -92,14 +92,19 @@ class RunRecord:
         return cls.from_dict(_load(source))
 
 
+def read_json(path: Path, what: str) -> Any:
+    """The JSON in ``path``, or a :class:`RecordError` saying that ``path`` is not ``what``."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise RecordError(f"{path} is not {what} (not valid JSON)") from None
+
+
 def _load(source: Path) -> dict[str, Any]:
     path = source / "manifest.json" if source.is_dir() else source
     if not path.is_file():
         raise RecordError(f"no pruning record at {path}")
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise RecordError(f"{path} is not a JSON pruning record") from None
+    return read_json(path, "a JSON pruning record")
 
 
 def read_selector_blocks(source: Path) -> list[dict]:

@@ -30,6 +30,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -211,6 +212,14 @@ def build_stamp(spec: ReferenceSpec = SMALL) -> dict[str, str | int]:
     return {"build_version": BUILD_VERSION, "projector_sha256": projector_digest(spec), "gguf_file": spec.language_id}
 
 
+def _read_stamp(path: Path) -> Any:
+    """The build stamp of an assembled reference folder (None if absent or unreadable: built again)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
 def load_reference(
     folder: Path | None = None, dtype: torch.dtype = torch.float32, spec: ReferenceSpec = SMALL
 ):  # noqa: ANN201
@@ -218,6 +227,7 @@ def load_reference(
     the folder is empty or holds a model of another build (another build version, projector or GGUF file)."""
     from transformers import AutoProcessor
 
+    from probe.loading import ModelLoadError, check_model_folder
     from probe.manifest import write_dir_atomic, write_json_atomic
     from probe.models.compat import save_processor
 
@@ -229,8 +239,7 @@ def load_reference(
         )
     stamp_path = folder / BUILD_STAMP
     stamp = build_stamp(spec)
-    current = json.loads(stamp_path.read_text()) if stamp_path.is_file() else None
-    if current != stamp:
+    if _read_stamp(stamp_path) != stamp:
         model, processor = build_reference(spec=spec)
 
         def fill(tmp: Path) -> None:
@@ -239,5 +248,10 @@ def load_reference(
             write_json_atomic(tmp / BUILD_STAMP, stamp)
 
         write_dir_atomic(folder, fill)
+    try:
+        check_model_folder(folder)
+    except ModelLoadError as exc:
+        raise ReferenceModelError(f"the reference model in {folder} is damaged ({exc}); remove the folder and "
+                                  "it is assembled again") from None
     model = AutoModelForImageTextToText.from_pretrained(folder, dtype=dtype).eval()
     return model, AutoProcessor.from_pretrained(folder)
