@@ -155,6 +155,10 @@ def plot_text_ratio(results: pd.DataFrame, out: Path, model: str | None = None) 
 def flops_points(results: pd.DataFrame, sparse: bool = True) -> pd.DataFrame:
     """Per pruned cell of a grid with FLOPs columns: its kind (weights, tokens or joint), GFLOPs (of the
     language side; ``sparse``: pruned weights skipped, as sparse kernels would) and average retention."""
+    tokens = results.get("token_pruning", pd.Series(["none"] * len(results), dtype=str)).fillna("none").astype(str)
+    if not (tokens != "none").any():
+        raise ResultsError("the grid has no cell with visual token pruning (its token_methods name none): retention "
+                           "against FLOPs sets weight, token and joint pruning side by side")
     column = "gflops_sparse" if sparse else "gflops"
     if column not in results:
         raise ResultsError(f"the grid holds no {column} column (grids record FLOPs per cell since token pruning)")

@@ -6,7 +6,10 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -28,11 +31,62 @@ class ResultsError(RecordError):
 
 
 def load_grid(folder: str | Path) -> pd.DataFrame:
-    """A grid's ``results.csv``: one row per cell and task."""
+    """A grid's ``results.csv``: one row per cell and task, checked (whole rows, each cell and task once,
+    every score a number)."""
     path = Path(folder) / "results.csv"
     if not path.is_file():
         raise ResultsError(f"no grid results at {path}")
-    return pd.read_csv(path, keep_default_na=False, na_values=[""])
+    frame = _read_checked_csv(path, "grid results")
+    missing = [c for c in ("task", "score") if c not in frame.columns]
+    if missing:
+        raise ResultsError(f"{path} lacks the column(s) {', '.join(missing)} of grid results")
+    key = ["cell", "task"] if "cell" in frame.columns else [c for c in frame.columns if c not in VALUE_COLUMNS]
+    _check_scores(frame, path, key=key)
+    return frame
+
+
+VALUE_COLUMNS = ("score", "stderr", "n", "metric")  # what a results row measures, not which cell and task it is
+
+
+def _read_checked_csv(path: Path, what: str) -> pd.DataFrame:
+    """A CSV that is UTF-8, not empty, ends with a whole line and has as many fields in every row as in its
+    header (a row cut off by a torn write is named, never read as missing values)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ResultsError(f"{path} is not a CSV of {what} (not UTF-8 text)") from None
+    if not text.strip():
+        raise ResultsError(f"{path} is empty: it holds no {what}")
+    rows = list(csv.reader(io.StringIO(text)))
+    if not text.endswith("\n"):
+        raise ResultsError(f"{path}: its last row (row {len(rows)}) is cut off, as a write stopped part-way leaves "
+                           "it (every row of a file written here ends with a line break); remove that row")
+    width = len(rows[0])
+    for line, row in enumerate(rows[1:], start=2):
+        if row and len(row) != width:
+            raise ResultsError(f"{path}: row {line} has {len(row)} fields where the header has {width} (a torn or "
+                               "hand-edited row); mend or remove it")
+    try:
+        return pd.read_csv(io.StringIO(text), keep_default_na=False, na_values=["", "nan", "NaN"])
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise ResultsError(f"{path} is not a CSV of {what} ({str(exc).splitlines()[0]})") from None
+
+
+def _check_scores(frame: pd.DataFrame, path: Path, key: list[str]) -> None:
+    """Every score a finite number >= 0 and each ``key`` once, or a :class:`ResultsError` naming the row."""
+    if not pd.api.types.is_numeric_dtype(frame["score"]):
+        raise ResultsError(f"{path}: the score column is not numeric")
+    for i, row in frame.iterrows():
+        score = row["score"]
+        if not math.isfinite(score) or score < 0:
+            where = ", ".join(f"{k} {row[k]}" for k in key)
+            raise ResultsError(f"{path}: row {i + 2} ({where}) has the score {score}; a score is a finite number "
+                               ">= 0")
+    twice = frame[frame.duplicated(key, keep=False)]
+    if not twice.empty:
+        where = ", ".join(f"{k} {twice.iloc[0][k]}" for k in key)
+        raise ResultsError(f"{path} holds {len(twice)} rows for the same {' and '.join(key)} ({where}); each "
+                           "may appear once")
 
 
 SCORE_COLUMNS = ("task", "metric", "score", "n")
@@ -43,15 +97,11 @@ def load_scores(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise ResultsError(f"scores not found: {path}")
-    try:
-        frame = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise ResultsError(f"{path} is not a CSV of scores ({str(exc).splitlines()[0]})") from None
+    frame = _read_checked_csv(path, "scores")
     missing = [c for c in SCORE_COLUMNS if c not in frame.columns]
     if missing:
         raise ResultsError(f"{path} lacks the column(s) {', '.join(missing)} of a scores CSV (probe eval --out)")
-    if not pd.api.types.is_numeric_dtype(frame["score"]):
-        raise ResultsError(f"{path}: the score column is not numeric")
+    _check_scores(frame, path, key=["task", "metric"])
     return frame
 
 
