@@ -14,6 +14,7 @@ from probe.calibrate import capture_calibration
 from probe.capture import run_block
 from probe.data.calibration import CalibrationSpec
 from probe.engine import PruneConfig, PruneConfigError, prune
+from probe.errors import ProbeError
 from probe.loading import load_model
 from probe.method_spec import MethodSpecError, method_entry
 from probe.record import RunRecord
@@ -126,6 +127,28 @@ def test_owl_sparsities_follow_the_formula_and_keep_the_target():
     scores = [torch.tensor([[1.0, 1.0], [1.0, 50.0]]), torch.tensor([[1.0, 2.0]])]
     flat = [1, 1, 1, 50, 1, 2]
     assert outlier_ratio(scores, 5.0) == sum(v > 5 * sum(flat) / 6 for v in flat) / 6
+
+
+def test_owl_settings_are_checked_against_the_spread_the_formula_can_reach():
+    """The block sparsities span 2 lam and their mean is the target, so a block lies up to 2 lam from it
+    (tiny LLaVA's three blocks at 50% and lam 0.08: 0.553 / 0.393 / 0.553); a lam of 0.08 at 10% passed a
+    target +- lam check and then left [0, 1) after the pre-pass."""
+    three = owl_sparsities([0.0, 1.0, 0.0], [1, 1, 1], 0.5, 0.08)
+    assert three == pytest.approx([0.5 + 0.16 / 3, 0.5 - 0.32 / 3, 0.5 + 0.16 / 3])
+    assert min(owl_sparsities([0.0, 1.0, 0.0], [1, 1, 1], 0.1, 0.08)) < 0  # what the old check let through
+    for sparsity, lam in ((0.1, 0.08), (0.9, 0.08), (0.5, 0.26)):
+        with pytest.raises(ProbeError, match=r"block sparsities can lie up to 2 \* lam"):
+            PruneConfig(allocation="owl", sparsity=sparsity, allocation_settings={"lam": lam})
+    generator = torch.Generator().manual_seed(0)
+    for sparsity, lam in ((0.16, 0.08), (0.84, 0.08), (0.5, 0.25)):  # accepted: every block stays in [0, 1]
+        PruneConfig(allocation="owl", sparsity=sparsity, allocation_settings={"lam": lam})
+        for _ in range(200):
+            blocks = int(torch.randint(2, 9, (1,), generator=generator))
+            ratios = torch.rand(blocks, generator=generator).tolist()
+            params = torch.randint(1, 100, (blocks,), generator=generator).tolist()
+            chosen = owl_sparsities(ratios, params, sparsity, lam)
+            assert all(-1e-12 <= s <= 1 + 1e-12 for s in chosen)
+            assert max(chosen) - min(chosen) == pytest.approx(2 * lam)
 
 
 def test_owl_allocation_end_to_end_against_a_plain_pre_pass(base):

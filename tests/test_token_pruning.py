@@ -597,3 +597,83 @@ def test_vitcop_vision_stage_on_llava_next_keeps_the_most_attended_patches_and_e
         with no_op._request(same["input_ids"]):
             logits = model(**same).logits
     assert torch.allclose(logits, dense, atol=1e-5)
+
+
+def _stage_one_pruner(**settings):
+    """A ViTCoP pruner in the state its vision stage leaves for a request (tiny geometry: 16 patches per image,
+    ``vision_keep`` 0.75, so 12 enter the decoder per image)."""
+    from probe.token_pruning.vitcop import VitcopPruner
+
+    pruner = make_pruner("vitcop(" + ", ".join(f"{k}={v}" for k, v in {
+        "rho": 0.5, "vision_keep": 0.75, "shallow": 1, "deep": 2, "deep_divisor": 2, "cluster_pct": 0.25,
+        **settings}.items()) + ")")
+    assert isinstance(pruner, VitcopPruner)
+    pruner._vision_layer, pruner._patches, pruner._layers = 0, 16, 3
+    return pruner
+
+
+def test_vitcop_labels_of_several_images_are_offset_as_released():
+    """Each image's labels, -1 included, are offset by image index x its kept tokens: the second image's
+    unlabelled tokens form a pseudo-cluster of their own (label 12 - 1 = 11), and no cluster spans images."""
+    from types import SimpleNamespace
+
+    from probe.sparsity.vitcop import grid_positions, vic_labels
+    from probe.token_pruning.vitcop import cls_saliency
+
+    pruner = _stage_one_pruner(cluster_pct=0.1, dc=0.5)
+    attention = SimpleNamespace(num_heads=2, head_dim=4, scale=0.5)
+    for seed in range(200):  # random features until both images have tokens the clustering leaves unlabelled
+        generator = torch.Generator().manual_seed(seed)
+        seen = {"q": torch.randn(2, 17, 8, generator=generator), "k": torch.randn(2, 17, 8, generator=generator)}
+        features = [torch.randn(16, 6, generator=generator) for _ in range(2)]
+        expected, loose = [], []
+        for image in range(2):
+            saliency = cls_saliency(seen["q"][image].reshape(17, 2, 4), seen["k"][image].reshape(17, 2, 4), 0.5)
+            kept = torch.sort(torch.topk(saliency, 12).indices).values
+            found = vic_labels(seen["k"][image][1:][kept], grid_positions(4, 4)[kept], 0.1, 0.5, 0.6)
+            expected += [int(label) + image * 12 for label in found]  # the release's offset, -1 included
+            loose += [bool(label == -1) for label in found]
+        if any(loose[:12]) and any(loose[12:]):
+            break
+    else:
+        pytest.fail("no seed left tokens unlabelled in both images")
+    out = pruner._select_patches(SimpleNamespace(pooler_output=features), seen, attention)
+    assert pruner._labels.tolist() == expected and pruner._loose.tolist() == loose
+    assert set(pruner._labels[12:][pruner._loose[12:]].tolist()) == {11}
+    assert not set(pruner._labels[:12].tolist()) & set(pruner._labels[12:].tolist())
+    assert [f.shape[0] for f in out.pooler_output] == [12, 12]
+
+
+def test_vitcop_unlabelled_own_applies_after_its_vision_stage():
+    """With Stage I's labels holding unlabelled tokens, ``unlabelled=own`` gives each its own cluster
+    (before, Stage II took the vision stage's labels as they were and the option did nothing)."""
+    from probe.sparsity.vitcop import cluster_plan, key_saliency
+    from probe.token_pruning.base import KEYS, StageView
+
+    labels = torch.tensor([0, 0, 0, 1, 1, -1, -1, -1, -1, 2, 2, 2, 11, 12, 12, 12, 13, 13, 11, 11, 11, 14, 14, 14])
+    loose = (labels == -1) | (labels == 11)
+    sequence = 30
+    visual = torch.zeros(sequence, dtype=torch.bool)
+    visual[3:27] = True
+    keys = torch.randn(sequence, 2, 4, generator=torch.Generator().manual_seed(0))
+    view = StageView(1, torch.arange(sequence), visual, torch.zeros(sequence, 8), torch.zeros(sequence, 8),
+                     {KEYS: keys})
+    kept = {}
+    for mode in ("cluster", "own"):
+        pruner = _stage_one_pruner(unlabelled=mode)
+        pruner._labels, pruner._loose = labels, loose
+        selection = pruner.select(view)
+        kept[mode] = selection.keep.tolist()
+        assert selection.record["unlabelled"] == 8
+        budget, _ = pruner.budgets(24)
+        saliency = key_saliency(keys[3:27])
+        # the reference: each loose token relabelled by hand with a label no cluster has
+        own = labels.clone()
+        if mode == "own":
+            for offset, position in enumerate(loose.nonzero().flatten().tolist()):
+                own[position] = 100 + offset
+        plan = cluster_plan(own, saliency, budget)
+        text = [p for p in range(sequence) if not visual[p]]
+        assert kept[mode] == sorted(text + [3 + i for i in plan.kept + plan.representatives])
+        assert selection.record["clusters"] == len(set(own.tolist()))
+    assert kept["cluster"] != kept["own"]

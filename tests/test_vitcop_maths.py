@@ -3,6 +3,7 @@ clustering, per-cluster quotas and merges, key-norm saliency."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,6 +14,7 @@ from probe.sparsity.vitcop import (
     key_saliency,
     mean_tokens_per_layer,
     merge_rows,
+    quota_shares,
     vic_labels,
     vitcop_budgets,
 )
@@ -79,7 +81,12 @@ def test_vic_labels_equal_a_plain_loop(case):
     assert radius == plain_vic(features.tolist(), positions.tolist(), 0.15, k=0.0)
 
 
-def plain_plan(labels, saliency, budget, exact=False):
+def released_share(size, spare, room):
+    """``(size - 1) / spare * room`` as the released code computes it: float32 tensors."""
+    return float(np.float32(size - 1) / np.float32(spare) * np.float32(room))
+
+
+def plain_plan(labels, saliency, budget, exact=False, precision="float32"):
     ids = sorted(set(labels))
     members = {c: [i for i, lab in enumerate(labels) if lab == c] for c in ids}
     sums = {c: sum(saliency[i] for i in members[c]) for c in ids}
@@ -92,7 +99,9 @@ def plain_plan(labels, saliency, budget, exact=False):
             groups.append(rest)
     else:
         n, k = len(labels), len(ids)
-        quotas = {c: min(round((len(members[c]) - 1) / (n - k) * (budget - k)), len(members[c]) - 1) for c in ids}
+        share = (lambda size: released_share(size, n - k, budget - k)) if precision == "float32" else (
+            lambda size: (size - 1) / (n - k) * (budget - k))
+        quotas = {c: min(round(share(len(members[c]))), len(members[c]) - 1) for c in ids}
         diff = budget - k - sum(quotas.values())
         while diff:
             before = diff
@@ -126,6 +135,25 @@ def test_cluster_plan_equals_a_plain_loop(budget):
         assert covered == list(range(20))  # every token kept or in exactly one group
         if budget >= 6:
             assert len(plan.kept) + len(plan.groups) == budget
+
+
+def test_cluster_quotas_are_rounded_from_float32_as_released():
+    """n = 59 tokens in K = 13 clusters, R = 36: a cluster of 8 has the share 7 / 46 * 23, exactly 3.5, which
+    float32 computes as 3.4999998 (quota 3) and float64 rounds half to even (quota 4): the kept set changes."""
+    assert released_share(8, 46, 23) == pytest.approx(3.4999998, abs=1e-7) and round(7 / 46 * 23) == 4
+    assert quota_shares([8], 46, 23) == [3] and quota_shares([8], 46, 23, "float64") == [4]
+    sizes = [8, 7] + [4] * 11
+    labels = torch.tensor([c for c, size in enumerate(sizes) for _ in range(size)])
+    assert labels.numel() == 59 and len(sizes) == 13
+    saliency = torch.rand(59, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    plans = {}
+    for precision in ("float32", "float64"):
+        plan = cluster_plan(labels, saliency, 36, precision=precision)
+        kept, groups, reps = plain_plan(labels.tolist(), saliency.tolist(), 36, precision=precision)
+        assert (sorted(plan.kept), sorted(plan.groups), sorted(plan.representatives)) == (kept, groups, reps)
+        plans[precision] = sorted(plan.kept + plan.representatives)
+    assert plans["float32"] != plans["float64"]
+    assert cluster_plan(labels, saliency, 36).kept == cluster_plan(labels, saliency, 36, precision="float32").kept
 
 
 def test_merge_rows_and_saliency():

@@ -4,8 +4,12 @@ In a dense pre-pass, each block's outlier ratio ``D_b`` is the share of its Wand
 ``|W_ij| * ||X_j||_2`` (over all its linears together) above ``m`` times their mean. The ratios are
 scaled to ``[0, 2 * lam]`` by min-max, centred on their parameter-weighted mean, and subtracted from the
 target: ``s_b = s - (z_b - mean_P(z))``. Blocks with more outliers keep more weights; the
-parameter-weighted mean of the ``s_b`` is exactly ``s``, and for blocks of equal size the spread is
-``s +- lam`` around it, as in the upstream code (which averages without weights, the same for equal blocks).
+parameter-weighted mean of the ``s_b`` is exactly ``s``, as in the upstream code (which averages without
+weights, the same for equal blocks). The block sparsities span ``2 * lam`` (the largest minus the
+smallest), placed around ``s`` as the ratios fall: ``s`` is the mean, not the middle, so a block can lie
+up to almost ``2 * lam`` from ``s`` on either side (three equal blocks with outlier ratios 0, 1, 0 give
+``s + 2 lam / 3, s - 4 lam / 3, s + 2 lam / 3``). Settings are checked up front against that bound:
+``s - 2 lam >= 0`` and ``s + 2 lam <= 1``.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ def owl_sparsities(ratios: list[float], params: list[int], target: float, lam: f
 @dataclass(frozen=True)
 class OwlSettings:
     m: float = 5.0  # a score is an outlier above m times the block's mean score
-    lam: float = 0.08  # block sparsities lie within target +- lam
+    lam: float = 0.08  # block sparsities span 2 * lam, their parameter-weighted mean the target
 
     def __post_init__(self) -> None:
         if not self.m > 0:
@@ -62,8 +66,11 @@ class OwlAllocation(Allocation):
 
     def check(self, sparsity: float, pattern) -> None:
         super().check(sparsity, pattern)
-        if not (sparsity - self.settings.lam >= 0 and sparsity + self.settings.lam < 1):
-            raise AllocationError(f"OWL with lam {self.settings.lam} at sparsity {sparsity} would leave [0, 1)")
+        lam = self.settings.lam
+        if not (sparsity - 2 * lam >= 0 and sparsity + 2 * lam <= 1):
+            raise AllocationError(f"OWL with lam {lam} at sparsity {sparsity}: block sparsities can lie up to 2 * lam "
+                                  f"= {2 * lam:g} from the target, outside [0, 1); use a lam of at most "
+                                  f"{min(sparsity, 1 - sparsity) / 2:g}")
 
     def observe(self, block: int, name: str, sample: CapturedSample, inputs: torch.Tensor,
                 linear: nn.Linear) -> None:

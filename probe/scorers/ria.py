@@ -6,6 +6,13 @@ its output row plus its share of its input column, times the input column's acti
 upstream code does by default; ``per_row`` prunes each output row alone (upstream ``--per_outneuron``).
 N:M keeps the N highest scores of every M columns. The upstream channel reallocation and linear-sum
 assignment for N:M are not part of it.
+
+Two details differ from the upstream code on purpose. Per matrix, exactly ``int(numel * sparsity)``
+weights are pruned (the lowest scores, ties broken by position); upstream prunes every score at or below
+the value at that position, so tied scores there take one weight or more beyond the target. A weight in
+an all-zero row or column (whose share upstream divides by zero, giving NaN) has a share of 0 in that
+direction; its score comes from the other direction alone, and an all-zero weight scores 0 and is
+pruned first.
 """
 
 from __future__ import annotations

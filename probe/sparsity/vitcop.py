@@ -95,16 +95,28 @@ def _smallest(values: torch.Tensor, k: int) -> torch.Tensor:
     return torch.sort(values, stable=True).indices[:k]
 
 
-def cluster_plan(labels: torch.Tensor, saliency: torch.Tensor, budget: int, repair: str = "upstream") -> ClusterPlan:
+def quota_shares(sizes: list[int], spare: int, room: int, precision: str = "float32") -> list[int]:
+    """``round((size - 1) / spare * room)`` per cluster, half to even: computed in float32 as the released
+    code does (``precision="float32"``, where a value such as 7 / 46 * 23 = 3.5 comes out 3.4999998 and
+    rounds to 3), or in float64 (``"float64"``, 3.5 rounds to 4)."""
+    if not spare:
+        return [0] * len(sizes)
+    dtype = torch.float32 if precision == "float32" else torch.float64
+    values = (torch.tensor(sizes, dtype=dtype) - 1) / torch.tensor(spare, dtype=dtype) * torch.tensor(room, dtype=dtype)
+    return [int(v) for v in torch.round(values)]
+
+
+def cluster_plan(labels: torch.Tensor, saliency: torch.Tensor, budget: int, repair: str = "upstream",
+                 precision: str = "float32") -> ClusterPlan:
     """Which of the ``n`` visual tokens stay and which merge, so that ``budget`` (``R``) tokens remain.
 
     The clusters are the distinct labels, -1 included (one pseudo-cluster). With more clusters ``K`` than
     ``budget``, the ``budget - 1`` clusters of smallest saliency sum each merge into one token and all the
     others into one more. Otherwise each cluster keeps ``quota_c = min(round((|c| - 1) / (n - K) *
-    (budget - K)), |c| - 1)`` tokens of smallest saliency and merges the rest into one; the quotas' shortfall
-    (or excess) is corrected by walking the clusters by saliency sum, ascending (descending), adding
-    (removing) one per cluster that has room: once (``repair="upstream"``) or until it is gone
-    (``"exact"``).
+    (budget - K)), |c| - 1)`` tokens of smallest saliency (the share computed in ``precision``, see
+    :func:`quota_shares`) and merges the rest into one; the quotas' shortfall (or excess) is corrected by
+    walking the clusters by saliency sum, ascending (descending), adding (removing) one per cluster that
+    has room: once (``repair="upstream"``) or until it is gone (``"exact"``).
     """
     ids = torch.unique(labels)
     members = [(labels == cid).nonzero().flatten() for cid in ids]
@@ -127,7 +139,7 @@ def cluster_plan(labels: torch.Tensor, saliency: torch.Tensor, budget: int, repa
         return plan
     sizes = [int(m.numel()) for m in members]
     spare = sum(sizes) - k
-    quotas = [min(round((s - 1) / spare * (budget - k)) if spare else 0, s - 1) for s in sizes]
+    quotas = [min(share, s - 1) for share, s in zip(quota_shares(sizes, spare, budget - k, precision), sizes)]
     diff = (budget - k) - sum(quotas)
     while diff != 0:
         before = diff

@@ -1,6 +1,7 @@
 """FastV (Chen et al., ECCV 2024): after layer K-1, drop the fraction R of visual tokens that receive the
 least attention from the last query token (mean over heads) at layer K-1; kept tokens keep their original
-positions."""
+positions. The selection is made once, at the prefill, and decoding steps reuse the shortened caches
+(FastV's KV-cache variant); its original cache-free code selects again at every decoding step."""
 
 from __future__ import annotations
 

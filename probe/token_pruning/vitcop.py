@@ -20,7 +20,12 @@ Budgets come from ``rho``, the average share of the image's tokens kept per laye
 the released code; its bugs are fixed by options: ``deep_positions="keep"`` (upstream renumbers positions
 after Stage III, ``compact``), ``merge="mean"`` (upstream adds the representative to the group's mean,
 doubling the norm), ``repair="exact"`` (upstream corrects the quotas in one pass), ``unlabelled="own"``
-(upstream merges every token the clustering left unlabelled into one cluster).
+(upstream merges every token the clustering left unlabelled into one cluster, one per image), after
+Stage I as without it. The cluster quotas are computed in float32 and rounded, as upstream
+(``quotas="float64"`` rounds the exact value instead: where it sits at .5 the quota, and so the kept
+set, can differ by one). With several images (LLaVA-1.5's Stage I), each image's labels are offset by
+the image's index times its token count, -1 included, as upstream: clusters never span two images, and
+each image's unlabelled tokens form a pseudo-cluster of their own.
 """
 
 from __future__ import annotations
@@ -64,12 +69,14 @@ class VitcopSettings:
     merge: str = "upstream"  # upstream (representative + mean) or mean
     deep_positions: str = "compact"  # compact (upstream renumbering after Stage III) or keep
     repair: str = "upstream"  # upstream (one pass) or exact
-    unlabelled: str = "cluster"  # cluster (upstream: one pseudo-cluster) or own (each its own cluster)
+    unlabelled: str = "cluster"  # cluster (upstream: one pseudo-cluster per image) or own (each its own cluster)
     stage_one: str = "auto"  # auto: the vision-tower stage where the model allows it (LLaVA-1.5), or off
+    quotas: str = "float32"  # precision of the cluster quotas' shares: float32 (upstream) or float64
 
     def __post_init__(self) -> None:
         choices = {"merge": ("upstream", "mean"), "deep_positions": ("compact", "keep"),
-                   "repair": ("upstream", "exact"), "unlabelled": ("cluster", "own"), "stage_one": ("auto", "off")}
+                   "repair": ("upstream", "exact"), "unlabelled": ("cluster", "own"), "stage_one": ("auto", "off"),
+                   "quotas": ("float32", "float64")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise TokenPruningError(f"ViTCoP {name} must be one of {', '.join(allowed)}, got "
@@ -103,6 +110,23 @@ def stage_one_layer(model: nn.Module) -> int | None:
     return len(tower.encoder.layers) + layer if layer < 0 else layer - 1
 
 
+def image_labels(found: torch.Tensor, image: int, per_image: int) -> torch.Tensor:
+    """The cluster labels of image ``image`` (``found``: its own, -1 for tokens left unlabelled) in a request
+    of several images, each ``per_image`` tokens: every label, -1 included, is offset by ``image *
+    per_image`` as the released code does, so each image's unlabelled tokens form a pseudo-cluster of their
+    own (label ``image * per_image - 1``; the first image's stays -1) and no cluster spans two images."""
+    return found + image * per_image
+
+
+def own_clusters(labels: torch.Tensor, loose: torch.Tensor) -> torch.Tensor:
+    """``labels`` with every token of the mask ``loose`` (those the clustering left unlabelled) in a cluster
+    of its own."""
+    out = labels.clone()
+    where = loose.nonzero().flatten()
+    out[where] = int(labels.max()) + 1 + torch.arange(where.numel())
+    return out
+
+
 class VitcopPruner(TokenPruner):
     name = "vitcop"
     Settings = VitcopSettings
@@ -112,6 +136,7 @@ class VitcopPruner(TokenPruner):
         self._vision_layer: int | None = None
         self._patches = 0
         self._labels: torch.Tensor | None = None  # Stage I's cluster labels of the current request
+        self._loose: torch.Tensor | None = None  # and which of its tokens the clustering left unlabelled
         self._cached: tuple[Any, Any] | None = None  # the last image features Stage I computed, by pixel tensor
         self._packed = False  # LLaVA-NeXT: features packed from several crops, with newline tokens
 
@@ -170,7 +195,7 @@ class VitcopPruner(TokenPruner):
         heads, head_dim = attention.num_heads, attention.head_dim
         keep_count = int(self.settings.vision_keep * self._patches)
         side = math.isqrt(self._patches)
-        features, labels = [], []
+        features, labels, loose = [], [], []
         if "q" not in seen:
             raise TokenPruningError("ViTCoP's vision stage needs the vision tower to run; serve it without the "
                                     "vision feature cache")
@@ -184,9 +209,10 @@ class VitcopPruner(TokenPruner):
             positions = grid_positions(side, side)[kept.cpu()].to(keys.device, keys.dtype)
             found = vic_labels(keys, positions, self.settings.cluster_pct, self.settings.dc,
                                self.settings.spatial_k).cpu()
-            labels.append(torch.where(found >= 0, found + image * keep_count, found))
+            labels.append(image_labels(found, image, keep_count))
+            loose.append(found == -1)
         out.pooler_output = features
-        self._labels = torch.cat(labels)
+        self._labels, self._loose = torch.cat(labels), torch.cat(loose)
         return out
 
     def _select_packed(self, out: Any, seen: dict[str, torch.Tensor], attention: nn.Module, owner: nn.Module,
@@ -241,6 +267,7 @@ class VitcopPruner(TokenPruner):
         labels = torch.full((kept_info.shape[0],), -1, dtype=torch.long)
         labels[kept_patch] = vic_labels(kept_info[kept_patch, 4:], kept_info[kept_patch, 2:4],
                                         self.settings.cluster_pct, self.settings.dc, self.settings.spatial_k)
+        self._loose = labels == -1
         labels[~kept_patch] = int(labels.max()) + 1  # the row-end tokens: one cluster of their own
         self._labels = labels
         self._entering = int(keep.sum())
@@ -316,12 +343,8 @@ class VitcopPruner(TokenPruner):
         positions = grid_positions(side, side) if side * side == n else torch.stack(
             [torch.arange(n) / n, torch.zeros(n)], dim=1)
         features = view.first_hidden[visual.to(view.first_hidden.device)]
-        labels = vic_labels(features, positions.to(features.device, features.dtype), self.settings.cluster_pct,
-                            self.settings.dc, self.settings.spatial_k).cpu()
-        if self.settings.unlabelled == "own":
-            loose = (labels == -1).nonzero().flatten()
-            labels[loose] = int(labels.max()) + 1 + torch.arange(loose.numel())
-        return labels
+        return vic_labels(features, positions.to(features.device, features.dtype), self.settings.cluster_pct,
+                          self.settings.dc, self.settings.spatial_k).cpu()
 
     def select(self, view: StageView) -> Selection:
         local = view.visual[view.alive].nonzero().flatten()
@@ -329,13 +352,19 @@ class VitcopPruner(TokenPruner):
         saliency = key_saliency(view.observed[KEYS][local.to(view.observed[KEYS].device)]).cpu()
         shallow_budget, deep_budget = self.budgets(int(view.visual.sum()))
         if view.layer == self.settings.shallow:
-            labels = self._labels if self.stage_one and self._labels is not None else self.labels(view, visual)
-            plan = cluster_plan(labels, saliency, shallow_budget, self.settings.repair)
+            if self.stage_one and self._labels is not None:
+                labels, loose = self._labels, self._loose
+            else:
+                labels = self.labels(view, visual)
+                loose = labels == -1
+            if self.settings.unlabelled == "own":
+                labels = own_clusters(labels, loose)
+            plan = cluster_plan(labels, saliency, shallow_budget, self.settings.repair, self.settings.quotas)
             cpu = visual.cpu()
             merged = {int(cpu[rep]): cpu[group].tolist() for rep, group in zip(plan.representatives, plan.groups)}
             chosen = torch.tensor(sorted(plan.kept + plan.representatives), dtype=torch.long)
             record = {"stage": "II", "after_stage_one": self.stage_one, "clusters": int(torch.unique(labels).numel()),
-                      "unlabelled": int((labels == -1).sum()), "merged_groups": len(plan.groups)}
+                      "unlabelled": int(loose.sum()), "merged_groups": len(plan.groups)}
             return Selection(with_text(view, visual[chosen.to(visual.device)]), merged=merged,
                              merge=self.settings.merge, record=record)
         chosen = deep_keep(saliency, deep_budget)
