@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Any, TextIO
 
 from probe.errors import ProbeError
 from probe.names import (
@@ -150,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     allocation.add_argument("--owl-m", type=float, default=None,
                             help="owl: a score is an outlier above M times the block mean (None: 5)")
     allocation.add_argument("--owl-lambda", type=float, default=None,
-                            help="owl: block sparsities within target +- lambda (None: 0.08)")
+                            help="owl: block sparsities span 2*lambda around the target, their mean (None: 0.08)")
     allocation.add_argument("--max-extra", type=float, default=None,
                             help="tamp allocation: no linear pruned beyond target + this (None: 0.1)")
     p.add_argument("--token-pruning", default=None, metavar="METHOD",
@@ -161,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reach --sparsity and the ratio of --token-pruning in STAGES steps of each, taking at every "
                         "stage the step (weights or tokens) whose KL to the dense logits is lower (a training-free, "
                         "unofficial reading of CoMP's strategy; see the README)")
-    p.add_argument("--comp-epsilon", type=float, default=0.1, help="comp-style: probability of a random step")
+    p.add_argument("--comp-epsilon", type=float, default=None,
+                   help="comp-style: probability of a random step (None: 0.1)")
     p.add_argument("--out", required=True, type=Path, help="output folder (written atomically)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=cmd_prune)
@@ -323,6 +325,8 @@ def prune_config_from_args(args: argparse.Namespace):
     if args.budget_from is not None:
         if axes["tokens"] != "atv":
             raise PruneConfigError("--budget-from is a setting of tokens 'atv'")
+        if settings["tokens"].get("budget") != "fixed":
+            raise PruneConfigError("--budget-from gives the total of a fixed budget; add --budget fixed")
         settings["tokens"]["fixed_total"] = kept_visual_total(args.budget_from)
     if axes["tokens"] == "atv":
         settings["tokens"].setdefault("seed", args.seed)
@@ -343,7 +347,10 @@ def _prune(args: argparse.Namespace) -> int:
     if args.comp_style is not None:
         from probe.token_pruning.comp_style import CompStyleSettings
 
-        comp_style = CompStyleSettings(stages=args.comp_style, epsilon=args.comp_epsilon, seed=args.seed)
+        epsilon = {} if args.comp_epsilon is None else {"epsilon": args.comp_epsilon}
+        comp_style = CompStyleSettings(stages=args.comp_style, seed=args.seed, **epsilon)
+    elif args.comp_epsilon is not None:
+        raise ProbeError("--comp-epsilon is a setting of --comp-style; add --comp-style STAGES or leave it out")
     spec = CalibrationSpec.parse(args.calib, image_root=args.image_root, subset=args.calib_subset,
                                  split=args.calib_split, nsamples=args.nsamples, seed=args.seed)
     record = prune_checkpoint(args.model, args.out, config, spec, dtype=args.dtype, device=args.device,
@@ -425,6 +432,7 @@ def _retention_interval(scored, dense) -> str:  # noqa: ANN001
 def cmd_grid(args: argparse.Namespace) -> int:
     from analysis.tables import write_grid_table
     from probe.grid import QUICK, GridConfig, run_grid
+    from probe.interrupts import interruptible
     from probe.progress import quiet_libraries
 
     out = args.out
@@ -435,14 +443,30 @@ def cmd_grid(args: argparse.Namespace) -> int:
         **{k: v for k, v in overrides.items() if v is not None})
     executor = _executor(args, config)
     try:
-        with quiet_libraries(args.no_progress):
+        with interruptible(), quiet_libraries(args.no_progress):
             results = run_grid(config, show_progress=not args.no_progress, log_samples=args.log_samples,
                                executor=executor, only=args.cells)
     except KeyboardInterrupt:
-        raise RunInterrupted(f"interrupted: finished cells are kept in {Path(config.out) / 'results.csv'}; "
-                             "run the same command again to resume") from None
+        raise RunInterrupted(_grid_interrupted(Path(config.out))) from None
     print(write_grid_table(results, Path(config.out), config.grid, config.model, config.name or None))
     return 0
+
+
+def _grid_interrupted(out: Path) -> str:
+    """What an interrupted grid kept, and how to go on."""
+    from probe.grid import finished_cells
+
+    try:
+        finished = len(finished_cells(out))
+    except (OSError, ValueError):  # a results file being rewritten when the interruption came
+        finished = 0
+    if finished:
+        return (f"interrupted: the {finished} finished cell(s) are kept in {out / 'results.csv'}; run the same "
+                "command again to resume")
+    if any((out / "partial").glob("*/*.scores.csv")):
+        return (f"interrupted before any cell finished; the tasks already scored are kept in {out / 'partial'}: run "
+                "the same command again to resume")
+    return "interrupted before any cell finished: no results were written; run the same command again to start"
 
 
 def _cell_list(text: str) -> list[str]:
@@ -455,17 +479,22 @@ def _cell_list(text: str) -> list[str]:
 
 def _executor(args: argparse.Namespace, config):  # noqa: ANN001, ANN202
     """The executor ``--executor`` names, its resources from the config's ``cluster:`` mapping and the flags."""
-    if args.executor == "local":
-        return None
-    from probe.executors import RayExecutor, Resources, SlurmExecutor
+    import dataclasses
 
-    resources = Resources.from_mapping(config.cluster)
     flags = {"gpus_per_cell": args.gpus_per_cell, "cpus_per_cell": args.cpus_per_cell, "mem_gb": args.mem,
              "time_min": args.time, "partition": args.partition, "max_parallel": args.max_parallel,
              "retries": args.retries}
-    for name, value in flags.items():
-        if value is not None:
-            setattr(resources, name, value)
+    given = {name: value for name, value in flags.items() if value is not None}
+    if args.executor == "local":
+        named = [f"--{n}" for n in ("gpus-per-cell", "cpus-per-cell", "mem", "time", "partition", "max-parallel",
+                                   "retries") if getattr(args, n.replace("-", "_")) is not None]
+        named += ["--slurm-option"] * bool(args.slurm_option) + ["--ray-address"] * (args.ray_address is not None)
+        if named:
+            raise ProbeError(f"{named[0]} is a setting of cluster jobs; add --executor slurm or ray")
+        return None
+    from probe.executors import RayExecutor, Resources, SlurmExecutor
+
+    resources = dataclasses.replace(Resources.from_mapping(config.cluster), **given)
     for option in args.slurm_option:
         key, sep, value = option.partition("=")
         if not sep or not key:
@@ -517,15 +546,15 @@ def _grid_items(folder: Path, purpose: str):  # noqa: ANN202
 
 def _grid_manifest_config(folder: Path) -> dict:
     """The config stored in a grid folder's manifest, checked to name a grid."""
-    import json
-
     from analysis.results import ResultsError
+    from probe.record import read_json
 
     manifest = folder / "manifest.json"
     if not manifest.is_file():
         raise ResultsError(f"no grid manifest at {manifest} (probe grid writes it when it starts)")
-    config = json.loads(manifest.read_text()).get("config", {})
-    if config.get("grid") not in GRIDS:
+    config = read_json(manifest, "a grid manifest")
+    config = config.get("config", {}) if isinstance(config, dict) else {}
+    if not isinstance(config, dict) or config.get("grid") not in GRIDS:
         raise ResultsError(f"{manifest} names no grid ({', '.join(GRIDS)}) in its config")
     return config
 
@@ -535,6 +564,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
     from analysis import figures
     from analysis.results import ResultsError, load_atv_blocks, load_grid
+    from probe.manifest import check_output_file
 
     name = args.figure.replace("-", "_")
     if args.figure == "tsne":
@@ -548,6 +578,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
     else:
         grid = source
         out = args.out or source / "figures" / name
+    for suffix in (".png", ".pdf"):
+        check_output_file(out.with_suffix(suffix))
     model = _recorded_model(grid)
     if args.figure == "iou":
         path = source / "mask_iou.csv"
@@ -570,21 +602,23 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 def _recorded_model(folder: Path) -> str | None:
     """The model a grid or pruning run in ``folder`` used, from its manifest (None if it has none)."""
-    import json
+    from probe.record import read_json
 
     path = folder / "manifest.json"
     if not path.is_file():
         return None
-    manifest = json.loads(path.read_text())
-    return manifest.get("model") or manifest.get("config", {}).get("model")
+    manifest = read_json(path, "a run or grid manifest")
+    if not isinstance(manifest, dict):
+        return None
+    return manifest.get("model") or (manifest.get("config") or {}).get("model")
 
 
 def _drift_title(source: Path, model: str | None) -> str:
     """``MODEL: ATV drift and budget per block, 50% unstructured`` from a run's or a cell's record."""
-    import json
+    from probe.record import read_json
 
     record = source if source.suffix == ".json" else source / "manifest.json"
-    data = json.loads(record.read_text()) if record.is_file() else {}
+    data = read_json(record, "a pruning record") if record.is_file() else {}
     prune = data.get("settings") or data.get("prune") or {}  # "prune": records before version 2
     setting = f", {prune['sparsity']:.0%} {prune.get('pattern', '')}".rstrip() if "sparsity" in prune else ""
     return f"{model + ': ' if model else ''}ATV drift and budget per block{setting}"
@@ -599,13 +633,16 @@ def _plot_tsne(args: argparse.Namespace) -> int:
     from probe.capture import hidden_at
     from probe.data.calibration import CalibrationSpec
     from probe.loading import load_model
+    from probe.manifest import check_output_file
 
+    out = args.out or Path("runs") / "figures" / f"tsne_block{args.block}"
+    for suffix in (".png", ".pdf"):
+        check_output_file(out.with_suffix(suffix))
     loaded = load_model(args.source or DEFAULT_MODEL)
     samples = capture_calibration(loaded, CalibrationSpec(nsamples=args.nsamples), show_progress=False)
     hidden = [hidden_at(loaded.model, loaded.adapter, s, args.block).float() for s in samples]
     activations = torch.cat(hidden).cpu().numpy()
     visual = np.concatenate([s.visual_mask.cpu().numpy() for s in samples])
-    out = args.out or Path("runs") / "figures" / f"tsne_block{args.block}"
     model = args.source or DEFAULT_MODEL
     figures.plot_tsne(activations, visual, out, title=f"{model}: t-SNE of the inputs to block {args.block}")
     print(f"wrote {out.with_suffix('.png')} and {out.with_suffix('.pdf')}")
@@ -618,8 +655,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("probe").setLevel(logging.DEBUG if args.verbose else logging.INFO)
 
+    stdout, sys.stdout = sys.stdout, CheckedStream(sys.stdout)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()
+        return code
+    except StdoutError as exc:
+        _silence(stdout)
+        print(f"probe: error: {exc}", file=sys.stderr)
+        return 2
     except RunInterrupted as exc:
         print(f"probe: {exc}", file=sys.stderr)
         return 130
@@ -629,6 +673,47 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("probe: interrupted", file=sys.stderr)
         return 130
+    finally:
+        sys.stdout = stdout
+
+class StdoutError(ProbeError):
+    """Standard output cannot be written (a full device, a closed pipe)."""
+
+
+class CheckedStream:
+    """A text stream whose failed writes raise :class:`StdoutError` (one line from the CLI), not OSError."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except OSError as exc:
+            raise StdoutError(f"cannot write to standard output ({exc.strerror or exc})") from None
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError as exc:
+            raise StdoutError(f"cannot write to standard output ({exc.strerror or exc})") from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _silence(stream: TextIO) -> None:
+    """Point ``stream`` at the null device, so that the interpreter's last flush of what it still holds
+    cannot fail again."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # not a file descriptor (a test's captured stream)
+        pass
+
 
 if __name__ == "__main__":
     sys.exit(main())

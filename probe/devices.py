@@ -25,6 +25,9 @@ def check_device(name: str | torch.device) -> torch.device:
     except (RuntimeError, TypeError):
         raise DeviceError(f"invalid device {str(name)!r}; use e.g. cpu, cuda or cuda:1") from None
     if device.type == "cpu":
+        if device.index not in (None, 0):
+            raise DeviceError(f"device {str(name)!r}: torch has one CPU device (cpu or cpu:0); its cores are threads "
+                              "(OMP_NUM_THREADS), not device indices")
         return device
     if device.type == "cuda":
         if not torch.cuda.is_available():

@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
+import socket
+import subprocess
+import sys
 import time
 import traceback
 from collections.abc import Iterator
@@ -22,6 +26,7 @@ from typing import Any
 
 from probe.errors import ProbeError
 from probe.grid import Cell, CellFailure, GridConfig, GridPlan, cell_path, finished_cells, open_context, run_cell
+from probe.interrupts import raise_if_interrupted
 
 
 class ExecutorError(ProbeError):
@@ -49,6 +54,22 @@ class Resources:
     retries: int = 1  # a failed cell is tried again this many times before it is reported
     slurm_options: dict[str, str] = field(default_factory=dict)  # passed to sbatch as --KEY=VALUE
     poll_seconds: float = 2.0
+
+    def __post_init__(self) -> None:
+        for name, least in (("gpus_per_cell", 0), ("cpus_per_cell", 1), ("mem_gb", 1), ("time_min", 1),
+                            ("max_parallel", 0), ("retries", 0)):
+            value = getattr(self, name)
+            if value is None and name == "mem_gb":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ExecutorError(f"{name} should be a whole number of at least {least}, got {value!r}")
+        if self.partition is not None and not isinstance(self.partition, str):
+            raise ExecutorError(f"partition should be a name, got {self.partition!r}")
+        if not isinstance(self.slurm_options, dict):
+            raise ExecutorError(f"slurm_options should be a mapping of sbatch options, got {self.slurm_options!r}")
+        if isinstance(self.poll_seconds, bool) or not isinstance(self.poll_seconds, (int, float)) \
+                or not self.poll_seconds > 0:
+            raise ExecutorError(f"poll_seconds should be a number above 0, got {self.poll_seconds!r}")
 
     @classmethod
     def from_mapping(cls, mapping: dict[str, Any]) -> Resources:
@@ -124,6 +145,7 @@ class ClusterExecutor:
                     last = status
                 if running:
                     time.sleep(self.resources.poll_seconds)
+                raise_if_interrupted()
         return failures
 
     @contextlib.contextmanager
@@ -187,10 +209,12 @@ class RayExecutor(ClusterExecutor):
         super().__init__(resources)
         self.ray = require("ray", "ray")
         if not self.ray.is_initialized():
+            if address not in (None, "auto", "local"):
+                check_ray_address(address)
             try:
                 self.ray.init(address=address, include_dashboard=False, log_to_driver=False)
-            except ConnectionError as exc:
-                raise ExecutorError(f"cannot reach the Ray cluster at {address}: {exc}") from None
+            except (ConnectionError, ValueError) as exc:  # ValueError: ray:// without the Ray client installed
+                raise ExecutorError(f"cannot reach the Ray cluster at {address}: {_first_line(exc)}") from None
         self.task = self.ray.remote(num_cpus=resources.cpus_per_cell, num_gpus=resources.gpus_per_cell,
                                     max_retries=0)(_logged_cell_job)
         self._logs: dict[Any, str] = {}
@@ -216,6 +240,39 @@ class RayExecutor(ClusterExecutor):
 
     def cancel(self, handle: Any) -> None:
         self.ray.cancel(handle, force=True)
+
+
+RAY_CONNECT_SECONDS = 60.0  # how long a Ray address may take to answer before the grid gives up
+
+
+def ray_probe_command(address: str) -> list[str]:
+    """A command that connects to the Ray cluster at ``address`` and leaves; exit status 0 when it could."""
+    return [sys.executable, "-c", "import sys, ray; ray.init(address=sys.argv[1], include_dashboard=False, "
+            "log_to_driver=False); ray.shutdown()", address]
+
+
+def check_ray_address(address: str, seconds: float | None = None) -> None:
+    """Raise :class:`ExecutorError` unless a Ray cluster answers at ``address`` (``HOST:PORT`` or
+    ``ray://HOST:PORT``) within ``seconds`` (default :data:`RAY_CONNECT_SECONDS`): Ray itself retries an
+    address that does not answer for ever. A closed port fails at once; anything else is tried in a
+    child process, which is stopped when the time is up."""
+    seconds = RAY_CONNECT_SECONDS if seconds is None else seconds
+    if address.startswith("ray://") and importlib.util.find_spec("grpc") is None:
+        raise ExecutorError(f"the address {address} needs the Ray client: pip install 'ray[client]'")
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ExecutorError(f"--ray-address {address!r} is not HOST:PORT, ray://HOST:PORT or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=seconds).close()
+    except OSError as exc:
+        raise ExecutorError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from None
+    try:
+        done = subprocess.run(ray_probe_command(address), capture_output=True, text=True, timeout=seconds)
+    except subprocess.TimeoutExpired:
+        raise ExecutorError(f"no Ray cluster answered at {address} within {seconds:g} s") from None
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        raise ExecutorError(f"cannot reach the Ray cluster at {address}: {lines[-1] if lines else 'it refused'}")
 
 
 def _logged_cell_job(config: GridConfig, tasks: list[str], cell: Cell, log_samples: bool, log: str) -> str:

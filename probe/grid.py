@@ -14,15 +14,19 @@ rerun skips finished cells.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import gc
 import io
 import itertools
 import json
 import logging
+import os
 import re
+import socket
+import time
 import typing
-from collections.abc import Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,7 +35,7 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from pydantic import TypeAdapter, ValidationError
 
 from probe.calibrate import capture_calibration
@@ -41,27 +45,53 @@ from probe.devices import check_device, machine_description
 from probe.engine import PruneConfig, prune
 from probe.errors import ProbeError
 from probe.evaluation.harness import evaluate_with_items, primary_rows, resolve_tasks, token_records_path
-from probe.loading import LoadedModel, load_model, parse_dtype
-from probe.manifest import package_versions, write_json_atomic, write_text_atomic
+from probe.interrupts import raise_if_interrupted
+from probe.loading import DTYPES, LoadedModel, check_model_ref, load_model, model_config, parse_dtype
+from probe.manifest import check_output_dir, package_versions, write_json_atomic, write_text_atomic
 from probe.method_spec import MethodEntry, method_entry
 from probe.mot import PATHWAYS, prune_pathway, to_mot, weight_sharing_copy
 from probe.names import GRIDS, MODALITY_POOLS
-from probe.record import RunRecord, kept_visual_total
+from probe.record import RunRecord, kept_visual_total, read_json
 from probe.sparsity.masks import mask_iou, parse_pattern
 from probe.task_checkpoint import TaskCheckpoint, parameter_stats
 from probe.token_pruning.base import make_pruner
+from probe.token_pruning.runtime import check_token_method
 from probe.token_pruning.schedule import with_token_schedule
 from probe.vision_cache import VisionFeatureCache
 
 QUICK = {"nsamples": 8, "limit": 5, "sparsities": [0.5], "settings": ["0.5"]}
 IOU_POOLS = ("text", "visual")  # Fig. 1b compares the masks of these two pools
 log = logging.getLogger(__name__)
+CELL_LISTS = {"table1": ("sparsities", "pathways", "pools"),  # the settings whose entries make a grid's cells
+              "table2": ("methods", "settings", "token_methods")}
 RUN_ONLY = ("out", "cluster", "dense_from")  # settings that say where and how a grid runs, not what it computes
+RESUME_VERSIONS = ("torch", "transformers", "lmms-eval", "probe-lvlm")  # a grid resumes only on the same versions
 DENSE_KEYS = ("model", "tasks", "limit", "seed", "dtype", "device", "max_pixels", "loglikelihood")  # the dense cell's
 
 
 class GridConfigError(ProbeError):
     """An invalid grid configuration."""
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    """A YAML mapping that names one key twice (plain YAML keeps the last silently)."""
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a mapping that names a key twice."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                continue  # the safe loader's own error names it
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                raise DuplicateKeyError(f"the key {key!r} appears twice in one mapping (line {line})")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
 
 
 @dataclass
@@ -111,11 +141,27 @@ class GridConfig:
             self.out = f"runs/grid/{self.grid}"
         if self.loglikelihood not in ("sum", "mean"):
             raise GridConfigError(f"loglikelihood must be sum or mean, got {self.loglikelihood!r}")
+        if self.limit is not None and self.limit < 1:
+            raise GridConfigError(f"limit must be at least 1 item per task (or null for every item), got {self.limit}")
+        if self.nsamples < 1:
+            raise GridConfigError(f"nsamples must be at least 1, got {self.nsamples}")
+        if self.dtype not in DTYPES:
+            raise GridConfigError(f"unknown dtype {self.dtype!r}; choose from {', '.join(DTYPES)}")
+        for name in CELL_LISTS[self.grid]:
+            if not getattr(self, name):
+                raise GridConfigError(f"{name} is empty: a {self.grid} grid needs at least one (the default is "
+                                      f"{GridConfig.__dataclass_fields__[name].default_factory()})")
+        try:
+            from probe.executors import Resources
+
+            Resources.from_mapping(self.cluster)
+        except ProbeError as exc:
+            raise GridConfigError(f"cluster: {exc}") from None
         entries = []
         for i, method in enumerate(self.methods):
             try:
                 entry = method_entry(method)
-                for setting in self.settings:
+                for setting in self.settings or ["0.5"]:
                     self.prune_config(entry, *parse_setting(setting))
             except ProbeError as exc:
                 raise GridConfigError(f"methods[{i}] ({method!r}): {exc}") from None
@@ -174,12 +220,15 @@ class GridConfig:
         if not path.is_file():
             raise GridConfigError(f"grid config not found: {path}")
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            data = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)
+        except DuplicateKeyError as exc:
+            raise GridConfigError(f"{path}: {exc}") from None
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
             where = getattr(exc, "problem_mark", None)
             at = f" (line {where.line + 1})" if where is not None else ""
             raise GridConfigError(f"{path} is not valid YAML{at}") from None
-        data = data if data is not None else {}
+        if data is None:
+            raise GridConfigError(f"{path} is empty; a grid config names at least its grid (grid: table1 or table2)")
         if not isinstance(data, dict):
             raise GridConfigError(f"{path} should hold a mapping of settings (name: value), not a "
                                   f"{type(data).__name__}")
@@ -326,12 +375,18 @@ def _check_same_settings(config: GridConfig, manifest: Path, calibration_ids: li
     same calibration samples (a calibration source whose content changed is refused too)."""
     if not manifest.is_file():
         return
-    stored = json.loads(manifest.read_text())
-    before = stored.get("config", {})
+    stored = read_json(manifest, "a grid manifest")
+    if not isinstance(stored, dict) or not isinstance(stored.get("config"), dict) or "grid" not in stored["config"]:
+        raise GridConfigError(f"{manifest.parent} holds another kind of run (its manifest.json is not a grid's, e.g. "
+                              "a pruned checkpoint); choose another output folder")
+    before = stored["config"]
     now = asdict(config)
     changed = sorted(k for k in now if k not in RUN_ONLY and k in before and before[k] != now[k])
     if "calibration_ids" in stored and stored["calibration_ids"] != calibration_ids:
         changed.append("calibration samples")
+    versions, theirs = package_versions(), stored.get("versions") or {}
+    changed += [f"{name} {theirs[name]} there, {versions.get(name)} here" for name in RESUME_VERSIONS
+                if name in theirs and theirs[name] != versions.get(name)]
     if changed:
         raise GridConfigError(
             f"{manifest.parent} holds results made with other settings ({', '.join(changed)}); "
@@ -391,9 +446,12 @@ def plan_grid(config: GridConfig, only: Sequence[str] | None = None) -> GridPlan
     manifest; the cells without rows in ``results.csv`` are still to run (with ``only``, just those of
     the named cells, in the order named)."""
     out = Path(config.out)
+    check_output_dir(out, marker="manifest.json")
     done = finished_cells(out)
     planned = select_cells(cells(config), only, done) if only else cells(config)
     check_device(config.device)
+    check_model_ref(config.model)
+    check_token_methods(config)
     tasks = resolve_tasks(config.tasks)
     selected = select(config.calibration())  # all data checks before any model work
     calibration_ids = [s.sample_id for s in selected.samples]
@@ -446,6 +504,7 @@ def open_context(plan: GridPlan, show_progress: bool = True, shared_calibration:
     config = plan.config
     base = load_model(config.model, dtype=parse_dtype(config.dtype), device=config.device,
                       max_pixels=config.max_pixels)
+    check_token_methods(config, base.model)
     cache = VisionFeatureCache()
 
     def capture() -> list[CapturedSample]:
@@ -465,6 +524,26 @@ def open_context(plan: GridPlan, show_progress: bool = True, shared_calibration:
         else:
             captured = torch.load(path, map_location=config.device, weights_only=False)
     return GridContext(config, base, captured, plan.tasks, cache)
+
+
+def check_token_methods(config: GridConfig, model: torch.nn.Module | None = None) -> None:
+    """Raise :class:`GridConfigError` before any cell if a token method of the grid cannot run on the model:
+    the loaded ``model``, else the grid model's config where it is at hand without loading weights (see
+    :func:`probe.loading.model_config`; without one, the check waits for the loaded model)."""
+    if all(make_pruner(spec) is None for spec in config.token_methods):
+        return
+    found = model.config if model is not None else model_config(config.model)
+    if found is None:
+        return
+    layers = found.get_text_config().num_hidden_layers
+    for spec in config.token_methods:
+        pruner = make_pruner(spec)
+        if pruner is None:
+            continue
+        try:
+            check_token_method(pruner, found.model_type, layers)
+        except ProbeError as exc:
+            raise GridConfigError(f"token_methods: {spec!r} cannot run on {config.model}: {exc}") from None
 
 
 def needs_earlier_cell(cell: Cell) -> bool:
@@ -517,6 +596,8 @@ def _prune_and_score(ctx: GridContext, cell: Cell, show_progress: bool, log_samp
         record = RunRecord(settings={}, method="dense", model=config.model, context=context)
     scores, items, checkpoint = _evaluate_cell(ctx, cell, model, show_progress, log_samples)
     record.context["weights_fingerprint"] = checkpoint.fingerprint
+    if checkpoint.resumed:
+        record.context["resumed"] = checkpoint.resumed
     settings = {"cell": cell.cell_id, "pathway": cell.pathway, "pool": cell.pool, "sparsity": cell.sparsity,
                 "method": cell.method, "setting": cell.setting, "model": config.model,
                 "nsamples": config.nsamples, "seed": config.seed, "limit": config.limit,
@@ -544,6 +625,7 @@ def _evaluate_cell(ctx: GridContext, cell: Cell, model: torch.nn.Module, show_pr
         log.info("%s: %s already scored, resuming", cell.cell_id, ", ".join(checkpoint.finished()))
     loaded = LoadedModel(model, base.processor, base.adapter, base.ref)
     for task in ctx.tasks:
+        raise_if_interrupted()
         if checkpoint.load(task) is None:
             scores, items = evaluate_with_items(
                 loaded, [task], config.limit, show_progress=show_progress,
@@ -626,16 +708,46 @@ def run_grid(config: GridConfig, show_progress: bool = True, log_samples: bool =
     :class:`GridRunError` after every other cell had its turn.
     """
     plan = plan_grid(config, only)
-    if plan.todo:
-        executor = executor or InProcessExecutor()
-        failures = []
-        later = [c for c in plan.todo if needs_earlier_cell(c)]
-        for wave in ([c for c in plan.todo if c not in later], later):
-            if wave:
-                failures += executor.run(plan, wave, show_progress=show_progress, log_samples=log_samples)
-        if failures:
-            raise GridRunError(failures)
-    return finish_grid(config)
+    with driver_lock(plan.out):
+        if plan.todo:
+            executor = executor or InProcessExecutor()
+            failures = []
+            later = [c for c in plan.todo if needs_earlier_cell(c)]
+            for wave in ([c for c in plan.todo if c not in later], later):
+                if wave:
+                    failures += executor.run(plan, wave, show_progress=show_progress, log_samples=log_samples)
+            if failures:
+                raise GridRunError(failures)
+        return finish_grid(config)
+
+
+DRIVER_FILE = "driver.json"  # who drives the grid in a folder now: host, pid, start time
+
+
+@contextlib.contextmanager
+def driver_lock(out: Path) -> Iterator[None]:
+    """Hold the grid folder ``out`` for this process: a second driver on the same folder is refused with
+    one line naming the holder (``driver.json``). The lock is the operating system's, so a killed driver
+    leaves none behind."""
+    lock = FileLock(str(out / ".driver.lock"), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        holder = out / DRIVER_FILE
+        try:
+            who = json.loads(holder.read_text())
+            named = f"process {who['pid']} on {who['host']}, started {who['started']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            named = "another process"
+        raise GridConfigError(f"{out} is in use by another probe grid ({named}); wait for it to end, or run "
+                              "into another folder") from None
+    try:
+        write_json_atomic(out / DRIVER_FILE, {"host": socket.gethostname(), "pid": os.getpid(),
+                                              "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")})
+        yield
+    finally:
+        (out / DRIVER_FILE).unlink(missing_ok=True)
+        lock.release()
 
 
 class CellExecutor(Protocol):
@@ -676,6 +788,7 @@ class InProcessExecutor:
             self._context = (plan, open_context(plan, show_progress=show_progress))
         ctx = self._context[1]
         for cell in todo:
+            raise_if_interrupted()
             run_cell(ctx, cell, show_progress=show_progress, log_samples=log_samples)
         return []
 

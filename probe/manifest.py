@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import json
 import os
 import platform
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable
 from importlib import metadata
@@ -18,6 +22,8 @@ from probe.errors import OutputError
 
 PACKAGES = ("torch", "transformers", "lmms-eval", "probe-lvlm")
 WRITE_ERRORS = (OSError, SafetensorError)
+TEMP_NAME_ROOM = 40  # an atomic write's temporary sibling adds its writer (host, process) and a random part
+INNER_PATH_ROOM = 96  # an output folder's own files (cells/<cell>.json, partial/<cell>/<task>.items.csv) below it
 
 
 def package_versions() -> dict[str, str | None]:
@@ -76,18 +82,21 @@ def write_dir_atomic(out: Path, fill: Callable[[Path], None]) -> None:
 
     Whatever fails on the way (a full disk, a permission, an interruption), neither a partial ``out``
     nor the temporary folder is left behind, and a folder that was at ``out`` before stays as it was.
+    Temporary folders that a killed writer left (named for their host and process) are removed first,
+    and every file and folder written gets the mode the user's umask gives a new one.
     """
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+        remove_stale_temporaries(out)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=_temp_prefix(out, "new")))
     except OSError as exc:
         raise OutputError(f"cannot write {out}: {exc.strerror or exc}") from exc
     old = None
     try:
         fill(tmp)
-        _default_mode(tmp, directory=True)
+        _default_modes(tmp)
         if out.exists():
-            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old."))
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=_temp_prefix(out, "old")))
             os.replace(out, old)
         os.replace(tmp, out)
     except BaseException as exc:
@@ -102,6 +111,54 @@ def write_dir_atomic(out: Path, fill: Callable[[Path], None]) -> None:
     finally:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
+
+
+def _temp_prefix(out: Path, kind: str) -> str:
+    """``.<name>.<kind>-<host>-<pid>.``: a temporary sibling of ``out`` that says who made it."""
+    return f".{out.name}.{kind}-{HOST_TAG}-{os.getpid()}."
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(out: Path) -> list[Path]:
+    """Remove the temporary siblings of ``out`` that a writer on this host left when it was killed (its
+    process is gone): unfinished new folders go; a previous ``out`` moved aside is put back where ``out``
+    is missing, else removed. Returns what was removed or put back."""
+    pattern = re.compile(re.escape(f".{out.name}.") + rf"(new|old)-{HOST_TAG}-(\d+)\.[^/]+$")
+    handled = []
+    for path in sorted(out.parent.glob(f".{glob.escape(out.name)}.*-{HOST_TAG}-*")):
+        found = pattern.match(path.name)
+        if not found or not path.is_dir() or _running(int(found.group(2))):
+            continue
+        if found.group(1) == "old" and not out.exists():
+            os.replace(path, out)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+        handled.append(path)
+    return handled
+
+
+def _default_modes(folder: Path) -> None:
+    """Give ``folder`` and everything in it the modes the user's umask gives new files and folders (some
+    writers, safetensors among them, create their files 0600)."""
+    _default_mode(folder, directory=True)
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            _default_mode(Path(root) / name, directory=True)
+        for name in files:
+            if not os.path.islink(Path(root) / name):
+                _default_mode(Path(root) / name, directory=False)
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -123,11 +180,39 @@ def _check_writable(target: Path, parent: Path) -> None:
     os.rmdir(probe_dir)
 
 
+def check_name_lengths(target: Path, inner: int = 0) -> None:
+    """Raise :class:`OutputError` if ``target`` cannot be made on its file system for the length of a name in
+    it (with room for an atomic write's temporary name) or of the whole path (with ``inner`` more bytes for
+    what goes below it). Looks at no path longer than the system allows."""
+    resolved = Path(os.path.abspath(target))
+    base = resolved
+    while not os.path.isdir(base) and base != base.parent:
+        base = base.parent
+    name_max, path_max = _pathconf(base, "PC_NAME_MAX", 255), _pathconf(base, "PC_PATH_MAX", 4096)
+    new_parts = resolved.parts[len(base.parts):]
+    for i, part in enumerate(new_parts):
+        allowed = name_max - (TEMP_NAME_ROOM if i == len(new_parts) - 1 else 0)
+        if len(os.fsencode(part)) > allowed:
+            raise OutputError(f"cannot write {str(target)[:60]}...: the name {part[:24]}... is "
+                              f"{len(os.fsencode(part))} bytes and at most {allowed} fit on this file system")
+    if len(os.fsencode(str(resolved))) + TEMP_NAME_ROOM + inner > path_max:
+        raise OutputError(f"cannot write {str(target)[:60]}...: the path is {len(os.fsencode(str(resolved)))} bytes "
+                          f"and this file system allows {path_max - TEMP_NAME_ROOM - inner} for it")
+
+
+def _pathconf(folder: Path, name: str, default: int) -> int:
+    try:
+        return int(os.pathconf(folder, name))
+    except (OSError, ValueError):
+        return default
+
+
 def check_output_dir(out: Path, marker: str | None = None) -> None:
     """Raise :class:`OutputError` before any work if ``out`` cannot become an output folder: it is the
     current folder or one above it, an existing file, under a file, or in a place this user cannot
     write. An existing non-empty folder is accepted only if it holds ``marker`` (a file an earlier run
     of the same kind wrote, e.g. ``manifest.json``), since it would be replaced or resumed."""
+    check_name_lengths(out, inner=INNER_PATH_ROOM)
     resolved = out.resolve()
     if resolved == Path.cwd().resolve() or resolved in Path.cwd().resolve().parents:
         raise OutputError(f"--out {out} is the current folder or one above it; name a new folder")
@@ -157,6 +242,7 @@ def human_bytes(n: float) -> str:
 
 def check_output_file(path: Path) -> None:
     """Raise :class:`OutputError` before any work if ``path`` cannot be written as a file."""
+    check_name_lengths(path)
     if path.is_dir():
         raise OutputError(f"--out {path} is a folder; name a file")
     _check_writable(path, path.resolve().parent)

@@ -15,12 +15,15 @@ from rich import get_console
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from probe.interrupts import raise_if_interrupted
+
 
 class _Bar:
     def __init__(self, progress: Progress | None, task: int | None) -> None:
         self._progress, self._task = progress, task
 
     def advance(self, n: int = 1) -> None:
+        raise_if_interrupted()
         if self._progress is not None:
             self._progress.advance(self._task, n)
 
@@ -42,6 +45,7 @@ class LogLines:
         self._started = time.monotonic()
 
     def advance(self, n: int = 1) -> None:
+        raise_if_interrupted()
         self.done += n
         tenths = min(10, self.done * 10 // self.total) if self.total > 0 else 0
         if tenths > self._tenths_reported:

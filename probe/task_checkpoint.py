@@ -2,9 +2,11 @@
 task in progress.
 
 A rerun prunes the cell again (pruning is deterministic given its calibration and seed), checks that
-the pruned weights match the ones the finished tasks were scored on (:func:`weights_fingerprint`),
-and scores only the tasks that have no checkpoint. Checkpoints whose fingerprint differs are dropped
-and their tasks scored again.
+the pruned weights match the ones the finished tasks were scored on, and scores only the tasks that
+have no checkpoint. Weights match when their fingerprints (:func:`weights_fingerprint`) are equal, or
+when every parameter has the same name, shape and zero count and a sum within :data:`NOISE` (relative)
+of the recorded one: the floating-point noise of another thread count or summation order. Weights that
+differ beyond that are refused (:class:`WeightsChangedError`) rather than scored beside the others.
 """
 
 from __future__ import annotations
@@ -19,9 +21,16 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from probe.errors import ProbeError
 from probe.manifest import write_text_atomic
 
 log = logging.getLogger(__name__)
+NOISE = 1e-6  # the largest relative change of a parameter's sum still taken for floating-point noise
+COMPARED = f"parameter names, shapes and zero counts equal, sums within {NOISE:g} relative"
+
+
+class WeightsChangedError(ProbeError):
+    """A cell pruned again into weights other than those its finished tasks were scored on."""
 
 
 ParameterStats = dict[str, tuple[tuple[int, ...], int, float]]
@@ -48,6 +57,21 @@ def weights_fingerprint(model: torch.nn.Module | ParameterStats) -> str:
     return digest.hexdigest()[:16]
 
 
+def largest_sum_change(before: ParameterStats, after: ParameterStats) -> float | None:
+    """The largest relative change of a parameter's sum between two models whose parameters have the same
+    names, shapes and zero counts (0.0 if none changed); None where those differ."""
+    if before.keys() != after.keys():
+        return None
+    largest = 0.0
+    for name, (shape, zeros, total) in before.items():
+        other_shape, other_zeros, other_total = after[name]
+        if tuple(shape) != tuple(other_shape) or zeros != other_zeros:
+            return None
+        if other_total != total:
+            largest = max(largest, abs(other_total - total) / max(abs(total), abs(other_total), 1e-30))
+    return largest
+
+
 def describe_weight_change(before: ParameterStats, after: ParameterStats) -> str:
     """How two models' parameter statistics differ, in one line: how many parameters changed their zero
     count (pruning masks of another size) and how many only their sum (other masks of the same size, or
@@ -66,14 +90,16 @@ def describe_weight_change(before: ParameterStats, after: ParameterStats) -> str
     return "; ".join(parts)
 
 
-@dataclass(frozen=True)
+@dataclass
 class TaskCheckpoint:
     """The finished tasks of one cell: ``<folder>/<task>.scores.csv``, ``.items.csv`` and, with logged
     samples, ``.samples.jsonl`` (and ``.tokens.jsonl``), plus ``fingerprint`` naming the weights and
-    ``parameters.json`` with the statistics it hashes (to say how other weights differ)."""
+    ``parameters.json`` with the statistics it hashes (to say how other weights differ). After
+    :meth:`open`, ``resumed`` says which finished tasks were kept and how the weights were compared."""
 
     folder: Path
     parameters: ParameterStats
+    resumed: dict | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -81,17 +107,32 @@ class TaskCheckpoint:
         return weights_fingerprint(self.parameters)
 
     def open(self) -> TaskCheckpoint:
-        """Keep the folder's checkpoints if they were scored on these weights, else start it empty."""
+        """Keep the folder's checkpoints if they were scored on these weights (up to floating-point noise);
+        a folder of other weights with finished tasks is a :class:`WeightsChangedError`."""
         stamp, record = self.folder / "fingerprint", self.folder / "parameters.json"
         if stamp.is_file() and stamp.read_text().strip() != self.fingerprint:
-            change = ""
+            earlier = None
             if record.is_file():
                 earlier = {name: (tuple(shape), zeros, total)
                            for name, (shape, zeros, total) in json.loads(record.read_text()).items()}
-                change = f" ({describe_weight_change(earlier, self.parameters)})"
-            log.warning("%s: the pruned weights differ from those its finished tasks were scored on%s; "
-                        "scoring every task again", self.folder, change)
-            shutil.rmtree(self.folder)
+            change = largest_sum_change(earlier, self.parameters) if earlier is not None else None
+            if not self.finished():
+                shutil.rmtree(self.folder)  # nothing scored on the other weights: nothing to keep
+            elif change is None or change > NOISE:
+                why = describe_weight_change(earlier, self.parameters) if earlier is not None else "no record"
+                raise WeightsChangedError(
+                    f"{self.folder.name}: pruned again, the weights differ from those its finished tasks "
+                    f"({', '.join(self.finished())}) were scored on ({why}); the settings, calibration samples "
+                    f"and versions are the same, so this machine computes other masks: remove {self.folder} to "
+                    "score the cell's tasks again here")
+            else:
+                log.info("%s: the pruned weights equal those its finished tasks were scored on up to "
+                         "floating-point noise (largest relative change of a sum %.1e)", self.folder, change)
+                self.resumed = {"tasks": self.finished(), "compared": COMPARED, "largest_relative_change": change}
+                return self
+        if stamp.is_file() and self.finished():
+            self.resumed = {"tasks": self.finished(), "compared": "weights fingerprint equal",
+                            "largest_relative_change": 0.0}
         if not stamp.is_file():
             write_text_atomic(record, json.dumps({name: [list(shape), zeros, total] for name, (shape, zeros, total)
                                                   in self.parameters.items()}, indent=0) + "\n")

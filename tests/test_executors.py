@@ -102,7 +102,14 @@ def test_concurrent_writers_lose_nothing_and_duplicate_nothing(tmp_path):
 
 
 def test_failed_cells_are_retried_then_reported_with_their_logs(tmp_path, ray_instance):
-    config = GridConfig(out=str(tmp_path / "grid"), **{**BASE, "model": "tiny:nosuchfamily"})
+    from probe.loading import load_model
+
+    broken = tmp_path / "broken"  # a model folder whose weights only fail once a job loads them
+    tiny = load_model("tiny:llava")
+    tiny.model.config.save_pretrained(broken)
+    tiny.processor.save_pretrained(broken)
+    (broken / "pytorch_model.bin").write_bytes(b"not a torch file")
+    config = GridConfig(out=str(tmp_path / "grid"), **{**BASE, "model": str(broken)})
     submitted = []
 
     class Counting(RayExecutor):
@@ -115,8 +122,8 @@ def test_failed_cells_are_retried_then_reported_with_their_logs(tmp_path, ray_in
     failed = failure.value.failures
     assert sorted(f.cell_id for f in failed) == sorted(c.cell_id for c in cells(config))
     assert sorted(submitted) == sorted(2 * [c.cell_id for c in cells(config)])  # one retry each
-    assert all("nosuchfamily" in f.error for f in failed)
-    assert all("nosuchfamily" in open(f.log).read() for f in failed)
+    assert all("UnpicklingError" in f.error for f in failed)
+    assert all("UnpicklingError" in open(f.log).read() for f in failed)
     assert isinstance(failure.value, ProbeError) and "running the same command again" in str(failure.value)
 
 
@@ -138,3 +145,34 @@ def test_missing_engines_and_clusters_are_one_line_errors(tmp_path, monkeypatch,
         SlurmExecutor(Resources(), tmp_path / "logs", cluster="local")
     with pytest.raises(ExecutorError, match=r"pip install -e \.\[ray\]"):
         RayExecutor(Resources())
+
+
+def test_ray_addresses_that_do_not_answer_fail_within_the_stated_time(monkeypatch):
+    """Ray itself retries an address that does not answer for ever; the grid says so in bounded time."""
+    import socket
+    import sys
+
+    with socket.socket() as probe_socket:  # a port on this machine that nothing listens on
+        probe_socket.bind(("127.0.0.1", 0))
+        closed = probe_socket.getsockname()[1]
+    with pytest.raises(ExecutorError, match=f"cannot reach the Ray cluster at 127.0.0.1:{closed}: Connection refused"):
+        executors.check_ray_address(f"127.0.0.1:{closed}")
+    with pytest.raises(ExecutorError, match="is not HOST:PORT, ray://HOST:PORT or auto"):
+        executors.check_ray_address("bogus-host")
+    monkeypatch.setattr(executors.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ExecutorError, match=r"needs the Ray client: pip install 'ray\[client\]'"):
+        executors.check_ray_address(f"ray://127.0.0.1:{closed}")
+    monkeypatch.undo()
+
+    # something answers TCP there but never completes Ray's handshake (the connection attempt is a stand-in
+    # that hangs, so nothing leaves this machine)
+    monkeypatch.setattr(executors, "ray_probe_command", lambda address: [sys.executable, "-c",
+                                                                          "import time; time.sleep(60)"])
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        started = time.monotonic()
+        with pytest.raises(ExecutorError, match=f"no Ray cluster answered at 127.0.0.1:{port} within 1 s"):
+            executors.check_ray_address(f"127.0.0.1:{port}", seconds=1)
+        assert time.monotonic() - started < 10

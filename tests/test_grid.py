@@ -2,7 +2,10 @@
 
 import hashlib
 import json
-import logging
+import shutil
+import socket
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -10,7 +13,12 @@ import pytest
 from analysis.tables import retention, table1, table2, to_latex, to_markdown
 from probe import grid as grid_module
 from probe.grid import GridConfig, GridConfigError, cells, run_grid
-from probe.task_checkpoint import describe_weight_change, weights_fingerprint
+from probe.task_checkpoint import (
+    WeightsChangedError,
+    describe_weight_change,
+    largest_sum_change,
+    weights_fingerprint,
+)
 
 
 def small_config(tmp_path, **kw):
@@ -116,23 +124,92 @@ def test_a_killed_grid_keeps_finished_cells_and_the_finished_tasks_of_the_cell_i
         assert (tmp_path / "grid" / "items" / name).read_text() == (tmp_path / "whole" / "items" / name).read_text()
 
 
-def test_task_checkpoints_of_other_weights_are_scored_again(tmp_path, monkeypatch, caplog):
+def _stopped_with_one_task_scored(tmp_path, monkeypatch):
+    """A grid stopped in its second cell after that cell's first task: (config, calls, partial folder)."""
     config = small_config(tmp_path, pathways=["visual"], pools=["text"])
     calls = _kill_on_evaluation(monkeypatch, 4)  # the second cell's second task
     with pytest.raises(KeyboardInterrupt):
         run_grid(config, show_progress=False)
-    stamp = tmp_path / "grid" / "partial" / "visual_text_0_5" / "fingerprint"
-    stamp.write_text("0123456789abcdef\n")  # as if the cell's pruning had come out otherwise
-    record = stamp.parent / "parameters.json"
-    recorded = json.loads(record.read_text())
+    calls.clear()
+    return config, calls, tmp_path / "grid" / "partial" / "visual_text_0_5"
+
+
+def test_task_checkpoints_of_other_weights_are_refused(tmp_path, monkeypatch):
+    config, calls, partial = _stopped_with_one_task_scored(tmp_path, monkeypatch)
+    (partial / "fingerprint").write_text("0123456789abcdef\n")  # as if the cell's pruning had come out otherwise
+    recorded = json.loads((partial / "parameters.json").read_text())
     name = next(n for n, (_, zeros, _) in recorded.items() if zeros > 0)
     recorded[name][1] -= 1  # one weight fewer pruned in one parameter
-    record.write_text(json.dumps(recorded))
-    calls.clear()
-    with caplog.at_level(logging.WARNING, logger="probe.task_checkpoint"):
+    (partial / "parameters.json").write_text(json.dumps(recorded))
+    with pytest.raises(WeightsChangedError, match=rf"finished tasks \(digits\) were scored on \(1 of {len(recorded)} "
+                                                  "parameters have another zero count") as refused:
         run_grid(config, show_progress=False)
+    assert str(partial) in str(refused.value) and calls == []
+    assert len(str(refused.value).splitlines()) == 1
+    shutil.rmtree(partial)  # as the message says: the cell's tasks are scored again
+    run_grid(config, show_progress=False)
     assert calls == [["digits"], ["quote_completion"]]
-    assert f"(1 of {len(recorded)} parameters have another zero count" in caplog.text
+
+
+def test_task_checkpoints_of_weights_equal_up_to_float_noise_are_kept(tmp_path, monkeypatch):
+    """Another thread count changes the last bits of a sum, not the weights: the finished task stays, and the
+    cell's record says what was compared."""
+    config, calls, partial = _stopped_with_one_task_scored(tmp_path, monkeypatch)
+    recorded = json.loads((partial / "parameters.json").read_text())
+    name = next(n for n, (_, _, total) in recorded.items() if total != 0)
+    recorded[name][2] *= 1 + 2e-12
+    (partial / "parameters.json").write_text(json.dumps(recorded))
+    (partial / "fingerprint").write_text(weights_fingerprint(
+        {n: (tuple(shape), zeros, total) for n, (shape, zeros, total) in recorded.items()}) + "\n")
+    run_grid(config, show_progress=False)
+    assert calls == [["quote_completion"]]
+    resumed = json.loads((tmp_path / "grid" / "cells" / "visual_text_0_5.json").read_text())["context"]["resumed"]
+    assert resumed["tasks"] == ["digits"]
+    assert resumed["compared"] == "parameter names, shapes and zero counts equal, sums within 1e-06 relative"
+    assert resumed["largest_relative_change"] == pytest.approx(2e-12, rel=1e-3)
+
+
+def test_largest_sum_change_against_a_loop():
+    before = {"a": ((2, 2), 1, 4.0), "b": ((3,), 0, -2.0), "c": ((1,), 0, 0.0)}
+    assert largest_sum_change(before, dict(before)) == 0.0
+    after = {"a": ((2, 2), 1, 4.0 + 4e-9), "b": ((3,), 0, -2.0 - 1e-8), "c": ((1,), 0, 0.0)}
+    expected = max(abs(after[n][2] - before[n][2]) / max(abs(before[n][2]), abs(after[n][2]), 1e-30)
+                   for n in before)
+    assert largest_sum_change(before, after) == pytest.approx(expected) == pytest.approx(5e-9)
+    assert largest_sum_change(before, {**after, "a": ((2, 2), 2, 4.0)}) is None  # another zero count
+    assert largest_sum_change(before, {**after, "a": ((4,), 1, 4.0)}) is None  # another shape
+    assert largest_sum_change(before, {"a": before["a"]}) is None  # a parameter missing
+
+
+def test_a_grid_resumes_only_on_the_same_versions(tmp_path, monkeypatch):
+    config = small_config(tmp_path, pathways=["visual"], pools=["text"], tasks="digits")
+    run_grid(config, show_progress=False, only=["dense"])
+    manifest = tmp_path / "grid" / "manifest.json"
+    stored = json.loads(manifest.read_text())
+    stored["versions"]["torch"] = "0.0.1"
+    manifest.write_text(json.dumps(stored))
+    with pytest.raises(GridConfigError, match=r"other settings \(torch 0.0.1 there, .+ here\)"):
+        run_grid(config, show_progress=False)
+
+
+def test_a_second_driver_on_the_same_folder_is_refused_with_the_holder_named(tmp_path):
+    config = small_config(tmp_path, pathways=["visual"], pools=["text"], tasks="digits")
+    run_grid(config, show_progress=False, only=["dense"])
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from probe.grid import driver_lock\n"
+         "with driver_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(120)",
+         str(tmp_path / "grid")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(GridConfigError, match=rf"is in use by another probe grid \(process {holder.pid} on "
+                                                  rf"{socket.gethostname()}, started .+\); wait for it to end"):
+            run_grid(config, show_progress=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    results = run_grid(config, show_progress=False)  # the lock went with the killed holder
+    assert set(results.cell) == {"dense", "visual/text/0.5"}
+    assert not (tmp_path / "grid" / "driver.json").exists()
 
 
 def test_a_grid_takes_its_dense_cell_from_another_grid_scored_alike(tmp_path, monkeypatch):

@@ -45,6 +45,10 @@ class UnknownTaskError(ProbeError):
     """A task list naming nothing, or an offline task whose data is not built here."""
 
 
+class CacheFolderError(ProbeError):
+    """A cache folder the evaluation writes (the datasets cache) that cannot be written."""
+
+
 class HubUnavailableError(ProbeError):
     """A hub task requested where the Hugging Face hub cannot be reached."""
 
@@ -78,7 +82,31 @@ def resolve_tasks(spec: str, tasks_dir: Path | None = None) -> list[str]:
             )
     names = list(dict.fromkeys(names))
     check_hub_tasks(names)
+    check_datasets_cache()
     return names
+
+
+def datasets_cache_dir() -> Path:
+    """The folder where lmms-eval keeps the tasks' datasets: ``$LMMS_EVAL_DATASETS_CACHE``, else
+    ``$HF_DATASETS_CACHE``, else ``$HF_HOME/datasets`` (``~/.cache/huggingface/datasets``)."""
+    explicit = os.getenv("LMMS_EVAL_DATASETS_CACHE", "").strip()
+    if explicit:
+        return Path(explicit).expanduser()
+    home = os.getenv("HF_HOME", "~/.cache/huggingface")
+    return Path(os.getenv("HF_DATASETS_CACHE", os.path.join(home, "datasets"))).expanduser()
+
+
+def check_datasets_cache() -> None:
+    """Raise :class:`CacheFolderError` before any model work if the datasets cache cannot be written."""
+    import tempfile
+
+    folder = datasets_cache_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        os.rmdir(tempfile.mkdtemp(dir=folder, prefix=".probe-write-check."))
+    except OSError as exc:
+        raise CacheFolderError(f"the datasets cache {folder} cannot be written ({exc.strerror or exc}); point "
+                               "HF_HOME (or HF_DATASETS_CACHE, or HOME) at a folder this user can write") from None
 
 
 def hub_reachable() -> bool:

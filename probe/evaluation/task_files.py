@@ -122,8 +122,14 @@ def ensure_task_files(folder: Path | None = None) -> Path:
     """Build the task files into ``folder`` unless a build of this version is there already."""
     folder = folder or default_tasks_dir()
     stamp = folder / BUILD_STAMP
+    if folder.exists() and not folder.is_dir():
+        raise OfflineDataError(f"the offline tasks' folder {folder} is a file; point PROBE_TASKS_DIR at a folder")
     if not stamp.is_file() or stamp.read_text() != TASK_FILES_VERSION:
-        build_task_files(folder)
+        try:
+            build_task_files(folder)
+        except OSError as exc:
+            raise OfflineDataError(f"cannot write the offline tasks into {folder} ({exc.strerror or exc}); point "
+                                   "PROBE_TASKS_DIR (or HOME) at a folder this user can write") from None
     if not built_tasks(folder):
         raise OfflineDataError(f"no offline task could be built in {folder}")
     return folder

@@ -101,8 +101,10 @@ def make_pruner(spec: str | TokenPruner | None) -> TokenPruner | None:
     from probe.registry import TOKEN_PRUNER_PRESETS, TOKEN_PRUNERS, UnknownEntryError, load_entry
     from probe.settings import build_settings
 
+    if not spec.strip():
+        raise UnknownEntryError("the token-pruning method is empty; name one (e.g. fastv) or none")
     name, settings = parse_method_spec(spec)
-    if name in ("", "none"):
+    if name == "none":
         return None
     if name in TOKEN_PRUNER_PRESETS:
         name, settings = TOKEN_PRUNER_PRESETS[name][0], {**TOKEN_PRUNER_PRESETS[name][1], **settings}

@@ -29,6 +29,14 @@ UNSUPPORTED = {
 }
 
 
+def check_token_method(pruner: TokenPruner, model_type: str, n_layers: int) -> None:
+    """Raise :class:`TokenPruningError` if ``pruner`` cannot run on a model of ``model_type`` with ``n_layers``
+    decoder layers (what a model's config tells, so it can run before the weights load)."""
+    if model_type in UNSUPPORTED:
+        raise TokenPruningError(f"token pruning does not support {model_type}: {UNSUPPORTED[model_type]}")
+    pruner.check(n_layers, model_type)
+
+
 @dataclass
 class _Request:
     visual: torch.Tensor  # (seq,) bool, of the prefill sequence
@@ -84,10 +92,7 @@ class TokenPruningRuntime:
 
     def check(self, model: nn.Module) -> None:
         """Raise :class:`TokenPruningError` before any work if the method cannot run on ``model``."""
-        family = model.config.model_type
-        if family in UNSUPPORTED:
-            raise TokenPruningError(f"token pruning does not support {family}: {UNSUPPORTED[family]}")
-        self.pruner.check(len(self.adapter.decoder_layers(model)), family)
+        check_token_method(self.pruner, model.config.model_type, len(self.adapter.decoder_layers(model)))
 
     @contextlib.contextmanager
     def attached(self, model: nn.Module) -> Iterator[TokenPruningRuntime]:

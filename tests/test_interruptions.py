@@ -1,0 +1,147 @@
+"""Interruptions that must not be lost: Ctrl-C swallowed by a library at several moments of a grid, and a
+writer killed with SIGKILL while its checkpoint was half-written."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from probe import grid as grid_module
+from probe import manifest
+from probe.cli import main
+
+OUT = "--out"
+GRID = "model: tiny:llava\ntasks: digits,quote_completion\nlimit: 2\nnsamples: 2\nsparsities: [0.5]\n" \
+       "pathways: [text]\npools: [text]\n"
+
+
+class _CollectedWhileInterrupted:
+    """An object whose ``__del__`` receives Ctrl-C: Python prints the KeyboardInterrupt as "Exception
+    ignored" and goes on, as it does when the signal lands in a ``datasets.Dataset`` being collected."""
+
+    swallowed: list[bool] = []
+
+    def __del__(self) -> None:
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(2)  # the handler runs by now; its exception cannot leave __del__
+        except KeyboardInterrupt:
+            self.swallowed.append(True)
+            raise
+
+
+def _swallowed_on_call(monkeypatch, name: str, number: int) -> list[int]:
+    """Wrap ``probe.grid.<name>``: its ``number``-th call first receives a swallowed Ctrl-C, then runs."""
+    real = getattr(grid_module, name)
+    calls = []
+
+    def wrapped(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == number:
+            _CollectedWhileInterrupted()  # collected at once
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(grid_module, name, wrapped)
+    return calls
+
+
+# (function receiving the Ctrl-C, which call, cells finished when the grid stops, what the message says)
+MOMENTS = [
+    ("capture_calibration", 1, set(), "interrupted before any cell finished: no results were written"),
+    ("evaluate_with_items", 1, set(), "interrupted before any cell finished: no results were written"),
+    ("evaluate_with_items", 2, set(), "interrupted before any cell finished; the tasks already scored are kept"),
+    ("prune_pathway", 1, {"dense"}, "the 1 finished cell(s) are kept in"),
+    ("append_cell_rows", 1, {"dense"}, "the 1 finished cell(s) are kept in"),
+]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the swallowed interrupt
+@pytest.mark.parametrize(("name", "number", "finished", "message"), MOMENTS)
+def test_a_swallowed_ctrl_c_still_stops_the_grid(tmp_path, capsys, monkeypatch, name, number, finished, message):
+    config = tmp_path / "g.yaml"
+    config.write_text(GRID)
+    out = tmp_path / "grid"
+    calls = _swallowed_on_call(monkeypatch, name, number)
+    _CollectedWhileInterrupted.swallowed.clear()
+    assert main(["grid", str(config), OUT, str(out), "--no-progress"]) == 130
+    assert _CollectedWhileInterrupted.swallowed == [True]  # the interrupt was swallowed where it landed ...
+    assert len(calls) == number  # ... and the grid stopped at its next step, not after running on
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("probe: interrupted") and message in last  # ... and the grid stopped all the same
+    results = out / "results.csv"
+    assert (set(pd.read_csv(results).cell) if results.is_file() else set()) == finished
+    monkeypatch.undo()
+    assert main(["grid", str(config), OUT, str(out), "--no-progress"]) == 0  # the same command resumes
+    assert set(pd.read_csv(results).cell) == {"dense", "text/text/0.5"}
+
+
+def test_sigint_outside_a_grid_is_left_to_python(tmp_path):
+    from probe.interrupts import interruptible, raise_if_interrupted
+
+    before = signal.getsignal(signal.SIGINT)
+    with interruptible():
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(2)
+        with pytest.raises(KeyboardInterrupt):
+            raise_if_interrupted()  # remembered until the context ends
+    raise_if_interrupted()  # forgotten after it
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+WRITER = """
+import sys, time
+from pathlib import Path
+from probe.manifest import write_dir_atomic
+
+def fill(folder):
+    (folder / "model.safetensors").write_bytes(b"x" * 1000)
+    print("writing", flush=True)
+    time.sleep(120)
+
+write_dir_atomic(Path(sys.argv[1]), fill)
+"""
+
+
+def _dead_pid() -> int:
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(done.stdout)
+
+
+def test_a_checkpoint_writer_killed_mid_write_leaves_nothing_for_the_next_one(tmp_path, capsys):
+    out = tmp_path / "ck"
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(out)], stdout=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).resolve().parent.parent)
+    assert writer.stdout.readline().strip() == "writing"
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    stale = [p.name for p in tmp_path.iterdir()]
+    assert len(stale) == 1 and stale[0].startswith(f".ck.new-{manifest.HOST_TAG}-{writer.pid}.")
+
+    # another writer's folder, still running (this process), is left alone
+    live = tmp_path / f".ck.new-{manifest.HOST_TAG}-{os.getpid()}.abcd1234"
+    live.mkdir()
+    assert main(["prune", "tiny:llava", "--nsamples", "2", "--no-progress", OUT, str(out)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "ck"]
+    assert (out / "manifest.json").is_file()
+
+
+def test_a_checkpoint_moved_aside_by_a_killed_writer_is_put_back(tmp_path):
+    """Killed between moving the old checkpoint aside and moving the new one in: the old one comes back."""
+    out = tmp_path / "ck"
+    pid = _dead_pid()
+    aside = tmp_path / f".ck.old-{manifest.HOST_TAG}-{pid}.abcd1234"
+    aside.mkdir()
+    (aside / "manifest.json").write_text("{}")
+    unfinished = tmp_path / f".ck.new-{manifest.HOST_TAG}-{pid}.efgh5678"
+    unfinished.mkdir()
+    other_host = tmp_path / f".ck.new-000000-{pid}.ijkl9012"
+    other_host.mkdir()
+    assert sorted(manifest.remove_stale_temporaries(out)) == sorted([aside, unfinished])
+    assert (out / "manifest.json").read_text() == "{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ck", other_host.name])
