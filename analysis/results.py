@@ -101,7 +101,7 @@ def load_scores(path: str | Path) -> pd.DataFrame:
     missing = [c for c in SCORE_COLUMNS if c not in frame.columns]
     if missing:
         raise ResultsError(f"{path} lacks the column(s) {', '.join(missing)} of a scores CSV (probe eval --out)")
-    _check_scores(frame, path, key=["task", "metric"])
+    _check_scores(frame, path, key=[*(["model"] if "model" in frame.columns else []), "task", "metric"])
     return frame
 
 

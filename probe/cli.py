@@ -486,11 +486,11 @@ def _executor(args: argparse.Namespace, config):  # noqa: ANN001, ANN202
              "retries": args.retries}
     given = {name: value for name, value in flags.items() if value is not None}
     if args.executor == "local":
-        named = [f"--{n}" for n in ("gpus-per-cell", "cpus-per-cell", "mem", "time", "partition", "max-parallel",
-                                   "retries") if getattr(args, n.replace("-", "_")) is not None]
-        named += ["--slurm-option"] * bool(args.slurm_option) + ["--ray-address"] * (args.ray_address is not None)
-        if named:
-            raise ProbeError(f"{named[0]} is a setting of cluster jobs; add --executor slurm or ray")
+        extra = [*given, *(["slurm_option"] if args.slurm_option else []),
+                 *(["ray_address"] if args.ray_address is not None else [])]
+        if extra:
+            flag = {"mem_gb": "mem", "time_min": "time"}.get(extra[0], extra[0]).replace("_", "-")
+            raise ProbeError(f"--{flag} is a setting of cluster jobs; add --executor slurm or ray")
         return None
     from probe.executors import RayExecutor, Resources, SlurmExecutor
 
@@ -675,6 +675,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         sys.stdout = stdout
+
 
 class StdoutError(ProbeError):
     """Standard output cannot be written (a full device, a closed pipe)."""

@@ -93,7 +93,6 @@ class UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-
 @dataclass
 class GridConfig:
     """Validated settings of a grid (``grid``: table1, the sensitivity grid, or table2, the methods)."""
@@ -161,7 +160,7 @@ class GridConfig:
         for i, method in enumerate(self.methods):
             try:
                 entry = method_entry(method)
-                for setting in self.settings or ["0.5"]:
+                for setting in self.settings or ["0.5"]:  # a table1 grid's settings may be empty
                     self.prune_config(entry, *parse_setting(setting))
             except ProbeError as exc:
                 raise GridConfigError(f"methods[{i}] ({method!r}): {exc}") from None
@@ -371,8 +370,9 @@ def _adaptive_total(out: Path, cell: Cell) -> int:
 
 
 def _check_same_settings(config: GridConfig, manifest: Path, calibration_ids: list[str]) -> None:
-    """A rerun may only resume results made with the same settings (the output folder aside) and the
-    same calibration samples (a calibration source whose content changed is refused too)."""
+    """A rerun may only resume results made with the same settings (the output folder aside), the same
+    calibration samples (a calibration source whose content changed is refused too) and the same versions of
+    the packages that decide the numbers (:data:`RESUME_VERSIONS`)."""
     if not manifest.is_file():
         return
     stored = read_json(manifest, "a grid manifest")
