@@ -267,15 +267,44 @@ def build_parser() -> argparse.ArgumentParser:
                         "GRID/<name>_mean_of_<k>_draws.md|csv|tex")
     p.set_defaults(func=cmd_table)
 
-    p = command("families", "list the supported model families")
+    p = command("families", "list the model families with an adapter of their own, then the architectures the "
+                            "generic adapter serves where their structure allows")
     p.set_defaults(func=cmd_families)
+
+    p = command("check", "run the family contract on a model: one row per property, exit status 0 when the "
+                         "toolkit can prune it (the first command to run on a new LVLM)",
+                "  probe check tiny:llava\n"
+                "  probe check llava-hf/llava-v1.6-mistral-7b-hf --device cuda --dtype bfloat16\n")
+    _add_model_args(p)
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=cmd_check)
     return parser
 
 
 def cmd_families(args: argparse.Namespace) -> int:
-    from probe.models import supported_families
+    from probe.models import generic_families, supported_families
 
     print("\n".join(supported_families()))
+    print("\nfound by structure (generic adapter; `probe check MODEL` says whether one can be pruned):")
+    print("\n".join(generic_families()))
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from probe.check import format_rows, run_contract
+    from probe.loading import load_model, parse_dtype
+    from probe.progress import quiet_libraries
+
+    with quiet_libraries(args.no_progress):
+        loaded = load_model(args.model, dtype=parse_dtype(args.dtype), device=args.device,
+                            max_pixels=args.max_pixels)
+        rows = run_contract(loaded)
+    print(format_rows(rows))
+    failed = [row.name for row in rows if row.holds is False]
+    if failed:
+        print(f"{args.model}: not supported ({', '.join(failed)} failed)")
+        return 1
+    print(f"{args.model}: supported")
     return 0
 
 

@@ -13,7 +13,7 @@ from transformers import AutoConfig, AutoModelForImageTextToText
 
 from probe.devices import check_device, warn_if_slow_dtype
 from probe.errors import ProbeError
-from probe.models import Adapter, get_adapter
+from probe.models import Adapter, check_family, get_adapter
 from probe.models.compat import load_processor
 from probe.names import REFERENCE_MODELS
 
@@ -81,7 +81,7 @@ def check_model_folder(path: Path) -> None:
         raise ModelLoadError(f"{config_file} is not valid JSON ({exc})") from None
     if not isinstance(config, dict) or "model_type" not in config:
         raise ModelLoadError(f"{config_file} names no model_type")
-    get_adapter(str(config["model_type"]))
+    check_family(str(config["model_type"]))
     if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
         raise ModelLoadError(f"{path} holds no weights (no .safetensors or .bin file)")
     for weights in sorted(path.glob("*.safetensors")):
@@ -172,8 +172,8 @@ def _load(ref: str, dtype: torch.dtype, device: str) -> LoadedModel:
         config = AutoConfig.from_pretrained(ref)
     except OSError as exc:
         raise ModelLoadError(f"cannot load {ref!r}: not a local model folder, and the hub did not provide it") from exc
-    adapter = get_adapter(config)
+    check_family(config.model_type)
     processor = load_processor(ref)
     model = AutoModelForImageTextToText.from_pretrained(ref, dtype=dtype)
     model.to(device).eval()
-    return LoadedModel(model, processor, adapter, ref)
+    return LoadedModel(model, processor, get_adapter(model), ref)

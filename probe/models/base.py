@@ -171,14 +171,37 @@ def tiny_families() -> list[str]:
 
 
 def get_adapter(model_or_config: Any) -> Adapter:
-    """The adapter for a model, a config, or a ``model_type`` string."""
+    """The adapter for a model, a config, or a ``model_type`` string: the family's own, else, for a loaded
+    model of an image-text-to-text architecture, the one :func:`probe.models.generic.discover` finds on it."""
     if isinstance(model_or_config, str):
         model_type = model_or_config
     else:
         config = getattr(model_or_config, "config", model_or_config)
         model_type = getattr(config, "model_type", None)
-    if model_type not in _REGISTRY:
-        raise UnknownModelFamilyError(
-            f"unknown model family {model_type!r}; supported: {', '.join(supported_families())}"
-        )
-    return _REGISTRY[model_type]
+    if model_type in _REGISTRY:
+        return _REGISTRY[model_type]
+    check_family(str(model_type))
+    if not isinstance(model_or_config, nn.Module):
+        raise UnknownModelFamilyError(f"{model_type!r} has no adapter of its own; its structure is found on the "
+                                      "loaded model (get_adapter(model))")
+    from probe.models.generic import discover
+
+    return discover(model_or_config)
+
+
+def generic_families() -> list[str]:
+    """The architectures transformers maps to an image-text-to-text class that no family adapter names:
+    served by the generic adapter where their structure allows (``probe check`` says)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    return sorted(set(MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES) - set(_REGISTRY))
+
+
+def check_family(model_type: str) -> None:
+    """Raise :class:`UnknownModelFamilyError` before any weights load for a ``model_type`` that neither a
+    family adapter nor the generic one can serve (not an image-text-to-text architecture of transformers)."""
+    if model_type in _REGISTRY or model_type in generic_families():
+        return
+    raise UnknownModelFamilyError(f"unknown model family {model_type!r}: neither a family adapter ("
+                                  f"{', '.join(supported_families())}) nor an image-text-to-text architecture of "
+                                  "transformers, which the generic adapter serves")

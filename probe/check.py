@@ -1,0 +1,134 @@
+"""``probe check MODEL``: the family contract run on one model, one row per property.
+
+The first command to run on a new LVLM: it says whether the toolkit can prune it, and if not, which
+property fails. The rows:
+
+- ``adapter``: the family's own adapter, or the generic one (structure found on the model);
+- ``decoder``: the decoder blocks and the final norm;
+- ``linears``: the prunable linears of a block and which of them read the same input;
+- ``inputs``: a conversation with one image through the model's processor;
+- ``visual positions``: the positions the config's image token ids mark are exactly where the model's
+  own image features enter the sequence (block 0's input differs from the token embedding there);
+- ``replay``: the blocks run one at a time from the captured inputs reproduce the model's own output of
+  its final norm;
+- ``prune``: Wanda at 50% on a copy reaches 50% in every prunable linear;
+- ``MoT probe``: the dense probe computes the model's logits exactly;
+- ``token pruning``: which visual token pruning methods apply (information, never a failure).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from probe.capture import capture, replay
+from probe.errors import ProbeError
+from probe.loading import LoadedModel
+
+TOKEN_METHODS = ("fastv", "vitcop")
+
+
+@dataclass(frozen=True)
+class Property:
+    """One row of a check: a property, whether it holds (None: information only) and what was seen."""
+
+    name: str
+    holds: bool | None
+    detail: str
+
+
+def check_image() -> Image.Image:
+    """The check's image: a 64 x 64 colour gradient (every pixel differs from its neighbours)."""
+    x = torch.linspace(0, 255, 64)
+    pixels = torch.stack([x.expand(64, 64), x.expand(64, 64).T, 255 - x.expand(64, 64)], dim=-1)
+    return Image.fromarray(pixels.to(torch.uint8).numpy())
+
+
+def _tolerance(model: torch.nn.Module) -> float:
+    """How far a replay may stray from the model's own output: float32 reorders nothing, so only kernel
+    noise; half precision rounds every block."""
+    return 1e-4 if next(model.parameters()).dtype == torch.float32 else 5e-2
+
+
+@torch.no_grad()
+def run_contract(loaded: LoadedModel, question: str = "Describe the image.") -> list[Property]:
+    """Every property of the module docstring, in order; a failing property that later rows depend on ends
+    the list there."""
+    from probe.engine import PruneConfig, prune
+    from probe.models.generic import GenericAdapter
+    from probe.mot import to_mot, weight_sharing_copy
+    from probe.token_pruning.base import make_pruner
+    from probe.token_pruning.runtime import check_token_method
+
+    model, adapter = loaded.model, loaded.adapter
+    rows = [Property("adapter", None, "generic: structure found on the model" if isinstance(adapter, GenericAdapter)
+                     else f"family adapter {type(adapter).__name__} ({type(adapter).__module__})")]
+    layers = adapter.decoder_layers(model)
+    norm = adapter.final_norm(model)
+    rows.append(Property("decoder", True, f"{len(layers)} blocks of {type(layers[0]).__name__}, final norm "
+                                          f"{type(norm).__name__}"))
+    linears = adapter.prunable_linears(layers[0])
+    groups = "; ".join("(" + ", ".join(g) + ")" for g in adapter.shared_inputs) or "none"
+    rows.append(Property("linears", True, f"{', '.join(linears)}; shared inputs {groups}; attention output "
+                                          f"{adapter.attention_output}"))
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    try:
+        inputs = adapter.build_inputs(loaded.processor, messages, [check_image()])
+    except Exception as exc:  # noqa: BLE001 (any processor failure is what this row reports)
+        rows.append(Property("inputs", False, f"the processor failed: {type(exc).__name__}: {exc}"))
+        return rows
+    ids = inputs["input_ids"]
+    rows.append(Property("inputs", True, f"{ids.shape[1]} tokens with one image"))
+
+    sample = capture(model, adapter, inputs, "check", store_device=next(model.parameters()).device)
+    embed = model.get_input_embeddings()
+    entered = (sample.hidden[0] - embed(ids.clamp(max=embed.num_embeddings - 1).to(sample.hidden.device))[0])
+    entered = entered.abs().amax(dim=-1) > 0
+    marked = sample.visual_mask.to(entered.device)
+    same = bool(marked.any()) and torch.equal(entered, marked)
+    rows.append(Property("visual positions", same, f"{int(marked.sum())} marked by the config's image token ids, "
+                                                   f"{int(entered.sum())} where image features entered"))
+
+    seen: list[torch.Tensor] = []
+    handle = norm.register_forward_hook(lambda module, args, out: seen.append(out))
+    try:
+        logits = model(**inputs, use_cache=False).logits
+    finally:
+        handle.remove()
+    difference = float((replay(model, adapter, sample) - seen[-1]).abs().max())
+    rows.append(Property("replay", difference <= _tolerance(model),
+                         f"largest difference to the model's own last hidden state {difference:.1e}"))
+
+    pruned = copy.deepcopy(model)
+    report = prune(pruned, adapter, [sample], PruneConfig(method="wanda", sparsity=0.5), show_progress=False)
+    worst = max(abs(s - 0.5) for s in report.sparsity.values())
+    rows.append(Property("prune", worst < 0.01, f"Wanda 50%: {len(report.sparsity)} linears, every one within "
+                                                f"{worst:.3f} of 50%"))
+    del pruned
+
+    probe = to_mot(weight_sharing_copy(model), adapter)
+    mot_logits = probe.model(**inputs, use_cache=False).logits
+    mot_difference = float((mot_logits - logits).abs().max())
+    rows.append(Property("MoT probe", mot_difference <= _tolerance(model) * 10,
+                         f"dense probe against the model's logits: largest difference {mot_difference:.1e}"))
+
+    applies, refused = [], []
+    for name in TOKEN_METHODS:
+        try:
+            check_token_method(make_pruner(name), model.config.model_type, len(layers))
+            applies.append(name)
+        except ProbeError as exc:
+            refused.append(f"{name} ({exc})")
+    rows.append(Property("token pruning", None, f"applies: {', '.join(applies) or 'none'}"
+                                                + (f"; refused: {'; '.join(refused)}" if refused else "")))
+    return rows
+
+
+def format_rows(rows: list[Property]) -> str:
+    """The rows as an aligned plain-text table: property, ok / FAILED / info, detail."""
+    width = max(len(r.name) for r in rows)
+    marks = {True: "ok", False: "FAILED", None: "info"}
+    return "\n".join(f"{r.name:<{width}}  {marks[r.holds]:<6}  {r.detail}" for r in rows)
