@@ -43,12 +43,14 @@ TEXT_BASE = dict(
 def word_tokenizer(specials: dict[str, int], vocab_size: int, **attrs: str) -> tf.PreTrainedTokenizerFast:
     """A whitespace word-level tokenizer whose special tokens sit at the given ids."""
     vocab: dict[str, int] = {"<unk>": 0, "<pad>": 1, "<s>": 2, "</s>": 3, ";": 4, ":": 5}
-    for word in WORDS:
-        vocab.setdefault(word, len(vocab))
-    for token, idx in specials.items():
+    for idx in specials.values():
         if idx in vocab.values():
-            raise ValueError(f"special token id {idx} collides with the word vocabulary")
-        vocab[token] = idx
+            raise ValueError(f"special token id {idx} collides with the tokenizer's own tokens")
+    taken = set(specials.values())
+    free = (i for i in range(len(vocab), vocab_size + len(WORDS)) if i not in taken)
+    for word in WORDS:  # the words take the ids the special tokens leave
+        vocab.setdefault(word, next(free))
+    vocab.update(specials)
     if max(vocab.values()) >= vocab_size:
         raise ValueError("vocab_size too small for the special token ids")
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))

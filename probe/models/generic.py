@@ -25,7 +25,7 @@ from torch import nn
 
 from probe.models.base import Adapter, UnknownModelFamilyError
 
-NORM_NAMES = ("norm", "final_layernorm", "ln_f", "final_norm", "norm_f")
+NORM_NAMES = ("norm", "final_layernorm", "final_layer_norm", "ln_f", "final_norm", "norm_f", "embedding_norm")
 
 
 class UnsupportedArchitectureError(UnknownModelFamilyError):
@@ -45,7 +45,7 @@ class GenericAdapter(Adapter):
         self.attention_output = attention_output
 
     def language_model(self, model: nn.Module) -> nn.Module:
-        return model.get_decoder()
+        return language_model_of(model)
 
     def final_norm(self, model: nn.Module) -> nn.Module:
         return final_norm_of(self.language_model(model))
@@ -59,6 +59,17 @@ class GenericAdapter(Adapter):
 
 
 _DISCOVERED: weakref.WeakKeyDictionary[nn.Module, GenericAdapter] = weakref.WeakKeyDictionary()
+
+
+def language_model_of(model: nn.Module) -> nn.Module | None:
+    """The decoder stack: what ``model.get_decoder()`` returns, or the stack inside it where that is a whole
+    causal LM (its ``model``)."""
+    get_decoder = getattr(model, "get_decoder", None)
+    decoder = get_decoder() if callable(get_decoder) else None
+    inner = getattr(decoder, "model", None)
+    if not hasattr(decoder, "layers") and isinstance(getattr(inner, "layers", None), nn.ModuleList):
+        return inner
+    return decoder
 
 
 def final_norm_of(decoder: nn.Module) -> nn.Module:
@@ -77,8 +88,7 @@ def decoder_stack(model: nn.Module) -> tuple[nn.Module, nn.ModuleList]:
     if getattr(config, "is_encoder_decoder", False):
         raise UnsupportedArchitectureError(f"{model_type} is an encoder-decoder model; the method prunes a decoder "
                                            "that reads visual tokens in its sequence")
-    get_decoder = getattr(model, "get_decoder", None)
-    decoder = get_decoder() if callable(get_decoder) else None
+    decoder = language_model_of(model)
     layers = getattr(decoder, "layers", None)
     if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
         raise UnsupportedArchitectureError(f"{model_type}: no decoder stack of blocks found (get_decoder() gives "

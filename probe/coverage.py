@@ -1,0 +1,140 @@
+"""Which of transformers' image-text-to-text architectures the toolkit can prune: the family contract
+(:mod:`probe.check`) run on a tiny random model of each.
+
+    python -m probe.coverage            # writes results/coverage.md and results/coverage.csv
+
+Families with a file of their own use their hand-made tiny models; every other architecture gets one
+built from its config class (:mod:`probe.models.shrink`). Each row says: supported (every property
+holds), refused (the method cannot apply, and why), fails (the first property that does not hold), or
+not built (why no tiny model or processor could be made here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from probe.check import run_contract
+from probe.errors import ProbeError
+from probe.loading import LoadedModel
+from probe.manifest import write_text_atomic
+from probe.models import get_adapter, supported_families, tiny_families
+from probe.models.generic import UnsupportedArchitectureError
+
+RESULTS = Path(__file__).resolve().parent.parent / "results"
+
+
+@dataclass(frozen=True)
+class Coverage:
+    architecture: str
+    adapter: str  # family or generic
+    status: str  # supported, refused, fails, not built
+    failing: str  # the first property that does not hold ("" when supported)
+    reason: str
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+
+
+def tiny_loaded(model_type: str) -> LoadedModel:
+    """A tiny random model of ``model_type`` with its processor: the family's own where it has one."""
+    import torch
+    import transformers as tf
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    from probe.models.shrink import tiny_config, tiny_processor
+    from probe.tiny import tiny_lvlm
+
+    if model_type in tiny_families():
+        tiny = tiny_lvlm(model_type)
+        return LoadedModel(tiny.model, tiny.processor, get_adapter(tiny.model), f"tiny:{model_type}")
+    config = tiny_config(model_type)
+    cls = getattr(tf, MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES[model_type])
+    torch.manual_seed(0)
+    model = cls(config).eval()
+    adapter = get_adapter(model)
+    processor, _ = tiny_processor(model_type, config)
+    return LoadedModel(model, processor, adapter, f"tiny-config:{model_type}")
+
+
+def cover(model_type: str) -> Coverage:
+    """Build the tiny model of ``model_type`` and run the contract on it."""
+    from probe.models.generic import GenericAdapter
+
+    family = "family" if model_type in supported_families() else "generic"
+    try:
+        loaded = tiny_loaded(model_type)
+    except UnsupportedArchitectureError as exc:
+        return Coverage(model_type, family, "refused", "structure", str(exc))
+    except Exception as exc:  # noqa: BLE001 (whatever stops the build is this row's reason)
+        return Coverage(model_type, family, "not built", "tiny model", _first_line(exc))
+    adapter = "generic" if isinstance(loaded.adapter, GenericAdapter) else "family"
+    try:
+        rows = run_contract(loaded)
+    except ProbeError as exc:
+        return Coverage(model_type, adapter, "fails", "contract", str(exc))
+    except Exception as exc:  # noqa: BLE001 (a property that raises fails with its error)
+        return Coverage(model_type, adapter, "fails", "contract", _first_line(exc))
+    failed = next((row for row in rows if row.holds is False), None)
+    if failed is not None:
+        return Coverage(model_type, adapter, "fails", failed.name, failed.detail)
+    return Coverage(model_type, adapter, "supported", "", "")
+
+
+def architectures() -> list[str]:
+    """Every architecture of the installed transformers' image-text-to-text mapping, and the families."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    return sorted(set(MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES) | set(supported_families()))
+
+
+def coverage_table(names: list[str] | None = None, progress: bool = True) -> pd.DataFrame:
+    rows = []
+    for name in names or architectures():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            row = cover(name)
+        if progress:
+            print(f"{row.architecture:28s} {row.status:10s} {row.failing} {row.reason[:120]}", flush=True)
+        rows.append(row.__dict__)
+    return pd.DataFrame(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=RESULTS / "coverage", help="file stem of the .md and .csv")
+    parser.add_argument("architectures", nargs="*", help="only these (default: all)")
+    args = parser.parse_args()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    table = coverage_table(args.architectures or None)
+    write_text_atomic(args.out.with_suffix(".csv"), table.to_csv(index=False))
+    write_text_atomic(args.out.with_suffix(".md"), to_markdown(table))
+    print(table.status.value_counts().to_string())
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """The coverage table with a count per status, as ``results/coverage.md`` holds it."""
+    import transformers
+
+    counts = ", ".join(f"{n} {status}" for status, n in table.status.value_counts().items())
+    lines = [f"# Coverage of transformers {transformers.__version__}'s image-text-to-text architectures", "",
+             f"Written by `python -m probe.coverage`: {counts} of {len(table)}. Each architecture's tiny random "
+             "model (the family's own where it has a file, else one built from its config class) runs the "
+             "contract of `probe check`.", "",
+             "| architecture | adapter | status | first failing property | reason |", "|---|---|---|---|---|"]
+    for row in table.itertuples():
+        reason = str(row.reason).replace("|", "/") if isinstance(row.reason, str) else ""
+        failing = row.failing if isinstance(row.failing, str) else ""
+        lines.append(f"| {row.architecture} | {row.adapter} | {row.status} | {failing} | {reason} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

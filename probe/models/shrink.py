@@ -1,0 +1,225 @@
+"""Tiny random models of any transformers image-text-to-text architecture, from its config class alone.
+
+:func:`tiny_config` takes the config class's defaults (a full-size model's) and shrinks every width,
+depth and head count, in the config and each of its sub-configs, keeping what ties them together
+(indices of special layers mapped into the shorter stack, per-layer type lists cut to it, rotary
+sections scaled to the smaller head). :func:`tiny_processor` assembles the architecture's own
+processor around a word-level tokenizer whose special tokens sit at the ids the config names. Families
+with a file of their own keep their hand-made tiny models (:func:`probe.tiny.tiny_lvlm`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from typing import Any
+
+import transformers as tf
+from transformers import CONFIG_MAPPING
+
+from probe.tiny import CHAT_TEMPLATE, WORDS, word_tokenizer
+
+LAYERS = 4  # blocks of every stack: room for one of each kind in a stack that alternates
+WIDTHS = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2,
+          "head_dim": 8, "embed_dim": 32, "projection_dim": 32, "out_hidden_size": 32, "d_model": 32,
+          "num_heads": 4, "moe_intermediate_size": 16, "shared_expert_intermediate_size": 16,
+          "vision_output_dim": 32, "text_hidden_size": 32, "mm_hidden_size": 32, "projector_hidden_size": 32,
+          "num_experts": 4, "num_local_experts": 4, "n_routed_experts": 4, "num_experts_per_tok": 2}
+DEPTHS = ("num_hidden_layers", "num_layers", "depth", "encoder_layers", "decoder_layers")
+INDEX_LISTS = ("cross_attention_layers", "deepstack_visual_indexes", "fullatt_block_indexes")
+
+
+def _plain(config: Any, name: str) -> Any:
+    """``config.name`` where it is one value for the whole model (None otherwise)."""
+    try:
+        return getattr(config, name, None)
+    except Exception:  # noqa: BLE001 (per-layer configs refuse global reads with their own error type)
+        return None
+
+
+def _shrink(config: Any, seen: set[int]) -> None:
+    if id(config) in seen:
+        return
+    seen.add(id(config))
+    depth_before = {name: _plain(config, name) for name in DEPTHS}
+    for name, value in WIDTHS.items():
+        current = _plain(config, name)
+        if isinstance(current, int) and not isinstance(current, bool):
+            setattr(config, name, min(current, value) if name.startswith("num_") else value)
+    for name, before in depth_before.items():
+        if isinstance(before, int) and not isinstance(before, bool) and before > 0:
+            setattr(config, name, min(before, LAYERS))
+    layers = next((v for v in (_plain(config, n) for n in DEPTHS) if isinstance(v, int)), None)
+    if layers:
+        for name in INDEX_LISTS:
+            value = _plain(config, name)
+            if isinstance(value, list) and value:
+                setattr(config, name, sorted({i % layers for i in value})[:max(1, layers - 1)])
+        types = _plain(config, "layer_types")
+        if isinstance(types, list) and len(types) > layers:
+            config.layer_types = _representative(types, layers)
+    _scale_rope_sections(config)
+    for name in list(vars(config)):
+        value = _plain(config, name)
+        if isinstance(value, tf.PretrainedConfig):
+            _shrink(value, seen)
+
+
+def _representative(types: list[str], layers: int) -> list[str]:
+    """``layers`` entries of a per-layer type list holding each type it has (the stack stays mixed)."""
+    out = list(types[:layers])
+    missing = [kind for kind in dict.fromkeys(types) if kind not in out][:layers - 1]
+    if missing:
+        out[len(out) - len(missing):] = missing
+    return out
+
+
+def _scale_rope_sections(config: Any) -> None:
+    """Multimodal rotary sections (``mrope_section``) summing to half the smaller head dimension."""
+    head = _plain(config, "head_dim") or (
+        (_plain(config, "hidden_size") or 0) // max(1, _plain(config, "num_attention_heads") or 1))
+    for name in ("rope_parameters", "rope_scaling"):
+        rope = _plain(config, name)
+        if isinstance(rope, dict) and isinstance(rope.get("mrope_section"), list) and head:
+            sections, half = rope["mrope_section"], head // 2
+            total = sum(sections)
+            scaled = [max(1, s * half // total) for s in sections]
+            scaled[0] += half - sum(scaled)
+            rope["mrope_section"] = scaled
+
+
+def tiny_config(model_type: str) -> Any:
+    """The config class's defaults for ``model_type``, shrunk (see the module docstring)."""
+    config = CONFIG_MAPPING[model_type]()
+    _shrink(config, set())
+    _fit_vocab(config)
+    return config
+
+
+def _fit_vocab(config: Any) -> None:
+    """A vocabulary holding every special token id the config names (full-size models resize theirs)."""
+    top = max(token_ids(config).values(), default=0) + 1
+    for holder in (config, config.get_text_config()):
+        vocab = _plain(holder, "vocab_size")
+        if isinstance(vocab, int) and vocab < top:
+            holder.vocab_size = top
+
+
+def token_ids(config: Any) -> dict[str, int]:
+    """The special tokens a config names, by stem: ``image_token_id`` / ``image_token_index`` -> ``image``."""
+    found = {}
+    for holder in (config, _plain(config, "text_config")):
+        if holder is None:
+            continue
+        for name in dir(holder):
+            if name.endswith(("_token_id", "_token_index")) and not name.startswith(("pad", "bos", "eos")):
+                value = _plain(holder, name)
+                if isinstance(value, int) and not isinstance(value, bool):
+                    found.setdefault(name.rsplit("_token", 1)[0], value)
+    return found
+
+
+def _token_strings(processor: Any) -> dict[str, str]:
+    """The special strings a processor writes, by stem: ``image_token`` -> ``image``."""
+    strings = {}
+    for name in dir(processor):
+        if name.endswith("_token") and not name.startswith("_"):
+            value = _plain(processor, name)
+            if isinstance(value, str) and value:
+                strings[name.removesuffix("_token")] = value
+    return strings
+
+
+def _image_processor(model_type: str, config: Any) -> Any:
+    """The architecture's PIL image processor, resizing to the vision tower's image size."""
+    from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
+
+    names = IMAGE_PROCESSOR_MAPPING_NAMES.get(model_type) or {}
+    name = names.get("pil") if isinstance(names, dict) else None
+    if name is None:
+        raise TinyModelError("its image processor needs torchvision (no PIL image processor), which is not "
+                             "installed here")
+    cls = getattr(tf, name)
+    default = cls()
+    side = _plain(_plain(config, "vision_config"), "image_size")
+    side = side[0] if isinstance(side, (list, tuple)) else side
+    if not isinstance(side, int):
+        return default
+    sizes = {}
+    for key in ("size", "crop_size"):
+        value = getattr(default, key, None)
+        if getattr(value, "height", None) is not None:
+            sizes[key] = {"height": side, "width": side}
+        elif getattr(value, "shortest_edge", None) is not None:
+            sizes[key] = {"shortest_edge": side}
+    return cls(**sizes) if sizes else default
+
+
+def _processor_settings(cls: type, config: Any) -> dict[str, Any]:
+    """The processor's settings that must agree with the model's config (patch size, feature selection,
+    image sequence length), where its ``__init__`` takes them; no video processor."""
+    taken = inspect.signature(cls.__init__).parameters
+    vision = _plain(config, "vision_config")
+    candidates = {"video_processor": None, "patch_size": _plain(vision, "patch_size"),
+                  "vision_feature_select_strategy": _plain(config, "vision_feature_select_strategy"),
+                  "image_seq_length": _plain(config, "image_seq_length") or _plain(config, "mm_tokens_per_image")}
+    settings = {k: v for k, v in candidates.items() if k in taken and (v is not None or k == "video_processor")}
+    if "num_additional_image_tokens" in taken and settings.get("vision_feature_select_strategy") == "default":
+        settings["num_additional_image_tokens"] = 1  # a CLIP tower's CLS token, which "default" drops
+    return settings
+
+
+def _tokenizer(strings: dict[str, str], ids: dict[str, int], vocab: int) -> Any:
+    """A word-level tokenizer with ``strings`` (by stem) as special tokens, each at the config's id for its
+    stem or at a free one, and as ``<stem>_token`` attributes."""
+    specials: dict[str, int] = {}
+    taken = set(ids.values())
+    free = (i for i in range(len(WORDS) + 10, vocab) if i not in taken)
+    for stem, text in strings.items():
+        if text not in specials:
+            specials[text] = ids[stem] if stem in ids and ids[stem] not in specials.values() else next(free)
+    return word_tokenizer(specials, vocab, **{f"{stem}_token": text for stem, text in strings.items()})
+
+
+def _processor(cls: type, model_type: str, tokenizer: Any, kwargs: dict[str, Any], config: Any) -> Any:
+    from probe.models.compat import processor_type_checks_tolerate_none
+
+    with processor_type_checks_tolerate_none():
+        return cls(image_processor=_image_processor(model_type, config), tokenizer=tokenizer, **kwargs)
+
+
+class TinyModelError(Exception):
+    """Why a tiny model or processor of an architecture cannot be built here."""
+
+
+def tiny_processor(model_type: str, config: Any) -> tuple[Any, str]:
+    """The architecture's own processor around a word-level tokenizer whose special tokens sit at the ids
+    the config names; returns (processor, the chat template's image placeholder)."""
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+
+    name = PROCESSOR_MAPPING_NAMES.get(model_type)
+    cls = getattr(tf, name, None) if name else None
+    if cls is None:
+        raise TinyModelError("transformers names no processor class for it")
+    vocab = config.get_text_config().vocab_size
+    ids = token_ids(config)
+    kwargs = _processor_settings(cls, config)
+    # first the config's tokens under plain names (processors that read them from the tokenizer take these),
+    # then every string the processor writes, at the id the config gives its stem or at a free one
+    strings = {stem: f"<{stem}>" for stem in ids}
+    for _ in range(8):  # a processor that reads another special token from its tokenizer names it in its error
+        try:
+            first = _processor(cls, model_type, _tokenizer(strings, ids, vocab), kwargs, config)
+            break
+        except AttributeError as exc:
+            wanted = re.search(r"has no attribute (\w+)_token\b", str(exc))
+            if wanted is None or wanted.group(1) in strings:
+                raise
+            strings[wanted.group(1)] = f"<{wanted.group(1)}>"
+    strings.update(_token_strings(first))
+    processor = _processor(cls, model_type, _tokenizer(strings, ids, vocab), kwargs, config)
+    placeholder = strings.get("image")
+    if placeholder is None:
+        raise TinyModelError("its processor names no image token")
+    processor.chat_template = CHAT_TEMPLATE.replace("{{ image_placeholder }}", placeholder)
+    return processor, placeholder

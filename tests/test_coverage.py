@@ -1,0 +1,60 @@
+"""The coverage table over transformers' image-text-to-text architectures: every architecture it marks
+supported still passes the contract on its tiny model, every other one carries its reason, and the
+config shrinking keeps what ties a config together."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import transformers as tf
+from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+from probe.coverage import cover
+from probe.models import supported_families
+from probe.models.shrink import _representative, _scale_rope_sections, tiny_config, token_ids
+from probe.tiny import WORDS, word_tokenizer
+
+TABLE = Path(__file__).resolve().parent.parent / "results" / "coverage.csv"
+STORED = pd.read_csv(TABLE, keep_default_na=False)
+SUPPORTED = sorted(STORED[STORED.status == "supported"].architecture)
+
+
+def test_the_table_covers_every_architecture_and_names_a_reason_for_each_other_one():
+    assert set(STORED.architecture) == set(MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES) | set(supported_families())
+    assert set(STORED.status) <= {"supported", "refused", "fails", "not built"}
+    others = STORED[STORED.status != "supported"]
+    assert (others.reason.str.len() > 10).all() and (others.failing != "").all()
+    assert set(supported_families()) <= set(SUPPORTED)  # every family file passes its own contract
+
+
+@pytest.mark.parametrize("architecture", SUPPORTED)
+def test_every_architecture_marked_supported_passes_the_contract(architecture):
+    row = cover(architecture)
+    assert (row.status, row.failing, row.reason) == ("supported", "", "")
+
+
+def test_shrinking_keeps_what_ties_a_config_together():
+    # a stack of alternating kinds keeps one of each kind, in the original order
+    assert _representative(["linear", "linear", "linear", "full"] * 6, 4) == ["linear", "linear", "linear", "full"]
+    assert _representative(["sliding"] * 5 + ["full"], 4) == ["sliding", "sliding", "sliding", "full"]
+    # rotary sections scaled to half the smaller head, every section at least 1
+    config = tf.PretrainedConfig()
+    config.head_dim, config.rope_parameters = 8, {"mrope_section": [16, 24, 24]}
+    _scale_rope_sections(config)
+    assert sum(config.rope_parameters["mrope_section"]) == 4 and min(config.rope_parameters["mrope_section"]) >= 1
+    # every width and depth shrunk, every special token id inside the vocabulary
+    qwen = tiny_config("qwen2_vl")
+    text = qwen.get_text_config()
+    assert (text.hidden_size, text.num_hidden_layers, text.num_attention_heads) == (32, 4, 4)
+    assert qwen.vision_config.depth == 4
+    assert max(token_ids(qwen).values()) < text.vocab_size
+    assert token_ids(qwen)["image"] == qwen.image_token_id
+
+
+def test_word_tokenizer_places_words_around_low_special_ids():
+    tokenizer = word_tokenizer({"<image>": 10, "<video>": 12}, 200)
+    vocab = tokenizer.get_vocab()
+    assert vocab["<image>"] == 10 and vocab["<video>"] == 12
+    assert len({vocab[w] for w in WORDS} | {10, 12}) == len(WORDS) + 2  # no word shares an id
+    with pytest.raises(ValueError, match="collides with the tokenizer's own tokens"):
+        word_tokenizer({"<image>": 3}, 200)
