@@ -281,6 +281,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _refuse_offload(args: argparse.Namespace, command: str) -> None:
+    """Offloading is a setting of ``probe prune``; elsewhere the model runs whole on ``--device``."""
+    if args.offload or args.run_device is not None:
+        raise ProbeError(f"probe {command} runs the whole model on --device; --offload and --run-device are "
+                         "settings of probe prune")
+
+
 def cmd_families(args: argparse.Namespace) -> int:
     from probe.models import generic_families, supported_families
 
@@ -295,6 +302,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from probe.loading import load_model, parse_dtype
     from probe.progress import quiet_libraries
 
+    _refuse_offload(args, "check")
     with quiet_libraries(args.no_progress):
         loaded = load_model(args.model, dtype=parse_dtype(args.dtype), device=args.device,
                             max_pixels=args.max_pixels)
@@ -410,6 +418,7 @@ def _eval(args: argparse.Namespace) -> int:
     from probe.manifest import check_output_file, write_text_atomic
     from probe.token_pruning.base import make_pruner
 
+    _refuse_offload(args, "eval")
     if args.out is not None:
         check_output_file(args.out)
     check_device(args.device)

@@ -6,7 +6,8 @@
 Families with a file of their own use their hand-made tiny models; every other architecture gets one
 built from its config class (:mod:`probe.models.shrink`). Each row says: supported (every property
 holds), refused (the method cannot apply, and why), fails (the first property that does not hold), or
-not built (why no tiny model or processor could be made here).
+not built (why no tiny model or processor could be made here); a tiny model on which the text-only forward
+of the generic adapter fails is listed as failing that step, since the fault may lie in the shrinking.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from probe.errors import ProbeError
 from probe.loading import LoadedModel
 from probe.manifest import write_text_atomic
 from probe.models import get_adapter, supported_families, tiny_families
-from probe.models.generic import UnsupportedArchitectureError
+from probe.models.generic import TracingError, UnsupportedArchitectureError
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 
@@ -71,6 +72,8 @@ def cover(model_type: str) -> Coverage:
     family = "family" if model_type in supported_families() else "generic"
     try:
         loaded = tiny_loaded(model_type)
+    except TracingError as exc:
+        return Coverage(model_type, family, "fails", "text-only forward", str(exc))
     except UnsupportedArchitectureError as exc:
         return Coverage(model_type, family, "refused", "structure", str(exc))
     except Exception as exc:  # noqa: BLE001 (whatever stops the build is this row's reason)

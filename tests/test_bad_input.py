@@ -527,6 +527,9 @@ def test_options_that_would_do_nothing(tmp_path, capsys):
                "the token-pruning method is empty")
     fails_with(capsys, ["prune", "tiny:llava", "--device", "cpu:99", *out], "torch has one CPU device")
     fails_with(capsys, ["eval", "tiny:llava", "--device", "cpu:1", "--tasks", "digits"], "torch has one CPU device")
+    fails_with(capsys, ["eval", "tiny:llava", "--offload", "--tasks", "digits"], "--offload and --run-device are "
+                                                                                  "settings of probe prune")
+    fails_with(capsys, ["check", "tiny:llava", "--run-device", "cpu"], "probe check runs the whole model")
     config = tmp_path / "g.yaml"
     config.write_text("model: tiny:llava\nnsamples: 2\n")
     fails_with(capsys, ["grid", str(config), "--retries", "2", *out], "--retries is a setting of cluster jobs")

@@ -32,6 +32,10 @@ class UnsupportedArchitectureError(UnknownModelFamilyError):
     """A model whose architecture the pruning method cannot apply to; the message says why."""
 
 
+class TracingError(UnsupportedArchitectureError):
+    """The text-only forward that finds which linears share an input failed on this model."""
+
+
 class GenericAdapter(Adapter):
     """An adapter whose structure (prunable linears, their shared inputs, the attention module and
     output) was found on one model by :func:`discover`."""
@@ -146,6 +150,11 @@ def traced_linears(model: nn.Module, layer: nn.Module, names: tuple[str, ...]) -
     try:
         with torch.no_grad():
             model(input_ids=torch.tensor([ids], device=device))
+    except Exception as exc:  # noqa: BLE001 (whatever the model raises, the structure cannot be traced)
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+        raise TracingError(
+            f"{model.config.model_type}: a text-only forward, which tells which linears share an input, fails "
+            f"({type(exc).__name__}: {first})") from None
     finally:
         for handle in handles:
             handle.remove()
