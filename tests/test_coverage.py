@@ -51,6 +51,18 @@ def test_shrinking_keeps_what_ties_a_config_together():
     assert token_ids(qwen)["image"] == qwen.image_token_id
 
 
+def test_feature_layers_and_rotary_sections_follow_the_shrunk_towers():
+    vip = tiny_config("vipllava")  # full size: layers (-2, -5, -8, -11, 6) of a 24-block tower's 25 states
+    states = vip.vision_config.num_hidden_layers + 1
+    assert vip.vision_feature_layers == tuple(-((-i - 1) % states) - 1 if i < 0 else i % states
+                                              for i in (-2, -5, -8, -11, 6))
+    assert all(-states <= i < states for i in vip.vision_feature_layers)
+    glm = tiny_config("glm4v")  # its modeling code's default sections (8, 12, 12) fit a 64-wide head only
+    text = glm.get_text_config()
+    head = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    assert sum(text.rope_parameters["mrope_section"]) == head // 2
+
+
 def test_word_tokenizer_places_words_around_low_special_ids():
     tokenizer = word_tokenizer({"<image>": 10, "<video>": 12}, 200)
     vocab = tokenizer.get_vocab()

@@ -93,7 +93,41 @@ def tiny_config(model_type: str) -> Any:
     config = CONFIG_MAPPING[model_type]()
     _shrink(config, set())
     _fit_vocab(config)
+    _three_dimensional_rope(config)
+    _feature_layers_in_range(config)
     return config
+
+
+def _feature_layers_in_range(config: Any) -> None:
+    """Vision feature layer indices (into the tower's ``depth + 1`` hidden states) kept in the shorter tower."""
+    vision = _plain(config, "vision_config")
+    depth = next((v for v in (_plain(vision, n) for n in DEPTHS) if isinstance(v, int)), None)
+    if depth is None:
+        return
+    states = depth + 1
+
+    def inside(index: int) -> int:
+        return -((-index - 1) % states) - 1 if index < 0 else index % states
+
+    for name in ("vision_feature_layers", "vision_feature_layer"):
+        value = _plain(config, name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            setattr(config, name, inside(value))
+        elif isinstance(value, (list, tuple)) and all(isinstance(i, int) for i in value):
+            setattr(config, name, type(value)(inside(i) for i in value))
+
+
+def _three_dimensional_rope(config: Any) -> None:
+    """Rotary sections (time, height, width) for a text model whose vision tower cuts video into time steps
+    (``temporal_patch_size``), where the config leaves them to the modeling code's full-size default."""
+    if _plain(_plain(config, "vision_config"), "temporal_patch_size") is None:
+        return
+    text = config.get_text_config()
+    rope = _plain(text, "rope_parameters")
+    head = _plain(text, "head_dim") or text.hidden_size // text.num_attention_heads
+    if isinstance(rope, dict) and "mrope_section" not in rope:
+        half = head // 2
+        rope["mrope_section"] = [half - 2 * (half // 4), half // 4, half // 4]
 
 
 def _fit_vocab(config: Any) -> None:
@@ -148,6 +182,8 @@ def _image_processor(model_type: str, config: Any) -> Any:
     sizes = {}
     for key in ("size", "crop_size"):
         value = getattr(default, key, None)
+        if getattr(value, "longest_edge", None) is not None or getattr(value, "max_pixels", None) is not None:
+            continue  # a native-resolution processor: its images need no fixed side
         if getattr(value, "height", None) is not None:
             sizes[key] = {"height": side, "width": side}
         elif getattr(value, "shortest_edge", None) is not None:
