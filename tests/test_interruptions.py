@@ -145,3 +145,39 @@ def test_a_checkpoint_moved_aside_by_a_killed_writer_is_put_back(tmp_path):
     assert sorted(manifest.remove_stale_temporaries(out)) == sorted([aside, unfinished])
     assert (out / "manifest.json").read_text() == "{}"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ck", other_host.name])
+
+
+def _killed_when(path_exists, config: Path, out: Path) -> None:
+    """Start ``probe grid`` in a process of its own and SIGKILL it once ``path_exists(out)`` holds."""
+    grid = subprocess.Popen([sys.executable, "-m", "probe.cli", "grid", str(config), OUT, str(out), "--no-progress"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            cwd=Path(__file__).resolve().parent.parent)
+    try:
+        deadline = time.monotonic() + 300
+        while not path_exists(out):
+            assert grid.poll() is None, "the grid ended before the moment to kill it"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        grid.send_signal(signal.SIGKILL)
+        grid.wait()
+
+
+KILL_MOMENTS = {
+    "after its manifest": lambda out: (out / "manifest.json").is_file(),
+    "with a task of a cell scored": lambda out: any((out / "partial").glob("*/*.scores.csv")),
+    "after its first cell": lambda out: (out / "results.csv").is_file(),
+}
+
+
+@pytest.mark.parametrize("moment", KILL_MOMENTS)
+def test_a_grid_killed_outright_resumes_with_every_cell_once(tmp_path, moment):
+    config = tmp_path / "g.yaml"
+    config.write_text(GRID)
+    out = tmp_path / "grid"
+    _killed_when(KILL_MOMENTS[moment], config, out)
+    assert main(["grid", str(config), OUT, str(out), "--no-progress"]) == 0  # the lock went with the process
+    results = pd.read_csv(out / "results.csv")
+    assert sorted(results.cell) == sorted(["dense", "dense", "text/text/0.5", "text/text/0.5"])  # two tasks each
+    assert not results.duplicated(["cell", "task"]).any()
+    assert not (out / "partial").exists() and not (out / "driver.json").exists()
