@@ -18,7 +18,9 @@ mixture-of-experts blocks, and blocks whose linears differ from one block to ano
 
 from __future__ import annotations
 
+import inspect
 import weakref
+from typing import Any
 
 import torch
 from torch import nn
@@ -41,12 +43,16 @@ class GenericAdapter(Adapter):
     output) was found on one model by :func:`discover`."""
 
     def __init__(self, model_type: str, prunable: tuple[str, ...], shared_inputs: tuple[tuple[str, ...], ...],
-                 attention: str, attention_output: str) -> None:
+                 attention: str, attention_output: str, token_types: bool = False) -> None:
         self.model_types = (model_type,)
         self.prunable = prunable
         self.shared_inputs = shared_inputs
         self.attention = attention
         self.attention_output = attention_output
+        self.token_types = token_types  # the model reads mm_token_type_ids (which positions hold images)
+
+    def processor_kwargs(self) -> dict[str, Any]:
+        return {"return_mm_token_type_ids": True} if self.token_types else {}
 
     def language_model(self, model: nn.Module) -> nn.Module:
         return language_model_of(model)
@@ -186,6 +192,7 @@ def discover(model: nn.Module) -> GenericAdapter:
     inside = [name for name in order if name.startswith(attention + ".")]
     if not inside:
         raise UnsupportedArchitectureError(f"{model_type}: its attention module {attention!r} holds no linear")
-    adapter = GenericAdapter(model_type, tuple(order), shared, attention, inside[-1])
+    token_types = "mm_token_type_ids" in inspect.signature(model.forward).parameters
+    adapter = GenericAdapter(model_type, tuple(order), shared, attention, inside[-1], token_types)
     _DISCOVERED[model] = adapter
     return adapter

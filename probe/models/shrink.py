@@ -177,10 +177,8 @@ def _image_processor(model_type: str, config: Any) -> Any:
     default = cls()
     side = _plain(_plain(config, "vision_config"), "image_size")
     side = side[0] if isinstance(side, (list, tuple)) else side
-    if not isinstance(side, int):
-        return default
-    sizes = {}
-    for key in ("size", "crop_size"):
+    sizes: dict[str, Any] = {}
+    for key in ("size", "crop_size") if isinstance(side, int) else ():
         value = getattr(default, key, None)
         if getattr(value, "longest_edge", None) is not None or getattr(value, "max_pixels", None) is not None:
             continue  # a native-resolution processor: its images need no fixed side
@@ -188,7 +186,20 @@ def _image_processor(model_type: str, config: Any) -> Any:
             sizes[key] = {"height": side, "width": side}
         elif getattr(value, "shortest_edge", None) is not None:
             sizes[key] = {"shortest_edge": side}
-    return cls(**sizes) if sizes else default
+    vision = _plain(config, "vision_config")
+    for key, source in (("patch_size", "patch_size"), ("merge_size", "spatial_merge_size"),
+                        ("temporal_patch_size", "temporal_patch_size")):
+        want = _plain(vision, source)
+        if isinstance(want, int) and isinstance(getattr(default, key, None), int) and getattr(default, key) != want:
+            sizes[key] = want  # the processor cuts images as the tower reads them
+    processor = cls(**sizes) if sizes else default
+    if hasattr(processor, "image_seq_length") and processor.image_seq_length is None:
+        patch = _plain(_plain(config, "vision_config"), "patch_size")
+        tokens = _plain(config.get_text_config(), "num_image_tokens") or _plain(config, "num_image_tokens")
+        if not tokens and isinstance(side, int) and isinstance(patch, int):
+            tokens = (side // patch) ** 2  # one token per patch of the tower
+        processor.image_seq_length = tokens
+    return processor
 
 
 def _processor_settings(cls: type, config: Any) -> dict[str, Any]:
@@ -200,6 +211,9 @@ def _processor_settings(cls: type, config: Any) -> dict[str, Any]:
                   "vision_feature_select_strategy": _plain(config, "vision_feature_select_strategy"),
                   "image_seq_length": _plain(config, "image_seq_length") or _plain(config, "mm_tokens_per_image")}
     settings = {k: v for k, v in candidates.items() if k in taken and (v is not None or k == "video_processor")}
+    for name in taken:  # audio and other non-image parts: none, for image work
+        if name.endswith(("_extractor", "_processor")) and name != "image_processor" and name not in settings:
+            settings[name] = None
     if "num_additional_image_tokens" in taken and settings.get("vision_feature_select_strategy") == "default":
         settings["num_additional_image_tokens"] = 1  # a CLIP tower's CLS token, which "default" drops
     return settings
