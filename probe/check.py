@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from probe.capture import capture, replay
+from probe.capture import capture, move, replay
 from probe.errors import ProbeError
 from probe.loading import LoadedModel
 
@@ -80,10 +80,12 @@ def run_contract(loaded: LoadedModel, question: str = "Describe the image.") -> 
     except Exception as exc:  # noqa: BLE001 (any processor failure is what this row reports)
         rows.append(Property("inputs", False, f"the processor failed: {type(exc).__name__}: {exc}"))
         return rows
+    parameter = next(model.parameters())
+    inputs = move(inputs, parameter.device, parameter.dtype)  # as the model runs on --device, in its dtype
     ids = inputs["input_ids"]
     rows.append(Property("inputs", True, f"{ids.shape[1]} tokens with one image"))
 
-    sample = capture(model, adapter, inputs, "check", store_device=next(model.parameters()).device)
+    sample = capture(model, adapter, inputs, "check", store_device=parameter.device)
     embed = model.get_input_embeddings()
     entered = (sample.hidden[0] - embed(ids.clamp(max=embed.num_embeddings - 1).to(sample.hidden.device))[0])
     entered = entered.abs().amax(dim=-1) > 0
