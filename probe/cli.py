@@ -602,8 +602,6 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
     from analysis import figures
     from analysis.results import ResultsError, load_atv_blocks, load_grid
-    from probe.manifest import check_output_file
-
     name = args.figure.replace("-", "_")
     if args.figure == "tsne":
         return _plot_tsne(args)
@@ -616,8 +614,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     else:
         grid = source
         out = args.out or source / "figures" / name
-    for suffix in (".png", ".pdf"):
-        check_output_file(out.with_suffix(suffix))
+    _check_figure_out(out)
     model = _recorded_model(grid)
     if args.figure == "iou":
         path = source / "mask_iou.csv"
@@ -636,6 +633,14 @@ def cmd_plot(args: argparse.Namespace) -> int:
         figures.plot_drift(load_atv_blocks(source), out, title=_drift_title(source, model))
     print(f"wrote {out.with_suffix('.png')} and {out.with_suffix('.pdf')}")
     return 0
+
+
+def _check_figure_out(out: Path) -> None:
+    """Both files of a figure (``out`` with .png and .pdf) can be written, before any work."""
+    from probe.manifest import check_output_file
+
+    for suffix in (".png", ".pdf"):
+        check_output_file(out.with_suffix(suffix))
 
 
 def _recorded_model(folder: Path) -> str | None:
@@ -671,11 +676,9 @@ def _plot_tsne(args: argparse.Namespace) -> int:
     from probe.capture import hidden_at
     from probe.data.calibration import CalibrationSpec
     from probe.loading import load_model
-    from probe.manifest import check_output_file
 
     out = args.out or Path("runs") / "figures" / f"tsne_block{args.block}"
-    for suffix in (".png", ".pdf"):
-        check_output_file(out.with_suffix(suffix))
+    _check_figure_out(out)
     loaded = load_model(args.source or DEFAULT_MODEL)
     samples = capture_calibration(loaded, CalibrationSpec(nsamples=args.nsamples), show_progress=False)
     hidden = [hidden_at(loaded.model, loaded.adapter, s, args.block).float() for s in samples]

@@ -61,24 +61,21 @@ def tiny_loaded(model_type: str) -> LoadedModel:
     torch.manual_seed(0)
     model = cls(config).eval()
     adapter = get_adapter(model)
-    processor, _ = tiny_processor(model_type, config)
+    processor = tiny_processor(model_type, config)
     return LoadedModel(model, processor, adapter, f"tiny-config:{model_type}")
 
 
 def cover(model_type: str) -> Coverage:
     """Build the tiny model of ``model_type`` and run the contract on it."""
-    from probe.models.generic import GenericAdapter
-
-    family = "family" if model_type in supported_families() else "generic"
+    adapter = "family" if model_type in supported_families() else "generic"
     try:
         loaded = tiny_loaded(model_type)
     except TracingError as exc:
-        return Coverage(model_type, family, "fails", "text-only forward", str(exc))
+        return Coverage(model_type, adapter, "fails", "text-only forward", str(exc))
     except UnsupportedArchitectureError as exc:
-        return Coverage(model_type, family, "refused", "structure", str(exc))
+        return Coverage(model_type, adapter, "refused", "structure", str(exc))
     except Exception as exc:  # noqa: BLE001 (whatever stops the build is this row's reason)
-        return Coverage(model_type, family, "not built", "tiny model", _first_line(exc))
-    adapter = "generic" if isinstance(loaded.adapter, GenericAdapter) else "family"
+        return Coverage(model_type, adapter, "not built", "tiny model", _first_line(exc))
     try:
         rows = run_contract(loaded)
     except ProbeError as exc:
@@ -99,6 +96,7 @@ def architectures() -> list[str]:
 
 
 def coverage_table(names: list[str] | None = None, progress: bool = True) -> pd.DataFrame:
+    """One :class:`Coverage` row per architecture (default: :func:`architectures`), printed as it comes."""
     rows = []
     for name in names or architectures():
         with warnings.catch_warnings():

@@ -530,16 +530,14 @@ def check_token_methods(config: GridConfig, model: torch.nn.Module | None = None
     """Raise :class:`GridConfigError` before any cell if a token method of the grid cannot run on the model:
     the loaded ``model``, else the grid model's config where it is at hand without loading weights (see
     :func:`probe.loading.model_config`; without one, the check waits for the loaded model)."""
-    if all(make_pruner(spec) is None for spec in config.token_methods):
+    pruners = {spec: pruner for spec in config.token_methods if (pruner := make_pruner(spec)) is not None}
+    if not pruners:
         return
     found = model.config if model is not None else model_config(config.model)
     if found is None:
         return
     layers = found.get_text_config().num_hidden_layers
-    for spec in config.token_methods:
-        pruner = make_pruner(spec)
-        if pruner is None:
-            continue
+    for spec, pruner in pruners.items():
         try:
             check_token_method(pruner, found.model_type, layers)
         except ProbeError as exc:

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from probe.models.base import Adapter, UnknownModelFamilyError
+from probe.models.base import VISUAL_TOKEN_ATTRS, Adapter, UnknownModelFamilyError
 
 NORM_NAMES = ("norm", "final_layernorm", "final_layer_norm", "ln_f", "final_norm", "norm_f", "embedding_norm")
 
@@ -149,8 +149,7 @@ def traced_linears(model: nn.Module, layer: nn.Module, names: tuple[str, ...]) -
     handles = [layer.get_submodule(name).register_forward_pre_hook(
         lambda module, args, name=name: calls.append((name, args[0]))) for name in names]
     vocab = model.config.get_text_config().vocab_size
-    visual = {getattr(model.config, a, None) for a in ("image_token_id", "image_token_index", "video_token_id",
-                                                       "video_token_index")}
+    visual = {getattr(model.config, a, None) for a in VISUAL_TOKEN_ATTRS}
     ids = [t for t in range(1, vocab) if t not in visual][:8]
     device = next(model.parameters()).device
     try:

@@ -175,7 +175,8 @@ def _image_processor(model_type: str, config: Any) -> Any:
                              "installed here")
     cls = getattr(tf, name)
     default = cls()
-    side = _plain(_plain(config, "vision_config"), "image_size")
+    vision = _plain(config, "vision_config")
+    side = _plain(vision, "image_size")
     side = side[0] if isinstance(side, (list, tuple)) else side
     sizes: dict[str, Any] = {}
     for key in ("size", "crop_size") if isinstance(side, int) else ():
@@ -186,7 +187,6 @@ def _image_processor(model_type: str, config: Any) -> Any:
             sizes[key] = {"height": side, "width": side}
         elif getattr(value, "shortest_edge", None) is not None:
             sizes[key] = {"shortest_edge": side}
-    vision = _plain(config, "vision_config")
     for key, source in (("patch_size", "patch_size"), ("merge_size", "spatial_merge_size"),
                         ("temporal_patch_size", "temporal_patch_size")):
         want = _plain(vision, source)
@@ -194,7 +194,7 @@ def _image_processor(model_type: str, config: Any) -> Any:
             sizes[key] = want  # the processor cuts images as the tower reads them
     processor = cls(**sizes) if sizes else default
     if hasattr(processor, "image_seq_length") and processor.image_seq_length is None:
-        patch = _plain(_plain(config, "vision_config"), "patch_size")
+        patch = _plain(vision, "patch_size")
         tokens = _plain(config.get_text_config(), "num_image_tokens") or _plain(config, "num_image_tokens")
         if not tokens and isinstance(side, int) and isinstance(patch, int):
             tokens = (side // patch) ** 2  # one token per patch of the tower
@@ -231,20 +231,20 @@ def _tokenizer(strings: dict[str, str], ids: dict[str, int], vocab: int) -> Any:
     return word_tokenizer(specials, vocab, **{f"{stem}_token": text for stem, text in strings.items()})
 
 
-def _processor(cls: type, model_type: str, tokenizer: Any, kwargs: dict[str, Any], config: Any) -> Any:
+def _processor(cls: type, images: Any, tokenizer: Any, kwargs: dict[str, Any]) -> Any:
     from probe.models.compat import processor_type_checks_tolerate_none
 
     with processor_type_checks_tolerate_none():
-        return cls(image_processor=_image_processor(model_type, config), tokenizer=tokenizer, **kwargs)
+        return cls(image_processor=images, tokenizer=tokenizer, **kwargs)
 
 
 class TinyModelError(Exception):
     """Why a tiny model or processor of an architecture cannot be built here."""
 
 
-def tiny_processor(model_type: str, config: Any) -> tuple[Any, str]:
+def tiny_processor(model_type: str, config: Any) -> Any:
     """The architecture's own processor around a word-level tokenizer whose special tokens sit at the ids
-    the config names; returns (processor, the chat template's image placeholder)."""
+    the config names, with a chat template that writes the processor's image token."""
     from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
 
     name = PROCESSOR_MAPPING_NAMES.get(model_type)
@@ -254,22 +254,24 @@ def tiny_processor(model_type: str, config: Any) -> tuple[Any, str]:
     vocab = config.get_text_config().vocab_size
     ids = token_ids(config)
     kwargs = _processor_settings(cls, config)
+    images = _image_processor(model_type, config)
     # first the config's tokens under plain names (processors that read them from the tokenizer take these),
     # then every string the processor writes, at the id the config gives its stem or at a free one
     strings = {stem: f"<{stem}>" for stem in ids}
     for _ in range(8):  # a processor that reads another special token from its tokenizer names it in its error
         try:
-            first = _processor(cls, model_type, _tokenizer(strings, ids, vocab), kwargs, config)
+            first = _processor(cls, images, _tokenizer(strings, ids, vocab), kwargs)
             break
         except AttributeError as exc:
             wanted = re.search(r"has no attribute (\w+)_token\b", str(exc))
             if wanted is None or wanted.group(1) in strings:
                 raise
             strings[wanted.group(1)] = f"<{wanted.group(1)}>"
+    else:
+        raise TinyModelError(f"its processor reads more special tokens from its tokenizer than {', '.join(strings)}")
     strings.update(_token_strings(first))
-    processor = _processor(cls, model_type, _tokenizer(strings, ids, vocab), kwargs, config)
-    placeholder = strings.get("image")
-    if placeholder is None:
+    processor = _processor(cls, images, _tokenizer(strings, ids, vocab), kwargs)
+    if "image" not in strings:
         raise TinyModelError("its processor names no image token")
-    processor.chat_template = CHAT_TEMPLATE.replace("{{ image_placeholder }}", placeholder)
-    return processor, placeholder
+    processor.chat_template = CHAT_TEMPLATE.replace("{{ image_placeholder }}", strings["image"])
+    return processor
