@@ -13,7 +13,7 @@ from transformers import AutoConfig, AutoModelForImageTextToText
 
 from probe.devices import check_device, warn_if_slow_dtype
 from probe.errors import ProbeError
-from probe.models import Adapter, check_family, get_adapter
+from probe.models import Adapter, check_family, check_tiny_family, get_adapter
 from probe.models.compat import load_processor
 from probe.names import REFERENCE_MODELS
 
@@ -122,11 +122,7 @@ def check_model_ref(ref: str) -> None:
     if ref in REFERENCE_MODELS:
         return
     if ref.startswith(TINY_PREFIX):
-        from probe.models import UnknownModelFamilyError, tiny_families
-
-        family = ref[len(TINY_PREFIX):]
-        if family not in tiny_families():
-            raise UnknownModelFamilyError(f"no tiny model for {family!r}; available: {', '.join(tiny_families())}")
+        check_tiny_family(ref[len(TINY_PREFIX):])
         return
     path = Path(ref)
     if path.exists():

@@ -13,8 +13,6 @@ import torch
 import transformers as tf
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from probe.models.base import UnknownModelFamilyError
-
 WORDS = (
     "the a an is are what which of in on to and this that image picture photo color shape "
     "answer question describe shows there how many red green blue cat dog car tree sky yes no "
@@ -83,10 +81,9 @@ def text_config(cls: type, vocab_size: int, **extra) -> tf.PretrainedConfig:
 def tiny_lvlm(family: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> TinyLVLM:
     """Build a tiny randomly initialised model of ``family`` with a working processor (the builder lives
     beside the family's adapter, :meth:`probe.models.base.Adapter.tiny_model`)."""
-    from probe.models import get_adapter, tiny_families
+    from probe.models import check_tiny_family, get_adapter
 
-    if family not in tiny_families():
-        raise UnknownModelFamilyError(f"no tiny model for {family!r}; available: {', '.join(tiny_families())}")
+    check_tiny_family(family)
     adapter = get_adapter(family)
     torch.manual_seed(seed)
     with warnings.catch_warnings():

@@ -95,7 +95,8 @@ class Adapter:
     def tiny_model(self, family: str) -> Any:
         """A tiny randomly initialised model of ``family`` (a :class:`probe.tiny.TinyLVLM`) for tests and
         demos; a family that has one overrides this beside its adapter."""
-        raise UnknownModelFamilyError(f"no tiny model for {family!r}; available: {', '.join(tiny_families())}")
+        check_tiny_family(family)
+        raise UnknownModelFamilyError(f"the {family!r} adapter builds no tiny model")
 
     # --- tokens --------------------------------------------------------------------------
     def visual_token_ids(self, config: Any) -> list[int]:
@@ -168,6 +169,12 @@ def supported_families() -> list[str]:
 def tiny_families() -> list[str]:
     """The families whose adapter builds a tiny model (every test that runs per family runs on these)."""
     return sorted(t for t, a in _REGISTRY.items() if type(a).tiny_model is not Adapter.tiny_model)
+
+
+def check_tiny_family(family: str) -> None:
+    """Raise :class:`UnknownModelFamilyError` unless ``family`` has a tiny model (``tiny:FAMILY``)."""
+    if family not in tiny_families():
+        raise UnknownModelFamilyError(f"no tiny model for {family!r}; available: {', '.join(tiny_families())}")
 
 
 def get_adapter(model_or_config: Any) -> Adapter:
