@@ -100,6 +100,10 @@ def _recording(layers: nn.ModuleList, calls: list[BlockCall], first_input: list[
             del layer.forward  # restore the class's forward
 
 
+class CaptureError(ProbeError):
+    """A model whose decoder blocks cannot be recorded and replayed one at a time."""
+
+
 @torch.no_grad()
 def capture(
     model: nn.Module,
@@ -121,6 +125,13 @@ def capture(
             model(**move(inputs, parameter.device, parameter.dtype), use_cache=False)
         except _CaptureComplete:
             pass
+        except (ValueError, TypeError) as exc:  # a stack whose blocks hand on more than hidden states
+            if not calls:
+                raise
+            raise CaptureError(
+                f"{model.config.model_type}: the decoder fails once its blocks return only their hidden states "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]}): its blocks pass more than hidden states "
+                "to the next block, which layer-wise replay does not support") from None
     if len(calls) != len(layers) or not first:
         raise RuntimeError(f"captured {len(calls)} of {len(layers)} decoder blocks for sample {sample_id!r}")
     calls = [

@@ -19,6 +19,7 @@ property fails. The rows:
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +28,9 @@ from PIL import Image
 from probe.capture import capture, move, replay
 from probe.errors import ProbeError
 from probe.loading import LoadedModel
+from probe.models.base import Adapter
+from probe.models.experts import CONTAINER
+from probe.models.generic import NoAttentionError
 
 TOKEN_METHODS = ("fastv", "vitcop")
 
@@ -70,10 +74,7 @@ def run_contract(loaded: LoadedModel, question: str = "Describe the image.") -> 
     norm = adapter.final_norm(model)
     rows.append(Property("decoder", True, f"{len(layers)} blocks of {type(layers[0]).__name__}, final norm "
                                           f"{type(norm).__name__}"))
-    linears = adapter.prunable_linears(layers[0])
-    groups = "; ".join("(" + ", ".join(g) + ")" for g in adapter.shared_inputs) or "none"
-    rows.append(Property("linears", True, f"{', '.join(linears)}; shared inputs {groups}; attention output "
-                                          f"{adapter.attention_output}"))
+    rows.append(Property("linears", True, describe_linears(adapter, layers)))
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
     try:
         inputs = adapter.build_inputs(loaded.processor, messages, [check_image()])
@@ -118,15 +119,43 @@ def run_contract(loaded: LoadedModel, question: str = "Describe the image.") -> 
                          f"dense probe against the model's logits: largest difference {mot_difference:.1e}"))
 
     applies, refused = [], []
-    for name in TOKEN_METHODS:
+    without = [i for i, layer in enumerate(layers) if not has_attention(adapter, layer)]
+    for name in TOKEN_METHODS if not without else ():
         try:
             check_token_method(make_pruner(name), model.config.model_type, len(layers))
             applies.append(name)
         except ProbeError as exc:
             refused.append(f"{name} ({exc})")
+    if without:
+        refused.append(f"blocks {', '.join(map(str, without))} compute no attention probabilities")
     rows.append(Property("token pruning", None, f"applies: {', '.join(applies) or 'none'}"
                                                 + (f"; refused: {'; '.join(refused)}" if refused else "")))
     return rows
+
+
+def has_attention(adapter: Adapter, layer: torch.nn.Module) -> bool:
+    """Whether ``layer`` computes attention probabilities (a hybrid stack's linear-attention blocks do not)."""
+    try:
+        adapter.attention_module(layer)
+    except NoAttentionError:
+        return False
+    return True
+
+
+def describe_linears(adapter: Adapter, layers: torch.nn.ModuleList) -> str:
+    """The prunable linears of each kind of block, their shared inputs and the attention output."""
+    kinds: dict[tuple[str, ...], list[int]] = {}
+    for index, layer in enumerate(layers):
+        kinds.setdefault(adapter.linear_names(layer), []).append(index)
+    parts = []
+    for names, blocks in kinds.items():
+        layer = layers[blocks[0]]
+        groups = "; ".join("(" + ", ".join(g) + ")" for g in adapter.shared_inputs if set(g) <= set(names))
+        where = (f"blocks {blocks[0]}-{blocks[-1]}" if len(blocks) == len(layers) else
+                 ("block " if len(blocks) == 1 else "blocks ") + ", ".join(map(str, blocks)))
+        parts.append(f"{where}: {', '.join(_fold_experts(names))}; shared inputs {groups or 'none'}; attention output "
+                     f"{adapter.output_name(layer)}")
+    return " | ".join(parts)
 
 
 def format_rows(rows: list[Property]) -> str:
@@ -134,3 +163,25 @@ def format_rows(rows: list[Property]) -> str:
     width = max(len(r.name) for r in rows)
     marks = {True: "ok", False: "FAILED", None: "info"}
     return "\n".join(f"{r.name:<{width}}  {marks[r.holds]:<6}  {r.detail}" for r in rows)
+
+
+def _fold_experts(names: tuple[str, ...]) -> list[str]:
+    """Linear names with every expert's matrices written once: ``mlp.experts.per_expert.{gate_up_proj,
+    down_proj}.0-127``."""
+    folded: list[str] = []
+    experts: dict[str, tuple[list[str], list[int]]] = {}
+    for name in names:
+        match = re.fullmatch(rf"(.*\.{CONTAINER}\.)(\w+)\.(\d+)", name)
+        if match is None:
+            folded.append(name)
+            continue
+        prefix, fused, index = match.groups()
+        if prefix not in experts:
+            experts[prefix] = ([], [])
+            folded.append(prefix)
+        kinds, indices = experts[prefix]
+        if fused not in kinds:
+            kinds.append(fused)
+        indices.append(int(index))
+    return [f"{n}{{{','.join(experts[n][0])}}}.{min(experts[n][1])}-{max(experts[n][1])}" if n in experts else n
+            for n in folded]

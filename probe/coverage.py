@@ -17,6 +17,7 @@ import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -28,6 +29,8 @@ from probe.models import get_adapter, supported_families, tiny_families
 from probe.models.generic import TracingError, UnsupportedArchitectureError
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
+README = RESULTS.parent / "README.md"
+README_MARKERS = ("<!-- coverage:start -->", "<!-- coverage:end -->")
 
 
 @dataclass(frozen=True)
@@ -46,23 +49,33 @@ def _first_line(exc: BaseException) -> str:
 
 def tiny_loaded(model_type: str) -> LoadedModel:
     """A tiny random model of ``model_type`` with its processor: the family's own where it has one."""
-    import torch
-    import transformers as tf
-    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
-
-    from probe.models.shrink import tiny_config, tiny_processor
+    from probe.models.shrink import tiny_config
     from probe.tiny import tiny_lvlm
 
     if model_type in tiny_families():
         tiny = tiny_lvlm(model_type)
         return LoadedModel(tiny.model, tiny.processor, get_adapter(tiny.model), f"tiny:{model_type}")
-    config = tiny_config(model_type)
+    return tiny_from_config(tiny_config(model_type), f"tiny-config:{model_type}")
+
+
+def tiny_from_config(config: Any, name: str) -> LoadedModel:
+    """A random model of ``config`` (already shrunk) with the architecture's processor around a word-level
+    tokenizer (:func:`probe.models.shrink.tiny_processor`)."""
+    import torch
+    import transformers as tf
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    from probe.models.base import check_family
+    from probe.models.shrink import tiny_processor
+
+    model_type = config.model_type
+    check_family(model_type)
     cls = getattr(tf, MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES[model_type])
     torch.manual_seed(0)
     model = cls(config).eval()
     adapter = get_adapter(model)
     processor = tiny_processor(model_type, config)
-    return LoadedModel(model, processor, adapter, f"tiny-config:{model_type}")
+    return LoadedModel(model, processor, adapter, name)
 
 
 def cover(model_type: str) -> Coverage:
@@ -117,7 +130,28 @@ def main() -> None:
     table = coverage_table(args.architectures or None)
     write_text_atomic(args.out.with_suffix(".csv"), table.to_csv(index=False))
     write_text_atomic(args.out.with_suffix(".md"), to_markdown(table))
+    if args.out == RESULTS / "coverage" and README.is_file():
+        write_text_atomic(README, with_supported_list(README.read_text(), table))
     print(table.status.value_counts().to_string())
+
+
+def supported_list(table: pd.DataFrame) -> str:
+    """The README's list of the architectures the table marks supported, family files first."""
+    rows = table[table.status == "supported"]
+    family = ", ".join(f"`{a}`" for a in sorted(rows[rows.adapter == "family"].architecture))
+    generic = ", ".join(f"`{a}`" for a in sorted(rows[rows.adapter == "generic"].architecture))
+    return (f"  {len(rows)} of {len(table)}; with a family file: {family}; through the generic adapter: "
+            f"{generic}.")
+
+
+def with_supported_list(readme: str, table: pd.DataFrame) -> str:
+    """``readme`` with the text between its coverage markers replaced by :func:`supported_list`."""
+    start, end = README_MARKERS
+    if start not in readme or end not in readme:
+        raise ProbeError(f"README.md lacks the markers {start} and {end}")
+    before, rest = readme.split(start, 1)
+    _, after = rest.split(end, 1)
+    return f"{before}{start}\n{supported_list(table)}\n  {end}{after}"
 
 
 def to_markdown(table: pd.DataFrame) -> str:

@@ -30,6 +30,7 @@ from probe.attention import eager_call, recording_attention
 from probe.capture import CapturedSample, run_block
 from probe.errors import ProbeError
 from probe.models.base import Adapter
+from probe.models.experts import rows_by_position
 from probe.progress import progress_bar
 from probe.record import linear_key
 from probe.registry import DEFAULTS, PRESETS, check_name, check_preset, entry_class
@@ -157,6 +158,7 @@ class PruneReport:
     target_sparsity: dict[str, float] = field(default_factory=dict)  # asked by the allocation, per matrix
     parameters: dict[str, int] = field(default_factory=dict)  # weights per matrix
     selector_blocks: list[dict] = field(default_factory=list)  # per block, what a ranking selector chose
+    unobserved: list[str] = field(default_factory=list)  # matrices no selected token reached: pruned by magnitude
     allocation: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     prepass_seconds: float = 0.0
@@ -193,9 +195,9 @@ def _hook_inputs(modules: dict[str, nn.Module], seen: dict[str, torch.Tensor],
     def make(key: str):
         def hook(module, inputs, output):
             x = inputs[0]
-            seen[key] = x.reshape(-1, x.shape[-1])
+            seen[key] = rows_by_position(x.reshape(-1, x.shape[-1]))
             if outputs is not None:
-                outputs[key] = output.reshape(-1, output.shape[-1])
+                outputs[key] = rows_by_position(output.reshape(-1, output.shape[-1]))
         return hook
 
     return [module.register_forward_hook(make(key)) for key, module in modules.items()]
@@ -209,15 +211,19 @@ def _stats_modules(block_targets: dict[str, Target], per_linear: bool) -> dict[s
     return modules
 
 
+Positions = dict[str, dict[int, torch.Tensor]]  # per statistics key, per sample: the weight of each position
+
+
 def _dense_pass(run: _Run, selector: TokenSelector, modules: dict[str, nn.Module], with_hessian: bool,
-                keep_positions: bool) -> tuple[dict[str, InputStats], list[str], dict[str, list[torch.Tensor]]]:
+                keep_positions: bool) -> tuple[dict[str, InputStats], list[str], Positions]:
     """Run every sample through the (still dense) block, adding the selected input rows of each module to
-    its statistics. Returns the statistics, the keys in the order their modules ran, and (with
-    ``keep_positions``) each key's selected positions per sample as weights (0 where not selected, 1 or the
-    selector's weight where selected), for later passes."""
+    its statistics (an expert's rows stand at the positions of the tokens routed to it; a module a sample
+    does not reach, such as an expert no token chose, adds nothing). Returns the statistics, the keys in
+    the order their modules ran, and (with ``keep_positions``) each key's selected positions per sample that
+    reached it, as weights (0 where not selected, 1 or the selector's weight where selected)."""
     stats: dict[str, InputStats] = {}
     order: list[str] = []
-    positions: dict[str, list[torch.Tensor]] = {key: [] for key in modules}
+    positions: Positions = {key: {} for key in modules}
     seen: dict[str, torch.Tensor] = {}
     outputs: dict[str, torch.Tensor] = {}
     per_linear = isinstance(selector, PerLinearSelector)
@@ -244,7 +250,7 @@ def _dense_pass(run: _Run, selector: TokenSelector, modules: dict[str, nn.Module
                         chosen = selector.select_linear(sample, outputs[key], record.get("probs")).to(rows.device)
                         add(key, rows[chosen])
                         if keep_positions:
-                            positions[key].append(chosen.cpu().float())
+                            positions[key][i] = chosen.cpu().float()
                     continue
                 if ranking:
                     certain = selector.certain(sample, run.index)
@@ -260,7 +266,7 @@ def _dense_pass(run: _Run, selector: TokenSelector, modules: dict[str, nn.Module
                     chosen = certain.to(rows.device)
                     add(key, rows[chosen], None if weights is None else weights.to(rows.device)[chosen])
                     if keep_positions and not ranking:
-                        positions[key].append(certain.cpu() * (1.0 if weights is None else weights.cpu()))
+                        positions[key][i] = certain.cpu() * (1.0 if weights is None else weights.cpu())
     finally:
         for h in handles:
             h.remove()
@@ -271,20 +277,23 @@ def _dense_pass(run: _Run, selector: TokenSelector, modules: dict[str, nn.Module
             for key, rows in rows_by_key.items():
                 add(key, rows[:count])
                 if keep_positions:
-                    positions[key].append(chosen.float())
+                    positions[key][i] = chosen.float()
     return stats, order, positions
 
 
-def _regather(run: _Run, key: str, module: nn.Module, positions: list[torch.Tensor], with_hessian: bool
-              ) -> InputStats:
+def _regather(run: _Run, key: str, module: nn.Module, positions: dict[int, torch.Tensor], with_hessian: bool
+              ) -> InputStats | None:
     """Statistics of ``key`` from a pass over the block as it is now, at the positions chosen before, each
-    counted by its weight (see :func:`_dense_pass`)."""
+    counted by its weight (see :func:`_dense_pass`); None where no sample reaches the module now."""
     seen: dict[str, torch.Tensor] = {}
     handles = _hook_inputs({key: module}, seen)
     stats: InputStats | None = None
     try:
-        for i in range(len(run.samples)):
+        for i in positions:
+            seen.clear()
             run.replay(i)
+            if key not in seen:
+                continue
             rows = seen[key]
             if stats is None:
                 stats = InputStats.empty(rows.shape[-1], run.device, with_hessian)
@@ -294,6 +303,12 @@ def _regather(run: _Run, key: str, module: nn.Module, positions: list[torch.Tens
         for h in handles:
             h.remove()
     return stats
+
+
+def _observed(stats: InputStats | None) -> bool:
+    """Whether any selected token reached the module with a non-zero input (an expert's rows stand at the
+    positions of the tokens routed to it, zeros elsewhere)."""
+    return stats is not None and bool(stats.sq_sum.any())
 
 
 def _prune_weight(target: Target, scorer: Scorer, stats: InputStats | None, sparsity: float, pattern: Pattern
@@ -341,9 +356,11 @@ def _allocate(config: PruneConfig, allocation: Allocation, layers: list[nn.Modul
             handles = _hook_inputs(modules, seen)
             try:
                 for i, sample in enumerate(samples):
+                    seen.clear()
                     out = run.replay(i)
                     for name, target in block_targets.items():
-                        allocation.observe(index, name, sample, seen[target.stats_key], target.weight_module)
+                        if target.stats_key in seen:  # an expert no token of this sample chose sees nothing
+                            allocation.observe(index, name, sample, seen[target.stats_key], target.weight_module)
                     states[i] = out.to(sample.hidden.device)
             finally:
                 for h in handles:
@@ -393,6 +410,9 @@ def prune(
         raise PruneConfigError(f"{config.label} needs calibration samples")
     if gathers:
         check_not_empty(selector, samples)
+    if gathers and selector.needs_attention:
+        for layer in layers:
+            adapter.attention_module(layer)  # a block without attention probabilities is refused before work
     selector.start(len(layers))
     run_device = torch.device(device) if device is not None else next(layers[0].parameters()).device
     if run_device.type == "cuda":
@@ -427,7 +447,11 @@ def prune(
                 for name, target in block_targets.items():
                     if (name if per_linear else target.stats_key) == key:
                         matrix = linear_key(index, name)
-                        report.sparsity[matrix] = _prune_weight(target, scorer, stats.get(key),
+                        weight_scorer = scorer
+                        if gathers and not _observed(stats.get(key)):  # an expert no selected token was routed to
+                            weight_scorer = entry_class("scorer", "magnitude")(None)
+                            report.unobserved.append(matrix)
+                        report.sparsity[matrix] = _prune_weight(target, weight_scorer, stats.get(key),
                                                                 report.target_sparsity[matrix], pattern)
                 stats.pop(key, None)
             if gathers and index < len(layers) - 1:

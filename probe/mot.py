@@ -24,7 +24,8 @@ from torch import nn
 from probe.capture import CapturedSample
 from probe.engine import PruneConfig, PruneReport, Target, TargetFn, prune, stats_keys
 from probe.errors import ProbeError
-from probe.models.base import Adapter
+from probe.models.base import Adapter, LinearStandIn
+from probe.models.experts import private_copy, routed_positions
 
 PATHWAYS: tuple[str, ...] = ("text", "visual")
 
@@ -40,7 +41,7 @@ class Router:
         self.visual: torch.Tensor | None = None
 
 
-class RoutedLinear(nn.Module):
+class RoutedLinear(LinearStandIn):
     """A linear replicated into a text and a visual copy; each token goes through its own copy. The
     ``private`` pathway gets a new copy of the weights; the other keeps ``linear`` itself."""
 
@@ -48,7 +49,7 @@ class RoutedLinear(nn.Module):
         super().__init__()
         if private not in PATHWAYS:
             raise MoTError(f"unknown pathway {private!r}; choose text or visual")
-        own = copy.deepcopy(linear)
+        own = private_copy(linear)
         self.text = own if private == "text" else linear
         self.visual = own if private == "visual" else linear
         self.router = router
@@ -57,7 +58,14 @@ class RoutedLinear(nn.Module):
         visual = self.router.visual
         if visual is None:
             raise MoTError("the MoT probe was run without a routing mask")
-        if visual.shape != x.shape[:-1]:
+        routed = routed_positions()  # an expert's matrix reads only the tokens routed to it
+        if routed is not None:
+            positions, tokens = routed
+            if visual.numel() != tokens:
+                raise MoTError(f"routing mask of {visual.numel()} tokens does not fit an experts module that "
+                               f"received {tokens}")
+            visual = visual.reshape(-1)[positions.to(visual.device)]
+        if visual.numel() != x[..., 0].numel():  # MoE blocks run their shared experts on the flattened tokens
             raise MoTError(f"routing mask of shape {tuple(visual.shape)} does not fit tokens {tuple(x.shape[:-1])}")
         if not visual.any():
             return self.text(x)
@@ -80,9 +88,9 @@ class MoTProbe:
         self.model = model
         self.adapter = adapter
         self.router = Router()
-        self.replicated = adapter.pathway_linears(replicate_o_proj)
+        self.replicate_o_proj = replicate_o_proj
         for layer in adapter.decoder_layers(model):
-            for name in self.replicated:
+            for name in adapter.pathway_linears(replicate_o_proj, layer):
                 parent_name, _, child = name.rpartition(".")
                 parent = layer.get_submodule(parent_name)
                 linear = getattr(parent, child)
@@ -113,7 +121,7 @@ class MoTProbe:
 
     def routed_linears(self, layer: nn.Module) -> dict[str, RoutedLinear]:
         """The replicated linears of one block, by name."""
-        return {name: layer.get_submodule(name) for name in self.replicated}
+        return {name: layer.get_submodule(name) for name in self.adapter.pathway_linears(self.replicate_o_proj, layer)}
 
     def pathway_targets(self, pathway: str) -> TargetFn:
         """Engine targets that prune one pathway's copies, observing the routed (shared) input.

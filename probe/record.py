@@ -45,6 +45,7 @@ class RunRecord:
     block_sparsity: dict[str, float] = field(default_factory=dict)  # achieved per block, weighted by weights
     allocation: dict[str, Any] = field(default_factory=dict)  # what the allocation measured
     selector_blocks: list[dict] = field(default_factory=list)  # per block, what a ranking selector chose
+    unobserved: list[str] = field(default_factory=list)  # matrices no selected token reached: pruned by magnitude
     timings: dict[str, float] = field(default_factory=dict)  # seconds: capture, prepass, prune, wall
     peak_memory_bytes: int = 0
     versions: dict[str, str | None] = field(default_factory=package_versions)
@@ -64,7 +65,7 @@ class RunRecord:
         return cls(settings=dataclasses.asdict(config), method=config.label, sparsity=dict(report.sparsity),
                    target_sparsity=dict(report.target_sparsity), allocation=dict(report.allocation),
                    block_sparsity={str(b): zeros / total for b, (zeros, total) in sorted(blocks.items())},
-                   selector_blocks=list(report.selector_blocks), timings=timings,
+                   selector_blocks=list(report.selector_blocks), unobserved=list(report.unobserved), timings=timings,
                    peak_memory_bytes=report.peak_memory_bytes, **fields)
 
     @property

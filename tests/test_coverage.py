@@ -2,6 +2,7 @@
 supported still passes the contract on its tiny model, every other one carries its reason, and the
 config shrinking keeps what ties a config together."""
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -70,3 +71,13 @@ def test_word_tokenizer_places_words_around_low_special_ids():
     assert len({vocab[w] for w in WORDS} | {10, 12}) == len(WORDS) + 2  # no word shares an id
     with pytest.raises(ValueError, match="collides with the tokenizer's own tokens"):
         word_tokenizer({"<image>": 3}, 200)
+
+
+def test_the_readme_lists_exactly_the_architectures_the_table_marks_supported():
+    from probe.coverage import README, README_MARKERS
+
+    text = README.read_text()
+    block = text.split(README_MARKERS[0], 1)[1].split(README_MARKERS[1], 1)[0]
+    listed = set(re.findall(r"`([\w.-]+)`", block))
+    assert listed == set(SUPPORTED)
+    assert f"{len(SUPPORTED)} of {len(STORED)}" in block

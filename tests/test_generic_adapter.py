@@ -92,7 +92,8 @@ def test_an_architecture_without_a_family_file_replays_prunes_and_probes_exactly
 
     probe = to_mot(copy.deepcopy(model), adapter)
     with torch.no_grad():
-        assert torch.equal(probe.model(**inputs).logits, logits)  # the dense MoT probe is the model
+        # the dense MoT probe is the model, up to the rounding of products over the two pathways' rows
+        assert (probe.model(**inputs).logits - logits).abs().max() <= 1e-6
     pruned = copy.deepcopy(model)
     report = prune(pruned, discover(pruned), [sample], PruneConfig(method="wanda", sparsity=0.5),
                    show_progress=False)
@@ -120,25 +121,6 @@ def test_architectures_the_method_cannot_apply_to_are_refused_with_the_reason():
     lm.config.is_encoder_decoder = True  # as an encoder-decoder's config says
     with pytest.raises(UnsupportedArchitectureError, match="is an encoder-decoder model"):
         discover(lm)
-
-
-def test_blocks_of_experts_or_of_several_kinds_are_refused():
-    from torch import nn
-
-    from probe.models.generic import check_blocks
-
-    def stack():
-        return tf.LlamaForCausalLM(text_config(tf.LlamaConfig, 128)).model.layers
-
-    assert check_blocks("llama", stack())[:3] == ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
-    layers = stack()
-    layers[1].mlp.experts = nn.ModuleList([nn.Linear(4, 4) for _ in range(2)])
-    with pytest.raises(UnsupportedArchitectureError, match="block 1 is a mixture of experts"):
-        check_blocks("moe", layers)
-    layers = stack()
-    layers[2].self_attn.extra = nn.Linear(4, 4)
-    with pytest.raises(UnsupportedArchitectureError, match="block 2's linears differ from block 0's"):
-        check_blocks("hybrid", layers)
 
 
 def test_probe_check_passes_every_family_and_names_what_fails(tmp_path, capsys, monkeypatch):
@@ -185,3 +167,20 @@ def test_probe_check_refuses_an_architecture_the_method_cannot_apply_to(tmp_path
     assert main(["check", str(tmp_path / "mllama"), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "cross-attention; the method needs visual tokens in the sequence" in err
+
+
+def test_probe_check_config_builds_a_small_model_of_that_exact_config(tmp_path, capsys):
+    from transformers import CONFIG_MAPPING
+
+    from probe.cli import main
+
+    full = CONFIG_MAPPING["glm4v"]()  # a full-size config, as a hub model's config.json holds it
+    full.save_pretrained(tmp_path / "glm")
+    assert main(["check", "--config", str(tmp_path / "glm" / "config.json"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^decoder\s+ok\s+4 blocks of Glm4vTextDecoderLayer", out, re.M), out
+    assert out.strip().endswith("glm/config.json: supported")
+    assert main(["check", "--config", str(tmp_path / "missing.json")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert main(["check", "tiny:llava", "--config", str(tmp_path / "glm")]) == 2
+    assert "give MODEL or --config, not both" in capsys.readouterr().err

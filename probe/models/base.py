@@ -30,6 +30,11 @@ DEFAULT_PRUNABLE = (
 VISUAL_TOKEN_ATTRS = ("image_token_id", "image_token_index", "video_token_id", "video_token_index")
 
 
+class LinearStandIn(nn.Module):
+    """A module that stands where a linear is and computes what one computes (an expert's matrix of a fused
+    experts tensor, the MoT probe's routed pair of copies)."""
+
+
 class UnknownModelFamilyError(ProbeError):
     """Raised for a model whose ``config.model_type`` has no registered adapter."""
 
@@ -75,18 +80,24 @@ class Adapter:
         """The block's self-attention module (its probabilities feed ABS selection and TAMP)."""
         return layer.self_attn
 
+    def linear_names(self, layer: nn.Module | None = None) -> tuple[str, ...]:
+        """The names of the prunable linears of ``layer`` (of every block where the blocks are alike)."""
+        return self.prunable
+
+    def output_name(self, layer: nn.Module | None = None) -> str:
+        """The name of the attention output projection of ``layer`` (of every block where they are alike)."""
+        return self.attention_output
+
     def prunable_linears(self, layer: nn.Module) -> dict[str, nn.Linear]:
         """The prunable linears of one decoder block, keyed by their name inside the block."""
-        found = {}
-        for name in self.prunable:
-            module = layer.get_submodule(name)
-            found[name] = module
-        return found
+        return {name: layer.get_submodule(name) for name in self.linear_names(layer)}
 
-    def pathway_linears(self, replicate_attention_output: bool = False) -> tuple[str, ...]:
+    def pathway_linears(self, replicate_attention_output: bool = False, layer: nn.Module | None = None
+                        ) -> tuple[str, ...]:
         """The linears the MoT probe replicates into a text and a visual pathway: the block's QKV and FFN
         linears (every prunable linear but the attention output), and the attention output if asked."""
-        return tuple(n for n in self.prunable if replicate_attention_output or n != self.attention_output)
+        output = self.output_name(layer)
+        return tuple(n for n in self.linear_names(layer) if replicate_attention_output or n != output)
 
     def image_features_owner(self, model: nn.Module) -> nn.Module:
         """The module whose ``get_image_features`` computes image features (the vision feature cache wraps it)."""

@@ -4,28 +4,33 @@ What a family adapter states by hand is found on the model itself:
 
 - the decoder stack: the module ``model.get_decoder()`` returns (transformers' own answer: for an LVLM its
   language model), its ``layers`` and its final norm;
-- a block's attention module (``self_attn``, else the first submodule whose class is an attention);
-- the prunable linears: every ``nn.Linear`` of a block, in the order one forward calls them;
+- the kinds of block: blocks that share their non-linear modules (a hybrid stack, e.g. linear attention
+  beside full attention, has several kinds); per kind:
+- the prunable linears: every ``nn.Linear`` of a block in the order one forward calls them, and in a
+  mixture-of-experts block every expert's matrices (:mod:`probe.models.experts`);
 - which of them read the same input: one text-only forward of the model through hooks on the first
-  block's linears groups the linears that receive the same tensor (q, k, v; gate, up);
-- the attention output: the last linear the attention module calls.
+  block of each kind groups the linears that receive the same tensor (q, k, v; gate, up);
+- the token mixer (self-attention, else the module holding the first linear called: linear attention, a
+  convolution) and its output, the last linear it calls.
 
 Architectures the method cannot apply to are refused with one line that says why
 (:class:`UnsupportedArchitectureError`): encoder-decoder models, decoders without a ``layers`` stack or
 a final norm, cross-attention image layers (visual features enter through attention, not as tokens),
-mixture-of-experts blocks, and blocks whose linears differ from one block to another.
+experts that cannot be told apart by the tokens routed to them, and blocks of one kind whose linears differ.
 """
 
 from __future__ import annotations
 
 import inspect
 import weakref
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from probe.models.base import VISUAL_TOKEN_ATTRS, Adapter, UnknownModelFamilyError
+from probe.models.base import VISUAL_TOKEN_ATTRS, Adapter, LinearStandIn, UnknownModelFamilyError
+from probe.models.experts import CONTAINER, ExpertsError, expert_linear_names, split_experts
 
 NORM_NAMES = ("norm", "final_layernorm", "final_layer_norm", "ln_f", "final_norm", "norm_f", "embedding_norm")
 
@@ -34,22 +39,73 @@ class UnsupportedArchitectureError(UnknownModelFamilyError):
     """A model whose architecture the pruning method cannot apply to; the message says why."""
 
 
+class NoAttentionError(UnsupportedArchitectureError):
+    """A block without attention probabilities (linear attention, a convolution) asked for them."""
+
+
 class TracingError(UnsupportedArchitectureError):
     """The text-only forward that finds which linears share an input failed on this model."""
 
 
-class GenericAdapter(Adapter):
-    """An adapter whose structure (prunable linears, their shared inputs, the attention module and
-    output) was found on one model by :func:`discover`."""
+@dataclass(frozen=True)
+class BlockKind:
+    """What the blocks of one kind share (a hybrid stack, e.g. linear and full attention, has several)."""
 
-    def __init__(self, model_type: str, prunable: tuple[str, ...], shared_inputs: tuple[tuple[str, ...], ...],
-                 attention: str, attention_output: str, token_types: bool = False) -> None:
+    linears: tuple[str, ...]  # the prunable linears, in the order a forward calls them
+    shared_inputs: tuple[tuple[str, ...], ...]  # groups of linears that read the same tensor
+    mixer: str  # the token-mixing module: self-attention, linear attention or a convolution
+    mixer_output: str  # the last linear the mixer calls (the attention output)
+    softmax_attention: bool  # the mixer computes attention probabilities
+
+
+def block_signature(layer: nn.Module) -> tuple[tuple[str, str], ...]:
+    """The names and classes of a block's modules other than its linears (and what stands in for them):
+    blocks of one kind share it, and the MoT probe, which replaces linears, leaves it as it is."""
+    signature: list[tuple[str, str]] = []
+    linear: list[str] = []
+    for name, module in layer.named_modules():
+        if any(name.startswith(prefix + ".") for prefix in linear):
+            continue
+        if isinstance(module, (nn.Linear, LinearStandIn)) or name.rsplit(".", 1)[-1] == CONTAINER:
+            linear.append(name)
+            continue
+        signature.append((name, type(module).__name__))
+    return tuple(signature)
+
+
+class GenericAdapter(Adapter):
+    """An adapter whose structure (per kind of block: prunable linears, their shared inputs, the token mixer
+    and its output) was found on one model by :func:`discover`."""
+
+    def __init__(self, model_type: str, kinds: dict[tuple[tuple[str, str], ...], BlockKind],
+                 token_types: bool = False) -> None:
         self.model_types = (model_type,)
-        self.prunable = prunable
-        self.shared_inputs = shared_inputs
-        self.attention = attention
-        self.attention_output = attention_output
+        self.kinds = kinds
+        first = next(iter(kinds.values()))
+        self.prunable = tuple(dict.fromkeys(n for kind in kinds.values() for n in kind.linears))
+        self.shared_inputs = tuple(dict.fromkeys(g for kind in kinds.values() for g in kind.shared_inputs))
+        self.attention = first.mixer
+        self.attention_output = first.mixer_output
         self.token_types = token_types  # the model reads mm_token_type_ids (which positions hold images)
+
+    @property
+    def hybrid(self) -> bool:
+        """Whether the stack holds blocks of several kinds."""
+        return len(self.kinds) > 1
+
+    def kind(self, layer: nn.Module) -> BlockKind:
+        """The structure of ``layer``'s kind."""
+        try:
+            return self.kinds[block_signature(layer)]
+        except KeyError:
+            raise UnsupportedArchitectureError(f"{type(layer).__name__} is not a block of the {self.model_types[0]} "
+                                               "model this adapter was found on") from None
+
+    def linear_names(self, layer: nn.Module | None = None) -> tuple[str, ...]:
+        return self.prunable if layer is None else self.kind(layer).linears
+
+    def output_name(self, layer: nn.Module | None = None) -> str:
+        return self.attention_output if layer is None else self.kind(layer).mixer_output
 
     def processor_kwargs(self) -> dict[str, Any]:
         return {"return_mm_token_type_ids": True} if self.token_types else {}
@@ -61,7 +117,13 @@ class GenericAdapter(Adapter):
         return final_norm_of(self.language_model(model))
 
     def attention_module(self, layer: nn.Module) -> nn.Module:
-        return layer.get_submodule(self.attention)
+        kind = self.kind(layer)
+        if not kind.softmax_attention:
+            raise NoAttentionError(f"a {self.model_types[0]} block whose token mixer is {kind.mixer!r} ("
+                                   f"{type(layer.get_submodule(kind.mixer)).__name__}) computes no attention "
+                                   "probabilities; methods that read them (TAMP, ATV with signal=abs, FastV, "
+                                   "ViTCoP) do not apply")
+        return layer.get_submodule(kind.mixer)
 
     def image_features_owner(self, model: nn.Module) -> nn.Module:
         inner = getattr(model, "model", model)
@@ -107,47 +169,58 @@ def decoder_stack(model: nn.Module) -> tuple[nn.Module, nn.ModuleList]:
     return decoder, layers
 
 
-def block_linears(layer: nn.Module) -> dict[str, nn.Linear]:
-    """Every linear of a block by its name inside it."""
-    return {name: module for name, module in layer.named_modules() if isinstance(module, nn.Linear)}
+def block_linears(layer: nn.Module) -> dict[str, nn.Module]:
+    """Every linear of a block by its name inside it: its ``nn.Linear`` modules, then, in a block of experts
+    split by :func:`probe.models.experts.split_experts`, every expert's matrices."""
+    found = {name: module for name, module in layer.named_modules()
+             if isinstance(module, nn.Linear) and f".{CONTAINER}." not in f".{name}."}
+    return found | {name: layer.get_submodule(name) for name in expert_linear_names(layer)}
 
 
-def attention_name(layer: nn.Module) -> str:
-    """The name of a block's self-attention module."""
+def attention_name(layer: nn.Module) -> str | None:
+    """The name of a block's softmax self-attention module, or None where the block has none."""
     if isinstance(getattr(layer, "self_attn", None), nn.Module):
         return "self_attn"
     for name, module in layer.named_children():
-        if type(module).__name__.endswith("Attention"):
+        kind = type(module).__name__
+        if kind.endswith("Attention") and "Linear" not in kind:
             return name
-    raise UnsupportedArchitectureError(f"{type(layer).__name__} has no self-attention module")
+    return None
 
 
-def check_blocks(model_type: str, layers: nn.ModuleList) -> tuple[str, ...]:
-    """The linear names every block shares, or an :class:`UnsupportedArchitectureError` naming why the blocks
-    cannot be pruned as one kind."""
-    names = tuple(block_linears(layers[0]))
+def block_kinds(model_type: str, layers: nn.ModuleList) -> dict[tuple[tuple[str, str], ...], list[int]]:
+    """The blocks of each kind (by :func:`block_signature`), or an :class:`UnsupportedArchitectureError`
+    naming why the blocks cannot be pruned."""
+    kinds: dict[tuple[tuple[str, str], ...], list[int]] = {}
+    names: dict[tuple[tuple[str, str], ...], tuple[str, ...]] = {}
     for index, layer in enumerate(layers):
         modules = [name for name, _ in layer.named_modules()]
         if any("cross_attn" in name or "cross_attention" in name for name in modules):
             raise UnsupportedArchitectureError(f"{model_type}: block {index} attends to image features through "
                                                "cross-attention; the method needs visual tokens in the sequence")
-        if any(name.rsplit(".", 1)[-1] == "experts" for name in modules):
-            raise UnsupportedArchitectureError(f"{model_type}: block {index} is a mixture of experts; pruning each "
-                                               "expert with the statistics of its own tokens is not supported")
-        if tuple(block_linears(layer)) != names:
-            raise UnsupportedArchitectureError(f"{model_type}: block {index}'s linears differ from block 0's (a "
-                                               "hybrid stack); the method prunes blocks of one kind")
-    if not names:
-        raise UnsupportedArchitectureError(f"{model_type}: its blocks hold no linear layers")
-    return names
+        try:
+            split_experts(layer, model_type, index)
+        except ExpertsError as exc:
+            raise UnsupportedArchitectureError(str(exc)) from None
+        signature = block_signature(layer)
+        linears = tuple(block_linears(layer))
+        if not linears:
+            raise UnsupportedArchitectureError(f"{model_type}: block {index} holds no linear layers")
+        if names.setdefault(signature, linears) != linears:
+            raise UnsupportedArchitectureError(f"{model_type}: blocks {kinds[signature][0]} and {index} have the "
+                                               "same modules but different linears")
+        kinds.setdefault(signature, []).append(index)
+    return kinds
 
 
-def traced_linears(model: nn.Module, layer: nn.Module, names: tuple[str, ...]) -> list[tuple[str, torch.Tensor]]:
-    """One text-only forward of ``model`` (eight tokens, no image): the linears of ``layer`` in the order they
-    are called, each with the tensor it read (kept, so that tensors are told apart by identity)."""
-    calls: list[tuple[str, torch.Tensor]] = []
-    handles = [layer.get_submodule(name).register_forward_pre_hook(
-        lambda module, args, name=name: calls.append((name, args[0]))) for name in names]
+def traced_linears(model: nn.Module, layers: list[nn.Module]) -> list[list[tuple[str, torch.Tensor]]]:
+    """One text-only forward of ``model`` (eight tokens, no image): for each of ``layers``, its linears in
+    the order they are called, each with the tensor it read (kept, so that tensors are told apart by
+    identity)."""
+    calls: list[list[tuple[str, torch.Tensor]]] = [[] for _ in layers]
+    handles = [linear.register_forward_pre_hook(
+        lambda module, args, name=name, seen=seen: seen.append((name, args[0])))
+        for layer, seen in zip(layers, calls) for name, linear in block_linears(layer).items()]
     vocab = model.config.get_text_config().vocab_size
     visual = {getattr(model.config, a, None) for a in VISUAL_TOKEN_ATTRS}
     ids = [t for t in range(1, vocab) if t not in visual][:8]
@@ -166,20 +239,16 @@ def traced_linears(model: nn.Module, layer: nn.Module, names: tuple[str, ...]) -
     return calls
 
 
-def discover(model: nn.Module) -> GenericAdapter:
-    """The :class:`GenericAdapter` of ``model`` (found once per model object)."""
-    if model in _DISCOVERED:
-        return _DISCOVERED[model]
-    model_type = str(getattr(model.config, "model_type", type(model).__name__))
-    _, layers = decoder_stack(model)
-    names = check_blocks(model_type, layers)
-    attention = attention_name(layers[0])
-    calls = traced_linears(model, layers[0], names)
-    order = list(dict.fromkeys(name for name, _ in calls))
-    missing = [name for name in names if name not in order]
+def _kind_of(model_type: str, index: int, layer: nn.Module, calls: list[tuple[str, torch.Tensor]]) -> BlockKind:
+    """The structure of block ``index`` from the linears its traced forward called."""
+    experts = expert_linear_names(layer)  # a short forward reaches only some experts: all go where the first ran
+    called = list(dict.fromkeys(name for name, _ in calls))
+    first = next((i for i, name in enumerate(called) if name in experts), len(called))
+    order = [n for n in called[:first] if n not in experts] + experts + [n for n in called[first:] if n not in experts]
+    missing = [name for name in block_linears(layer) if name not in called and name not in experts]
     if missing:
         raise UnsupportedArchitectureError(f"{model_type}: a text-only forward does not call {', '.join(missing)} "
-                                           "of its first block")
+                                           f"of block {index}")
     groups: list[tuple[torch.Tensor, list[str]]] = []
     for name, tensor in calls:
         group = next((g for t, g in groups if t is tensor), None)
@@ -188,10 +257,27 @@ def discover(model: nn.Module) -> GenericAdapter:
         elif name not in group:
             group.append(name)
     shared = tuple(tuple(group) for _, group in groups if len(group) > 1)
-    inside = [name for name in order if name.startswith(attention + ".")]
+    attention = attention_name(layer)
+    mixer = attention or order[0].split(".", 1)[0]  # else the module that holds the first linear called
+    inside = [name for name in order if name.startswith(mixer + ".")]
     if not inside:
-        raise UnsupportedArchitectureError(f"{model_type}: its attention module {attention!r} holds no linear")
+        raise UnsupportedArchitectureError(f"{model_type}: the token mixer {mixer!r} of block {index} holds no "
+                                           "linear")
+    return BlockKind(tuple(order), shared, mixer, inside[-1], attention is not None)
+
+
+def discover(model: nn.Module) -> GenericAdapter:
+    """The :class:`GenericAdapter` of ``model`` (found once per model object)."""
+    if model in _DISCOVERED:
+        return _DISCOVERED[model]
+    model_type = str(getattr(model.config, "model_type", type(model).__name__))
+    _, layers = decoder_stack(model)
+    kinds = block_kinds(model_type, layers)
+    firsts = [blocks[0] for blocks in kinds.values()]
+    traced = traced_linears(model, [layers[i] for i in firsts])
+    found = {signature: _kind_of(model_type, i, layers[i], calls)
+             for signature, i, calls in zip(kinds, firsts, traced)}
     token_types = "mm_token_type_ids" in inspect.signature(model.forward).parameters
-    adapter = GenericAdapter(model_type, tuple(order), shared, attention, inside[-1], token_types)
+    adapter = GenericAdapter(model_type, found, token_types)
     _DISCOVERED[model] = adapter
     return adapter

@@ -24,7 +24,10 @@ WIDTHS = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4, 
           "head_dim": 8, "embed_dim": 32, "projection_dim": 32, "out_hidden_size": 32, "d_model": 32,
           "num_heads": 4, "moe_intermediate_size": 16, "shared_expert_intermediate_size": 16,
           "vision_output_dim": 32, "text_hidden_size": 32, "mm_hidden_size": 32, "projector_hidden_size": 32,
-          "num_experts": 4, "num_local_experts": 4, "n_routed_experts": 4, "num_experts_per_tok": 2}
+          "num_experts": 4, "num_local_experts": 4, "n_routed_experts": 4, "num_experts_per_tok": 2,
+          # multi-head latent attention: the rotary part of a head is its head_dim
+          "qk_rope_head_dim": 8, "qk_nope_head_dim": 8, "qk_head_dim": 16, "v_head_dim": 8, "q_lora_rank": 16,
+          "kv_lora_rank": 16, "n_group": 1, "topk_group": 1}
 DEPTHS = ("num_hidden_layers", "num_layers", "depth", "encoder_layers", "decoder_layers")
 INDEX_LISTS = ("cross_attention_layers", "deepstack_visual_indexes", "fullatt_block_indexes")
 
@@ -42,10 +45,14 @@ def _shrink(config: Any, seen: set[int]) -> None:
         return
     seen.add(id(config))
     depth_before = {name: _plain(config, name) for name in DEPTHS}
+    heads = _plain(config, "num_attention_heads")
+    one_per_head = isinstance(heads, int) and _plain(config, "num_key_value_heads") == heads
     for name, value in WIDTHS.items():
         current = _plain(config, name)
         if isinstance(current, int) and not isinstance(current, bool):
             setattr(config, name, min(current, value) if name.startswith("num_") else value)
+    if one_per_head:  # a key-value head per query head (no grouping) stays so: some attention needs it
+        config.num_key_value_heads = config.num_attention_heads
     for name, before in depth_before.items():
         if isinstance(before, int) and not isinstance(before, bool) and before > 0:
             setattr(config, name, min(before, LAYERS))
@@ -75,13 +82,14 @@ def _representative(types: list[str], layers: int) -> list[str]:
 
 
 def _scale_rope_sections(config: Any) -> None:
-    """Multimodal rotary sections (``mrope_section``) summing to half the smaller head dimension."""
+    """Multimodal rotary sections (``mrope_section``) summing to half the smaller head's rotary dimension."""
     head = _plain(config, "head_dim") or (
         (_plain(config, "hidden_size") or 0) // max(1, _plain(config, "num_attention_heads") or 1))
     for name in ("rope_parameters", "rope_scaling"):
         rope = _plain(config, name)
         if isinstance(rope, dict) and isinstance(rope.get("mrope_section"), list) and head:
-            sections, half = rope["mrope_section"], head // 2
+            factor = rope.get("partial_rotary_factor") or _plain(config, "partial_rotary_factor") or 1.0
+            sections, half = rope["mrope_section"], int(head * factor) // 2
             total = sum(sections)
             scaled = [max(1, s * half // total) for s in sections]
             scaled[0] += half - sum(scaled)
@@ -90,7 +98,11 @@ def _scale_rope_sections(config: Any) -> None:
 
 def tiny_config(model_type: str) -> Any:
     """The config class's defaults for ``model_type``, shrunk (see the module docstring)."""
-    config = CONFIG_MAPPING[model_type]()
+    return shrink_config(CONFIG_MAPPING[model_type]())
+
+
+def shrink_config(config: Any) -> Any:
+    """``config`` (any model's, e.g. a hub model's own) shrunk in place to a tiny model of the same class."""
     _shrink(config, set())
     _fit_vocab(config)
     _three_dimensional_rope(config)
@@ -126,7 +138,7 @@ def _three_dimensional_rope(config: Any) -> None:
     rope = _plain(text, "rope_parameters")
     head = _plain(text, "head_dim") or text.hidden_size // text.num_attention_heads
     if isinstance(rope, dict) and "mrope_section" not in rope:
-        half = head // 2
+        half = int(head * (rope.get("partial_rotary_factor") or 1.0)) // 2
         rope["mrope_section"] = [half - 2 * (half // 4), half // 4, half // 4]
 
 
@@ -167,8 +179,13 @@ def _token_strings(processor: Any) -> dict[str, str]:
 def _image_processor(model_type: str, config: Any) -> Any:
     """The architecture's PIL image processor, resizing to the vision tower's image size."""
     from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
 
-    names = IMAGE_PROCESSOR_MAPPING_NAMES.get(model_type) or {}
+    names = IMAGE_PROCESSOR_MAPPING_NAMES.get(model_type)
+    if names is None:  # an architecture that shares its processor class with a sibling (a MoE variant) uses its images
+        own = PROCESSOR_MAPPING_NAMES.get(model_type)
+        names = next((IMAGE_PROCESSOR_MAPPING_NAMES[t] for t, p in PROCESSOR_MAPPING_NAMES.items()
+                      if p == own and own and t in IMAGE_PROCESSOR_MAPPING_NAMES), {})
     name = names.get("pil") if isinstance(names, dict) else None
     if name is None:
         raise TinyModelError("its image processor needs torchvision (no PIL image processor), which is not "
