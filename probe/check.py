@@ -13,6 +13,7 @@ property fails. The rows:
   its final norm;
 - ``prune``: Wanda at 50% on a copy reaches 50% in every prunable linear;
 - ``MoT probe``: the dense probe computes the model's logits exactly;
+- ``lmms-eval wrappers``: which of lmms-eval's stock wrappers load the model (information);
 - ``token pruning``: which visual token pruning methods apply (information, never a failure).
 """
 
@@ -27,6 +28,7 @@ from PIL import Image
 
 from probe.capture import capture, move, replay
 from probe.errors import ProbeError
+from probe.evaluation.stock_wrappers import describe as describe_wrappers
 from probe.loading import LoadedModel
 from probe.models.base import Adapter
 from probe.models.experts import CONTAINER
@@ -75,16 +77,18 @@ def run_contract(loaded: LoadedModel, question: str = "Describe the image.") -> 
     rows.append(Property("decoder", True, f"{len(layers)} blocks of {type(layers[0]).__name__}, final norm "
                                           f"{type(norm).__name__}"))
     rows.append(Property("linears", True, describe_linears(adapter, layers)))
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    text_only = getattr(adapter, "text_only", False)  # a causal language model: no image, no visual pathway
+    image = [] if text_only else [{"type": "image"}]
+    messages = [{"role": "user", "content": [*image, {"type": "text", "text": question}]}]
     try:
-        inputs = adapter.build_inputs(loaded.processor, messages, [check_image()])
+        inputs = adapter.build_inputs(loaded.processor, messages, [] if text_only else [check_image()])
     except Exception as exc:  # noqa: BLE001 (any processor failure is what this row reports)
         rows.append(Property("inputs", False, f"the processor failed: {type(exc).__name__}: {exc}"))
         return rows
     parameter = next(model.parameters())
     inputs = move(inputs, parameter.device, parameter.dtype)  # as the model runs on --device, in its dtype
     ids = inputs["input_ids"]
-    rows.append(Property("inputs", True, f"{ids.shape[1]} tokens with one image"))
+    rows.append(Property("inputs", True, f"{ids.shape[1]} tokens" + ("" if text_only else " with one image")))
 
     sample = capture(model, adapter, inputs, "check", store_device=parameter.device)
     embed = model.get_input_embeddings()
@@ -92,8 +96,11 @@ def run_contract(loaded: LoadedModel, question: str = "Describe the image.") -> 
     entered = entered.abs().amax(dim=-1) > 0
     marked = sample.visual_mask.to(entered.device)
     same = bool(marked.any()) and torch.equal(entered, marked)
-    rows.append(Property("visual positions", same, f"{int(marked.sum())} marked by the config's image token ids, "
-                                                   f"{int(entered.sum())} where image features entered"))
+    if text_only:
+        rows.append(Property("visual positions", None, "a text-only language model: every token is text"))
+    else:
+        rows.append(Property("visual positions", same, f"{int(marked.sum())} marked by the config's image token "
+                                                       f"ids, {int(entered.sum())} where image features entered"))
 
     seen: list[torch.Tensor] = []
     handle = norm.register_forward_hook(lambda module, args, out: seen.append(out))
@@ -118,6 +125,10 @@ def run_contract(loaded: LoadedModel, question: str = "Describe the image.") -> 
     rows.append(Property("MoT probe", mot_difference <= _tolerance(model) * 10,
                          f"dense probe against the model's logits: largest difference {mot_difference:.1e}"))
 
+    rows.append(Property("lmms-eval wrappers", None, describe_wrappers(model)))
+    if text_only:
+        rows.append(Property("token pruning", None, "none: a text-only language model has no visual tokens"))
+        return rows
     applies, refused = [], []
     without = [i for i, layer in enumerate(layers) if not has_attention(adapter, layer)]
     for name in TOKEN_METHODS if not without else ():

@@ -44,7 +44,7 @@ class Coverage:
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+    return f"{type(exc).__name__}: {text[0][:320]}" if text else type(exc).__name__
 
 
 def tiny_loaded(model_type: str) -> LoadedModel:
@@ -66,7 +66,7 @@ def tiny_from_config(config: Any, name: str) -> LoadedModel:
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
     from probe.models.base import check_family
-    from probe.models.shrink import tiny_processor
+    from probe.models.shrink import NeedsTorchvisionError, TinyModelError, direct_processor, tiny_processor
 
     model_type = config.model_type
     check_family(model_type)
@@ -74,7 +74,13 @@ def tiny_from_config(config: Any, name: str) -> LoadedModel:
     torch.manual_seed(0)
     model = cls(config).eval()
     adapter = get_adapter(model)
-    processor = tiny_processor(model_type, config)
+    try:
+        processor = tiny_processor(model_type, config)
+    except NeedsTorchvisionError as exc:  # inputs built from the model itself instead
+        try:
+            processor = direct_processor(model, config)
+        except TinyModelError as direct:
+            raise TinyModelError(f"{exc}; without it: {direct}") from None
     return LoadedModel(model, processor, adapter, name)
 
 

@@ -14,6 +14,7 @@ from transformers import AutoConfig, AutoModelForImageTextToText
 from probe.devices import check_device, warn_if_slow_dtype
 from probe.errors import ProbeError
 from probe.models import Adapter, check_family, check_tiny_family, get_adapter
+from probe.models.base import text_families
 from probe.models.compat import load_processor
 from probe.names import REFERENCE_MODELS
 
@@ -169,6 +170,13 @@ def _load(ref: str, dtype: torch.dtype, device: str) -> LoadedModel:
     except OSError as exc:
         raise ModelLoadError(f"cannot load {ref!r}: not a local model folder, and the hub did not provide it") from exc
     check_family(config.model_type)
+    if config.model_type in text_families():  # a plain causal language model: its tokenizer is its processor
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        processor = AutoTokenizer.from_pretrained(ref)
+        model = AutoModelForCausalLM.from_pretrained(ref, dtype=dtype)
+        model.to(device).eval()
+        return LoadedModel(model, processor, get_adapter(model), ref)
     processor = load_processor(ref)
     model = AutoModelForImageTextToText.from_pretrained(ref, dtype=dtype)
     model.to(device).eval()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import transformers as tf
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
@@ -81,3 +82,28 @@ def test_the_readme_lists_exactly_the_architectures_the_table_marks_supported():
     listed = set(re.findall(r"`([\w.-]+)`", block))
     assert listed == set(SUPPORTED)
     assert f"{len(SUPPORTED)} of {len(STORED)}" in block
+
+
+@pytest.mark.parametrize("architecture", ["qwen2_vl", "llava"])  # patches with a grid; pixels of one side
+def test_inputs_built_without_a_processor_match_the_architectures_own(architecture):
+    from probe.check import check_image, run_contract
+    from probe.coverage import tiny_from_config
+    from probe.loading import LoadedModel
+    from probe.models.shrink import direct_processor
+
+    loaded = tiny_from_config(tiny_config(architecture), architecture)  # with its own processor
+    direct = direct_processor(loaded.model, loaded.model.config)
+    config = loaded.model.config
+    vision = config.vision_config
+    side = 2 * vision.patch_size * getattr(vision, "spatial_merge_size", 1) if architecture == "qwen2_vl" else 64
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the image."}]}]
+    image = check_image().resize((side, side))
+    own = loaded.adapter.build_inputs(loaded.processor, messages, [image])
+    built = loaded.adapter.build_inputs(direct, messages, [image])
+    image_id = token_ids(config)["image"]
+    assert int((built["input_ids"] == image_id).sum()) == int((own["input_ids"] == image_id).sum()) > 0
+    assert built["pixel_values"].shape == own["pixel_values"].shape
+    if "image_grid_thw" in own:
+        assert torch.equal(built["image_grid_thw"], own["image_grid_thw"])
+    rows = run_contract(LoadedModel(loaded.model, direct, loaded.adapter, architecture))
+    assert all(row.holds is not False for row in rows), [(r.name, r.detail) for r in rows if r.holds is False]

@@ -139,7 +139,8 @@ def test_probe_check_passes_every_family_and_names_what_fails(tmp_path, capsys, 
     monkeypatch.setattr(type(llava), "visual_token_ids", lambda self, config: [5])
     assert main(["check", "tiny:llava"]) == 1
     out = capsys.readouterr().out
-    assert "visual positions  FAILED" in out and out.strip().endswith("not supported (visual positions failed)")
+    assert re.search(r"^visual positions\s+FAILED\s", out, re.M)
+    assert out.strip().endswith("not supported (visual positions failed)")
     monkeypatch.undo()
 
     # an architecture that cannot be supported, or is not one: one line and exit status 2
@@ -184,3 +185,14 @@ def test_probe_check_config_builds_a_small_model_of_that_exact_config(tmp_path, 
     assert "no such file" in capsys.readouterr().err
     assert main(["check", "tiny:llava", "--config", str(tmp_path / "glm")]) == 2
     assert "give MODEL or --config, not both" in capsys.readouterr().err
+
+
+def test_the_check_names_the_lmms_eval_stock_wrappers_that_load_a_model():
+    from probe.check import run_contract
+    from probe.evaluation.stock_wrappers import stock_wrappers
+
+    llava, qwen = load_model("tiny:llava"), load_model("tiny:qwen2_vl")
+    assert "llava_hf" in stock_wrappers(llava.model)  # lmms-eval's llava_hf loads LlavaForConditionalGeneration
+    assert "qwen2_vl" in stock_wrappers(qwen.model) and "llava_hf" not in stock_wrappers(qwen.model)
+    row = next(r for r in run_contract(llava) if r.name == "lmms-eval wrappers")
+    assert row.holds is None and "llava_hf" in row.detail

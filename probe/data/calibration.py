@@ -240,10 +240,15 @@ def prepare(
     selected = select(spec) if isinstance(spec, CalibrationSpec) else spec
     chosen, images = selected.samples, selected.images
     items = []
+    text_only = getattr(adapter, "text_only", False)  # a causal language model calibrates on the samples' text
     for sample, image in zip(chosen, images):
-        inputs = adapter.build_inputs(processor, to_messages(sample), [image])
+        messages = to_messages(sample)
+        if text_only:
+            messages = [{**m, "content": [c for c in m["content"] if c.get("type") == "text"]}
+                        if isinstance(m["content"], list) else m for m in messages]
+        inputs = adapter.build_inputs(processor, messages, [] if text_only else [image])
         n_visual = int(adapter.visual_mask(inputs["input_ids"][0], config).sum())
-        if n_visual == 0:
+        if n_visual == 0 and not text_only:
             raise CalibrationError(f"sample {sample.sample_id!r} has no visual tokens after processing")
         n_tokens = int(inputs["input_ids"].shape[1])
         items.append(CalibrationItem(sample.sample_id, inputs, {"n_tokens": n_tokens, "n_visual": n_visual}))

@@ -215,11 +215,25 @@ def generic_families() -> list[str]:
     return sorted(set(MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES) - set(_REGISTRY))
 
 
+def text_families() -> list[str]:
+    """The plain causal language models of transformers (every token is text), which the generic adapter
+    serves for the LLM-pruning baselines: decoder-only ones (encoders that also have a causal head, such as
+    BERT, are masked language models first)."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    causal = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES) - set(MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+    return sorted(causal - set(generic_families()) - set(_REGISTRY))
+
+
 def check_family(model_type: str) -> None:
     """Raise :class:`UnknownModelFamilyError` before any weights load for a ``model_type`` that neither a
-    family adapter nor the generic one can serve (not an image-text-to-text architecture of transformers)."""
-    if model_type in _REGISTRY or model_type in generic_families():
+    family adapter nor the generic one can serve (neither an image-text-to-text architecture of transformers
+    nor a causal language model)."""
+    if model_type in _REGISTRY or model_type in generic_families() or model_type in text_families():
         return
     raise UnknownModelFamilyError(f"unknown model family {model_type!r}: neither a family adapter ("
-                                  f"{', '.join(supported_families())}) nor an image-text-to-text architecture of "
-                                  "transformers, which the generic adapter serves")
+                                  f"{', '.join(supported_families())}) nor an image-text-to-text architecture or "
+                                  "causal language model of transformers, which the generic adapter serves")

@@ -36,7 +36,11 @@ def processor_type_checks_tolerate_none() -> Iterator[None]:
 
 
 def save_processor(processor, folder) -> None:  # noqa: ANN001
-    """``processor.save_pretrained(folder)``, skipping sub-processors that are absent (``None``)."""
+    """``processor.save_pretrained(folder)``, skipping sub-processors that are absent (``None``); a causal
+    language model's processor is its tokenizer."""
+    if not hasattr(type(processor), "get_attributes"):
+        processor.save_pretrained(folder)
+        return
     present = [a for a in type(processor).get_attributes() if getattr(processor, a, None) is not None]
     processor.get_attributes = lambda: present  # instance attribute shadows the classmethod
     try:

@@ -23,13 +23,22 @@ from __future__ import annotations
 
 import inspect
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from PIL import Image
 from torch import nn
 
-from probe.models.base import VISUAL_TOKEN_ATTRS, Adapter, LinearStandIn, UnknownModelFamilyError
+from probe.models.base import (
+    VISUAL_TOKEN_ATTRS,
+    Adapter,
+    InvalidInputsError,
+    LinearStandIn,
+    Message,
+    UnknownModelFamilyError,
+)
 from probe.models.experts import CONTAINER, ExpertsError, expert_linear_names, split_experts
 
 NORM_NAMES = ("norm", "final_layernorm", "final_layer_norm", "ln_f", "final_norm", "norm_f", "embedding_norm")
@@ -78,8 +87,9 @@ class GenericAdapter(Adapter):
     and its output) was found on one model by :func:`discover`."""
 
     def __init__(self, model_type: str, kinds: dict[tuple[tuple[str, str], ...], BlockKind],
-                 token_types: bool = False) -> None:
+                 token_types: bool = False, text_only: bool = False) -> None:
         self.model_types = (model_type,)
+        self.text_only = text_only  # a causal language model: every token is text
         self.kinds = kinds
         first = next(iter(kinds.values()))
         self.prunable = tuple(dict.fromkeys(n for kind in kinds.values() for n in kind.linears))
@@ -109,6 +119,25 @@ class GenericAdapter(Adapter):
 
     def processor_kwargs(self) -> dict[str, Any]:
         return {"return_mm_token_type_ids": True} if self.token_types else {}
+
+    def visual_token_ids(self, config: Any) -> list[int]:
+        return [] if self.text_only else super().visual_token_ids(config)
+
+    def visual_mask(self, input_ids: torch.Tensor, config: Any) -> torch.Tensor:
+        if self.text_only:
+            return torch.zeros_like(input_ids, dtype=torch.bool)
+        return super().visual_mask(input_ids, config)
+
+    def render_prompt(self, processor: Any, messages: Sequence[Message], add_generation_prompt: bool) -> str:
+        if not self.text_only or getattr(processor, "chat_template", None):
+            return super().render_prompt(processor, messages, add_generation_prompt)
+        return "\n".join(_message_text(m) for m in messages)  # a base model without a chat template
+
+    def build_inputs(self, processor: Any, messages: Sequence[Message], images: Sequence[Image.Image],
+                     add_generation_prompt: bool = False) -> dict[str, torch.Tensor]:
+        if self.text_only and images:
+            raise InvalidInputsError(f"{self.model_types[0]} is a text-only language model; it takes no images")
+        return super().build_inputs(processor, messages, images, add_generation_prompt)
 
     def language_model(self, model: nn.Module) -> nn.Module:
         return language_model_of(model)
@@ -266,6 +295,22 @@ def _kind_of(model_type: str, index: int, layer: nn.Module, calls: list[tuple[st
     return BlockKind(tuple(order), shared, mixer, inside[-1], attention is not None)
 
 
+def is_text_only(config: Any) -> bool:
+    """Whether ``config`` is a plain causal language model's (no vision part, no image token)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    return (config.model_type not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+            and getattr(config, "vision_config", None) is None
+            and not any(isinstance(getattr(config, a, None), int) for a in VISUAL_TOKEN_ATTRS))
+
+
+def _message_text(message: Message) -> str:
+    content = message["content"]
+    if isinstance(content, str):
+        return content
+    return " ".join(part["text"] for part in content if part.get("type") == "text")
+
+
 def discover(model: nn.Module) -> GenericAdapter:
     """The :class:`GenericAdapter` of ``model`` (found once per model object)."""
     if model in _DISCOVERED:
@@ -278,6 +323,6 @@ def discover(model: nn.Module) -> GenericAdapter:
     found = {signature: _kind_of(model_type, i, layers[i], calls)
              for signature, i, calls in zip(kinds, firsts, traced)}
     token_types = "mm_token_type_ids" in inspect.signature(model.forward).parameters
-    adapter = GenericAdapter(model_type, found, token_types)
+    adapter = GenericAdapter(model_type, found, token_types, text_only=is_text_only(model.config))
     _DISCOVERED[model] = adapter
     return adapter

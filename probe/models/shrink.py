@@ -188,8 +188,7 @@ def _image_processor(model_type: str, config: Any) -> Any:
                       if p == own and own and t in IMAGE_PROCESSOR_MAPPING_NAMES), {})
     name = names.get("pil") if isinstance(names, dict) else None
     if name is None:
-        raise TinyModelError("its image processor needs torchvision (no PIL image processor), which is not "
-                             "installed here")
+        raise NeedsTorchvisionError("its image processor needs torchvision (no PIL one), not installed here")
     cls = getattr(tf, name)
     default = cls()
     vision = _plain(config, "vision_config")
@@ -259,6 +258,10 @@ class TinyModelError(Exception):
     """Why a tiny model or processor of an architecture cannot be built here."""
 
 
+class NeedsTorchvisionError(TinyModelError):
+    """The architecture's processor needs torchvision, which is not installed here."""
+
+
 def tiny_processor(model_type: str, config: Any) -> Any:
     """The architecture's own processor around a word-level tokenizer whose special tokens sit at the ids
     the config names, with a chat template that writes the processor's image token."""
@@ -279,6 +282,10 @@ def tiny_processor(model_type: str, config: Any) -> Any:
         try:
             first = _processor(cls, images, _tokenizer(strings, ids, vocab), kwargs)
             break
+        except ImportError as exc:
+            if "torchvision" not in str(exc).lower():
+                raise
+            raise NeedsTorchvisionError(f"{cls.__name__} needs torchvision, which is not installed here") from None
         except AttributeError as exc:
             wanted = re.search(r"has no attribute (\w+)_token\b", str(exc))
             if wanted is None or wanted.group(1) in strings:
@@ -292,3 +299,19 @@ def tiny_processor(model_type: str, config: Any) -> Any:
         raise TinyModelError("its processor names no image token")
     processor.chat_template = CHAT_TEMPLATE.replace("{{ image_placeholder }}", strings["image"])
     return processor
+
+
+def direct_processor(model: Any, config: Any) -> Any:
+    """A :class:`probe.models.direct.DirectProcessor` for ``model``: inputs built without its own processor,
+    with a word-level tokenizer whose special tokens sit at the config's ids."""
+    from probe.models.direct import DirectInputsError, DirectProcessor
+
+    ids = token_ids(config)
+    if "image" not in ids:
+        raise TinyModelError("its config names no image token id")
+    strings = {stem: f"<{stem}>" for stem in ids}
+    tokenizer = _tokenizer(strings, ids, config.get_text_config().vocab_size)
+    try:
+        return DirectProcessor(model, tokenizer, strings["image"])
+    except DirectInputsError as exc:
+        raise TinyModelError(str(exc)) from None
