@@ -337,10 +337,13 @@ def _refuse_offload(args: argparse.Namespace, command: str) -> None:
 
 def cmd_families(args: argparse.Namespace) -> int:
     from probe.models import generic_families, supported_families
+    from probe.models.base import text_families
 
     print("\n".join(supported_families()))
     print("\nfound by structure (generic adapter; `probe check MODEL` says whether one can be pruned):")
     print("\n".join(generic_families()))
+    print("\nplain causal language models, every token text (generic adapter; for the LLM-pruning baselines):")
+    print("\n".join(text_families()))
     return 0
 
 

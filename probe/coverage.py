@@ -13,6 +13,7 @@ of the generic adapter fails is listed as failing that step, since the fault may
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import warnings
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ class Coverage:
     status: str  # supported, refused, fails, not built
     failing: str  # the first property that does not hold ("" when supported)
     reason: str
+    inputs: str = "processor"  # the architecture's own processor, or inputs built from the model (and why)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -66,7 +68,13 @@ def tiny_from_config(config: Any, name: str) -> LoadedModel:
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
     from probe.models.base import check_family
-    from probe.models.shrink import NeedsTorchvisionError, TinyModelError, direct_processor, tiny_processor
+    from probe.models.shrink import (
+        NeedsTorchvisionError,
+        NoProcessorError,
+        TinyModelError,
+        direct_processor,
+        tiny_processor,
+    )
 
     model_type = config.model_type
     check_family(model_type)
@@ -76,11 +84,12 @@ def tiny_from_config(config: Any, name: str) -> LoadedModel:
     adapter = get_adapter(model)
     try:
         processor = tiny_processor(model_type, config)
-    except NeedsTorchvisionError as exc:  # inputs built from the model itself instead
+    except (NeedsTorchvisionError, NoProcessorError) as exc:  # inputs built from the model itself instead
         try:
             processor = direct_processor(model, config)
         except TinyModelError as direct:
             raise TinyModelError(f"{exc}; without it: {direct}") from None
+        processor.why = str(exc)
     return LoadedModel(model, processor, adapter, name)
 
 
@@ -95,6 +104,26 @@ def cover(model_type: str) -> Coverage:
         return Coverage(model_type, adapter, "refused", "structure", str(exc))
     except Exception as exc:  # noqa: BLE001 (whatever stops the build is this row's reason)
         return Coverage(model_type, adapter, "not built", "tiny model", _first_line(exc))
+    from probe.models.direct import DirectProcessor
+    from probe.models.shrink import TinyModelError, direct_processor
+
+    row = _contract(model_type, adapter, loaded)
+    if isinstance(loaded.processor, DirectProcessor):
+        return dataclasses.replace(row, inputs=f"built from the model: {loaded.processor.why}")
+    if row.status == "fails" and adapter == "generic":  # the shrunk processor may disagree with the shrunk model
+        try:
+            direct = direct_processor(loaded.model, loaded.model.config)
+        except TinyModelError:
+            return row
+        second = _contract(model_type, adapter, LoadedModel(loaded.model, direct, loaded.adapter, loaded.ref))
+        if second.status == "supported":
+            return dataclasses.replace(second, inputs=f"built from the model: with its processor, {row.failing} "
+                                                      f"fails ({row.reason[:160]})")
+    return row
+
+
+def _contract(model_type: str, adapter: str, loaded: LoadedModel) -> Coverage:
+    """The row of one loaded tiny model: supported, or the first property that fails."""
     try:
         rows = run_contract(loaded)
     except ProbeError as exc:
@@ -169,11 +198,13 @@ def to_markdown(table: pd.DataFrame) -> str:
              f"Written by `python -m probe.coverage`: {counts} of {len(table)}. Each architecture's tiny random "
              "model (the family's own where it has a file, else one built from its config class) runs the "
              "contract of `probe check`.", "",
-             "| architecture | adapter | status | first failing property | reason |", "|---|---|---|---|---|"]
+             "| architecture | adapter | status | first failing property | reason | inputs |",
+             "|---|---|---|---|---|---|"]
     for row in table.itertuples():
         reason = str(row.reason).replace("|", "/") if isinstance(row.reason, str) else ""
         failing = row.failing if isinstance(row.failing, str) else ""
-        lines.append(f"| {row.architecture} | {row.adapter} | {row.status} | {failing} | {reason} |")
+        inputs = str(row.inputs).replace("|", "/") if isinstance(row.inputs, str) else ""
+        lines.append(f"| {row.architecture} | {row.adapter} | {row.status} | {failing} | {reason} | {inputs} |")
     return "\n".join(lines) + "\n"
 
 

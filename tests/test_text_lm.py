@@ -114,3 +114,14 @@ def test_probe_check_prune_and_ppl_on_a_causal_language_model(folder, tmp_path, 
     short.write_text("the cat")
     assert main(["ppl", str(folder), "--text", str(short), "--seq-len", "32", "--no-progress"]) == 2
     assert "fewer than one window of 32" in capsys.readouterr().err
+
+
+def test_families_list_decoder_only_language_models_but_not_encoders(capsys):
+    from probe.cli import main
+    from probe.models import UnknownModelFamilyError, check_family
+
+    assert main(["families"]) == 0
+    listed = capsys.readouterr().out.split("plain causal language models", 1)[1].split()
+    assert {"llama", "mistral", "qwen2"} <= set(listed) and "bert" not in listed
+    with pytest.raises(UnknownModelFamilyError, match="unknown model family 'bert'"):
+        check_family("bert")  # an encoder with a causal head is a masked language model first

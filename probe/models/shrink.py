@@ -107,7 +107,20 @@ def shrink_config(config: Any) -> Any:
     _fit_vocab(config)
     _three_dimensional_rope(config)
     _feature_layers_in_range(config)
+    _patches_divide_evenly(config)
     return config
+
+
+def _patches_divide_evenly(config: Any) -> None:
+    """An image side whose patch grid a pixel-shuffle projector (``downsample_factor``) can fold: the largest
+    side at most the config's that is a multiple of patch x factor."""
+    vision = _plain(config, "vision_config")
+    side, patch = _plain(vision, "image_size"), _plain(vision, "patch_size")
+    factor = _plain(config, "downsample_factor")
+    if all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (side, patch, factor)):
+        step = patch * factor
+        if side % step:
+            vision.image_size = max(step, side // step * step)
 
 
 def _feature_layers_in_range(config: Any) -> None:
@@ -262,6 +275,10 @@ class NeedsTorchvisionError(TinyModelError):
     """The architecture's processor needs torchvision, which is not installed here."""
 
 
+class NoProcessorError(TinyModelError):
+    """transformers names no processor for the architecture."""
+
+
 def tiny_processor(model_type: str, config: Any) -> Any:
     """The architecture's own processor around a word-level tokenizer whose special tokens sit at the ids
     the config names, with a chat template that writes the processor's image token."""
@@ -270,7 +287,7 @@ def tiny_processor(model_type: str, config: Any) -> Any:
     name = PROCESSOR_MAPPING_NAMES.get(model_type)
     cls = getattr(tf, name, None) if name else None
     if cls is None:
-        raise TinyModelError("transformers names no processor class for it")
+        raise NoProcessorError("transformers names no processor class for it")
     vocab = config.get_text_config().vocab_size
     ids = token_ids(config)
     kwargs = _processor_settings(cls, config)
