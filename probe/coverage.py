@@ -41,7 +41,7 @@ class Coverage:
     status: str  # supported, refused, fails, not built
     failing: str  # the first property that does not hold ("" when supported)
     reason: str
-    inputs: str = "processor"  # the architecture's own processor, or inputs built from the model (and why)
+    inputs: str = ""  # the contract ran on the architecture's own processor, or on inputs built from the model
 
 
 def _first_line(exc: BaseException) -> str:
@@ -67,7 +67,7 @@ def tiny_from_config(config: Any, name: str) -> LoadedModel:
     import transformers as tf
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
-    from probe.models.base import check_family
+    from probe.models.base import check_family, text_families
     from probe.models.shrink import (
         NeedsTorchvisionError,
         NoProcessorError,
@@ -78,6 +78,18 @@ def tiny_from_config(config: Any, name: str) -> LoadedModel:
 
     model_type = config.model_type
     check_family(model_type)
+    if model_type in text_families():  # a causal language model: a word-level tokenizer is its processor
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+        from probe.tiny import word_tokenizer
+
+        torch.manual_seed(0)
+        model = getattr(tf, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[model_type])(config).eval()
+        tokenizer = word_tokenizer({}, max(config.get_text_config().vocab_size, 128))
+        return LoadedModel(model, tokenizer, get_adapter(model), name)
+    if hasattr(config, "vision_config") and config.vision_config is None:
+        raise TinyModelError("its config holds no vision config (vision_config is None), so the model has no "
+                             "vision tower")
     cls = getattr(tf, MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES[model_type])
     torch.manual_seed(0)
     model = cls(config).eval()
@@ -114,12 +126,12 @@ def cover(model_type: str) -> Coverage:
         try:
             direct = direct_processor(loaded.model, loaded.model.config)
         except TinyModelError:
-            return row
+            return dataclasses.replace(row, inputs="processor")
         second = _contract(model_type, adapter, LoadedModel(loaded.model, direct, loaded.adapter, loaded.ref))
         if second.status == "supported":
             return dataclasses.replace(second, inputs=f"built from the model: with its processor, {row.failing} "
                                                       f"fails ({row.reason[:160]})")
-    return row
+    return dataclasses.replace(row, inputs="processor")
 
 
 def _contract(model_type: str, adapter: str, loaded: LoadedModel) -> Coverage:

@@ -125,3 +125,12 @@ def test_families_list_decoder_only_language_models_but_not_encoders(capsys):
     assert {"llama", "mistral", "qwen2"} <= set(listed) and "bert" not in listed
     with pytest.raises(UnknownModelFamilyError, match="unknown model family 'bert'"):
         check_family("bert")  # an encoder with a causal head is a masked language model first
+
+
+def test_probe_check_config_builds_a_small_causal_language_model(tmp_path, capsys):
+    from probe.cli import main
+
+    tf.MistralConfig().save_pretrained(tmp_path / "mistral")  # a full-size config, as a hub model's holds it
+    assert main(["check", "--config", str(tmp_path / "mistral"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "4 blocks of MistralDecoderLayer" in out and out.strip().endswith("mistral: supported")
