@@ -78,8 +78,7 @@ def run_contract(loaded: LoadedModel, question: str = "Describe the image.") -> 
                                           f"{type(norm).__name__}"))
     rows.append(Property("linears", True, describe_linears(adapter, layers)))
     text_only = getattr(adapter, "text_only", False)  # a causal language model: no image, no visual pathway
-    image = [] if text_only else [{"type": "image"}]
-    messages = [{"role": "user", "content": [*image, {"type": "text", "text": question}]}]
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
     try:
         inputs = adapter.build_inputs(loaded.processor, messages, [] if text_only else [check_image()])
     except Exception as exc:  # noqa: BLE001 (any processor failure is what this row reports)

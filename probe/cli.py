@@ -355,10 +355,16 @@ def cmd_check(args: argparse.Namespace) -> int:
     _refuse_offload(args, "check")
     if args.config is not None and args.model != DEFAULT_MODEL:
         raise ProbeError("give MODEL or --config, not both")
+    if args.config is not None and args.max_pixels is not None:
+        raise ProbeError("--max-pixels applies to a loaded model's processor; --config builds its own inputs")
     with quiet_libraries(args.no_progress):
         if args.config is not None:
+            from probe.devices import check_device
+
+            check_device(args.device)
+            dtype = parse_dtype(args.dtype)
             loaded = config_model(args.config)
-            loaded.model.to(args.device, parse_dtype(args.dtype))
+            loaded.model.to(args.device, dtype)
         else:
             loaded = load_model(args.model, dtype=parse_dtype(args.dtype), device=args.device,
                                 max_pixels=args.max_pixels)

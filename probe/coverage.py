@@ -27,7 +27,16 @@ from probe.errors import ProbeError
 from probe.loading import LoadedModel
 from probe.manifest import write_text_atomic
 from probe.models import get_adapter, supported_families, tiny_families
+from probe.models.direct import DirectProcessor
 from probe.models.generic import TracingError, UnsupportedArchitectureError
+from probe.models.shrink import (
+    NeedsTorchvisionError,
+    NoProcessorError,
+    TinyModelError,
+    direct_processor,
+    tiny_config,
+    tiny_processor,
+)
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 README = RESULTS.parent / "README.md"
@@ -51,7 +60,6 @@ def _first_line(exc: BaseException) -> str:
 
 def tiny_loaded(model_type: str) -> LoadedModel:
     """A tiny random model of ``model_type`` with its processor: the family's own where it has one."""
-    from probe.models.shrink import tiny_config
     from probe.tiny import tiny_lvlm
 
     if model_type in tiny_families():
@@ -68,13 +76,6 @@ def tiny_from_config(config: Any, name: str) -> LoadedModel:
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
     from probe.models.base import check_family, text_families
-    from probe.models.shrink import (
-        NeedsTorchvisionError,
-        NoProcessorError,
-        TinyModelError,
-        direct_processor,
-        tiny_processor,
-    )
 
     model_type = config.model_type
     check_family(model_type)
@@ -85,7 +86,7 @@ def tiny_from_config(config: Any, name: str) -> LoadedModel:
 
         torch.manual_seed(0)
         model = getattr(tf, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[model_type])(config).eval()
-        tokenizer = word_tokenizer({}, max(config.get_text_config().vocab_size, 128))
+        tokenizer = word_tokenizer({}, config.get_text_config().vocab_size)
         return LoadedModel(model, tokenizer, get_adapter(model), name)
     if hasattr(config, "vision_config") and config.vision_config is None:
         raise TinyModelError("its config holds no vision config (vision_config is None), so the model has no "
@@ -98,10 +99,9 @@ def tiny_from_config(config: Any, name: str) -> LoadedModel:
         processor = tiny_processor(model_type, config)
     except (NeedsTorchvisionError, NoProcessorError) as exc:  # inputs built from the model itself instead
         try:
-            processor = direct_processor(model, config)
+            processor = direct_processor(model, config, str(exc))
         except TinyModelError as direct:
             raise TinyModelError(f"{exc}; without it: {direct}") from None
-        processor.why = str(exc)
     return LoadedModel(model, processor, adapter, name)
 
 
@@ -116,21 +116,18 @@ def cover(model_type: str) -> Coverage:
         return Coverage(model_type, adapter, "refused", "structure", str(exc))
     except Exception as exc:  # noqa: BLE001 (whatever stops the build is this row's reason)
         return Coverage(model_type, adapter, "not built", "tiny model", _first_line(exc))
-    from probe.models.direct import DirectProcessor
-    from probe.models.shrink import TinyModelError, direct_processor
-
     row = _contract(model_type, adapter, loaded)
     if isinstance(loaded.processor, DirectProcessor):
-        return dataclasses.replace(row, inputs=f"built from the model: {loaded.processor.why}")
+        return dataclasses.replace(row, inputs=f"built from the model: {loaded.processor.reason}")
     if row.status == "fails" and adapter == "generic":  # the shrunk processor may disagree with the shrunk model
+        why = f"with its processor, {row.failing} fails ({row.reason[:160]})"
         try:
-            direct = direct_processor(loaded.model, loaded.model.config)
+            direct = direct_processor(loaded.model, loaded.model.config, why)
         except TinyModelError:
             return dataclasses.replace(row, inputs="processor")
         second = _contract(model_type, adapter, LoadedModel(loaded.model, direct, loaded.adapter, loaded.ref))
         if second.status == "supported":
-            return dataclasses.replace(second, inputs=f"built from the model: with its processor, {row.failing} "
-                                                      f"fails ({row.reason[:160]})")
+            return dataclasses.replace(second, inputs=f"built from the model: {why}")
     return dataclasses.replace(row, inputs="processor")
 
 

@@ -402,6 +402,7 @@ def prune(
     targets = targets or default_targets(adapter)
     selector = selector or config.make_selector()
     scorer = config.make_scorer()
+    magnitude = entry_class("scorer", "magnitude")(None)  # for a matrix no selected token reached
     allocation = config.make_allocation()
     pattern = config.parsed_pattern
     layers = adapter.decoder_layers(model)
@@ -449,7 +450,7 @@ def prune(
                         matrix = linear_key(index, name)
                         weight_scorer = scorer
                         if gathers and not _observed(stats.get(key)):  # an expert no selected token was routed to
-                            weight_scorer = entry_class("scorer", "magnitude")(None)
+                            weight_scorer = magnitude
                             report.unobserved.append(matrix)
                         report.sparsity[matrix] = _prune_weight(target, weight_scorer, stats.get(key),
                                                                 report.target_sparsity[matrix], pattern)

@@ -185,6 +185,8 @@ def test_probe_check_config_builds_a_small_model_of_that_exact_config(tmp_path, 
     assert "no such file" in capsys.readouterr().err
     assert main(["check", "tiny:llava", "--config", str(tmp_path / "glm")]) == 2
     assert "give MODEL or --config, not both" in capsys.readouterr().err
+    assert main(["check", "--config", str(tmp_path / "glm"), "--max-pixels", "1000"]) == 2
+    assert "--config builds its own inputs" in capsys.readouterr().err
 
 
 def test_the_check_names_the_lmms_eval_stock_wrappers_that_load_a_model():

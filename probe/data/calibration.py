@@ -242,11 +242,7 @@ def prepare(
     items = []
     text_only = getattr(adapter, "text_only", False)  # a causal language model calibrates on the samples' text
     for sample, image in zip(chosen, images):
-        messages = to_messages(sample)
-        if text_only:
-            messages = [{**m, "content": [c for c in m["content"] if c.get("type") == "text"]}
-                        if isinstance(m["content"], list) else m for m in messages]
-        inputs = adapter.build_inputs(processor, messages, [] if text_only else [image])
+        inputs = adapter.build_inputs(processor, to_messages(sample), [] if text_only else [image])
         n_visual = int(adapter.visual_mask(inputs["input_ids"][0], config).sum())
         if n_visual == 0 and not text_only:
             raise CalibrationError(f"sample {sample.sample_id!r} has no visual tokens after processing")

@@ -79,11 +79,12 @@ def _patch_width(model: nn.Module) -> int:
 class DirectProcessor:
     """A processor built from the model itself (see the module docstring)."""
 
-    def __init__(self, model: nn.Module, tokenizer: Any, image_token: str) -> None:
+    def __init__(self, model: nn.Module, tokenizer: Any, image_token: str, reason: str = "") -> None:
+        self.reason = reason  # why the architecture's own processor is not used
         self.tokenizer = tokenizer
         self.image_token = image_token
         self.chat_template = CHAT_TEMPLATE.replace("{{ image_placeholder }}", image_token)
-        config = self.config = model.config
+        config = model.config
         inner = getattr(model, "model", model)
         owner = inner if hasattr(inner, "get_image_features") else model
         taken = inspect.signature(owner.get_image_features).parameters
@@ -98,10 +99,12 @@ class DirectProcessor:
         if self.layout == "pixels" and self.side is None:
             raise DirectInputsError("its vision config names no image size")
         self.patch_width = _patch_width(inner) if self.layout == "patches" else None
+        self.grid_side = 2 * _vision_value(config, "spatial_merge_size", "merge_size", default=1)
         parameter = next(model.parameters())
         try:
             with torch.no_grad():
-                features = owner.get_image_features(**self._image_inputs(check_image_stand_in(), parameter.dtype))
+                grey = Image.new("RGB", (64, 64), (128, 128, 128))
+                features = owner.get_image_features(**self._image_inputs(grey, parameter.dtype))
         except Exception as exc:  # noqa: BLE001 (whatever the tower raises is why these inputs do not fit it)
             first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
             raise DirectInputsError(f"its image features fail on {self.layout} built without its processor "
@@ -121,11 +124,7 @@ class DirectProcessor:
 
     def _patches(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         """A grid of (1, 2 merge, 2 merge) patches, each flattened as the tower's patch embedding reads it."""
-        patch = _vision_value(self.config, "patch_size", default=None)
-        if patch is None:
-            raise DirectInputsError("its vision config names no patch size")
-        merge = _vision_value(self.config, "spatial_merge_size", "merge_size", default=1)
-        side = 2 * merge
+        side = self.grid_side
         generator = torch.Generator().manual_seed(0)
         pixels = torch.randn(side * side, self.patch_width, generator=generator)
         return {"pixel_values": pixels.to(dtype), "image_grid_thw": torch.tensor([[1, side, side]])}
@@ -156,7 +155,3 @@ class DirectProcessor:
             data["mm_token_type_ids"] = (input_ids == image_id).long()
         return BatchFeature(data, tensor_type=return_tensors)
 
-
-def check_image_stand_in() -> Image.Image:
-    """A grey image: what the feature count is measured on."""
-    return Image.new("RGB", (64, 64), (128, 128, 128))

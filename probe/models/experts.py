@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import copy
 import inspect
-from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -86,8 +86,6 @@ class ExpertLinear(LinearStandIn):
 def private_copy(linear: nn.Module) -> nn.Linear:
     """A linear with its own copy of ``linear``'s weights (an :class:`ExpertLinear` becomes an ``nn.Linear``)."""
     if not isinstance(linear, ExpertLinear):
-        import copy
-
         return copy.deepcopy(linear)
     weight = linear.weight
     own = nn.Linear(linear.in_features, linear.out_features, bias=False, device=weight.device, dtype=weight.dtype)
@@ -159,18 +157,27 @@ class _Dispatch(TorchFunctionMode):
         super().__init__()
         self.experts, self.fused = experts, fused
         self.slots: dict[tuple[int, tuple[int, ...]], tuple[str, int]] = {}
+        self.storage: tuple[tuple[torch.device, int], ...] = ()  # where the fused tensors were when found
         self.stack: list[tuple[contextlib.ExitStack, torch.Tensor, torch.Tensor]] = []
 
-    def enter(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        hidden = kwargs.get("hidden_states", args[0] if args else None)
-        top_k = kwargs.get("top_k_index", args[1] if len(args) > 1 else None)
+    def _find_slots(self) -> None:
+        """Each expert's slice by its address and shape (again only when a fused tensor has moved)."""
+        tensors = [getattr(self.experts, name) for name in self.fused]
+        storage = tuple((t.device, t.data_ptr()) for t in tensors)
+        if storage == self.storage:
+            return
         self.slots = {}
-        for name in self.fused:
-            tensor = getattr(self.experts, name)
+        for name, tensor in zip(self.fused, tensors):
             shape = tuple(tensor.shape[1:])
             step = tensor.stride(0) * tensor.element_size()
             for e in range(tensor.shape[0]):
                 self.slots[(tensor.data_ptr() + e * step, shape)] = (name, e)
+        self.storage = storage
+
+    def enter(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        top_k = kwargs.get("top_k_index", args[1] if len(args) > 1 else None)
+        self._find_slots()
         stack = contextlib.ExitStack()
         config = getattr(self.experts, "config", None)
         if config is not None and getattr(config, "_experts_implementation", None) not in (None, "eager"):
@@ -206,13 +213,3 @@ class _Dispatch(TorchFunctionMode):
             return getattr(self.experts, CONTAINER)[name][expert](x)
         finally:
             _POSITIONS.reset(token)
-
-
-@contextlib.contextmanager
-def no_positions() -> Iterator[None]:
-    """Run code that is not an expert's product as if outside any experts module."""
-    token = _POSITIONS.set(None)
-    try:
-        yield
-    finally:
-        _POSITIONS.reset(token)

@@ -135,8 +135,11 @@ class GenericAdapter(Adapter):
 
     def build_inputs(self, processor: Any, messages: Sequence[Message], images: Sequence[Image.Image],
                      add_generation_prompt: bool = False) -> dict[str, torch.Tensor]:
-        if self.text_only and images:
-            raise InvalidInputsError(f"{self.model_types[0]} is a text-only language model; it takes no images")
+        if self.text_only:  # every token is text: a conversation's image places are left out
+            if images:
+                raise InvalidInputsError(f"{self.model_types[0]} is a text-only language model; it takes no images")
+            messages = [{**m, "content": [c for c in m["content"] if c.get("type") == "text"]}
+                        if isinstance(m["content"], list) else m for m in messages]
         return super().build_inputs(processor, messages, images, add_generation_prompt)
 
     def language_model(self, model: nn.Module) -> nn.Module:

@@ -318,7 +318,7 @@ def tiny_processor(model_type: str, config: Any) -> Any:
     return processor
 
 
-def direct_processor(model: Any, config: Any) -> Any:
+def direct_processor(model: Any, config: Any, reason: str = "") -> Any:
     """A :class:`probe.models.direct.DirectProcessor` for ``model``: inputs built without its own processor,
     with a word-level tokenizer whose special tokens sit at the config's ids."""
     from probe.models.direct import DirectInputsError, DirectProcessor
@@ -329,6 +329,6 @@ def direct_processor(model: Any, config: Any) -> Any:
     strings = {stem: f"<{stem}>" for stem in ids}
     tokenizer = _tokenizer(strings, ids, config.get_text_config().vocab_size)
     try:
-        return DirectProcessor(model, tokenizer, strings["image"])
+        return DirectProcessor(model, tokenizer, strings["image"], reason)
     except DirectInputsError as exc:
         raise TinyModelError(str(exc)) from None
