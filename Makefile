@@ -9,7 +9,7 @@ LMMS_EVAL_SPEC ?= lmms-eval==0.7.3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.probe-installed
 
-.PHONY: setup demo test lint bench offline-data hard-data reference-large results
+.PHONY: setup demo test lint bench gpu-suite offline-data hard-data reference-large results
 
 setup: $(STAMP)
 
@@ -72,6 +72,10 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench_prune.py
 	$(BIN)/python bench/bench_grid.py
+
+# On a machine with a GPU: everything checked only on CUDA (tests marked cuda, bench_scale at 32 blocks, 2:4 kernels)
+gpu-suite: $(STAMP)
+	PYTHON=$(BIN)/python bash bench/gpu_suite.sh
 
 # Our stored results on the reference model: dense scores, Table 1, Table 2, the ATV ablations, figures.
 # Regenerated from scratch (git keeps the stored ones): a grid does not resume a folder made with other settings.

@@ -8,12 +8,23 @@ from pathlib import Path
 
 import torch
 
+from probe.activation_store import ActivationStorage
 from probe.calibrate import capture_items
-from probe.data.calibration import CalibrationSpec, prepare, select
+from probe.data.calibration import CalibrationItem, CalibrationSpec, prepare, select
 from probe.devices import check_device
 from probe.engine import PruneConfig, PruneReport, achieved_sparsity, prune
-from probe.loading import load_model, parse_dtype
+from probe.loading import ModelSkeleton, load_model, load_skeleton, parse_dtype
 from probe.manifest import check_free_space, check_output_dir, write_dir_atomic
+from probe.memory import (
+    MemoryEstimate,
+    MemoryPlanError,
+    MethodNeeds,
+    StoragePlan,
+    choose_plan,
+    device_available,
+    host_available,
+    model_shape,
+)
 from probe.models.compat import copy_left_out_processor_files, save_processor
 from probe.record import RunRecord
 from probe.token_pruning.base import make_pruner
@@ -31,19 +42,26 @@ def prune_checkpoint(
     calibration: CalibrationSpec | None = None,
     dtype: str = "float32",
     device: str = "cpu",
-    offload: bool = False,
+    offload: bool | str = False,
     run_device: str | None = None,
     max_pixels: int | None = None,
     show_progress: bool = True,
     token_pruning: str | None = None,
     comp_style: CompStyleSettings | None = None,
+    activation_dtype: str = "model",
+    spill_activations: bool = False,
+    memory_check: bool = True,
 ) -> RunRecord:
     """Load ``model`` (hub id, folder, ``reference`` or ``tiny:FAMILY``), prune it as ``config`` says with
     samples drawn by ``calibration`` (default: 128 bundled samples), and write a Hugging Face checkpoint
     with ``manifest.json`` (the :class:`~probe.record.RunRecord`) to ``out``, atomically.
 
-    Every check (output folder, devices, calibration data) runs before the model loads. With ``offload``
-    the model stays on the CPU and each block runs on ``run_device`` (default ``cuda``).
+    Every check (output folder, devices, calibration data, memory) runs before the weights load. With
+    ``offload`` (True or ``"on"``) the model stays on the CPU and each block runs on ``run_device`` (default
+    ``cuda``). The memory model (:mod:`probe.memory`) predicts the run's peak from the model's shapes and
+    the calibration lengths; a run predicted not to fit is refused (unless ``memory_check`` is False), and
+    ``offload="auto"`` takes the first plan that fits (offload, bfloat16 activations, disk spill).
+    ``activation_dtype`` and ``spill_activations`` say how hidden states are kept between blocks.
 
     ``token_pruning`` (e.g. ``fastv(k=2, ratio=0.5)``) names the visual token pruning the model will be
     served with: it is written into the checkpoint's config (``probe_token_pruning``, which evaluation
@@ -54,6 +72,10 @@ def prune_checkpoint(
     out = Path(out)
     check_output_dir(out, marker="manifest.json")
     calibration = calibration or CalibrationSpec()
+    if offload not in (True, False, "on", "off", "auto"):
+        raise MemoryPlanError(f"offload must be on, off or auto, got {offload!r}")
+    auto = offload == "auto"
+    offload = offload in (True, "on")
     run_device = run_device or ("cuda" if offload else device)
     check_device(device)
     check_device(run_device)
@@ -63,16 +85,24 @@ def prune_checkpoint(
         raise TokenSelectorError("the kept token selector and comp-style need a token-pruning method "
                                  "(token_pruning=...)")
     selected = select(calibration) if config.needs_calibration else None  # every data check before loading
-    loaded = load_model(model, dtype=parse_dtype(dtype), device="cpu" if offload else device, max_pixels=max_pixels)
+    skeleton = load_skeleton(model, dtype=parse_dtype(dtype), max_pixels=max_pixels)
+    items = prepare(selected, skeleton.adapter, skeleton.processor, skeleton.config) if selected is not None else []
+    storage_dtype = ActivationStorage.parse(activation_dtype).dtype
+    plan = StoragePlan(parse_dtype(dtype), storage_dtype, offload, spill_activations, run_device)
+    estimate = None
+    if memory_check or auto:
+        plan, estimate = plan_memory(skeleton, items, config, plan, auto)
+    loaded = skeleton.loaded or load_model(model, dtype=parse_dtype(dtype), device="cpu", max_pixels=max_pixels)
+    home = "cpu" if plan.offload else device
+    loaded.model.to(home)
     if pruner is not None:
         TokenPruningRuntime(pruner, loaded.adapter).check(loaded.model)
     check_free_space(out, sum(p.numel() * p.element_size() for p in loaded.model.parameters()))
+    storage = ActivationStorage(plan.activation_dtype, out.parent if plan.spill else None)
     samples = []
     capture_started = time.perf_counter()
-    items = []
     if config.needs_calibration:
-        items = prepare(selected, loaded.adapter, loaded.processor, loaded.model.config)
-        samples = capture_items(loaded, items, store_device="cpu" if offload else device, show_progress=show_progress)
+        samples = capture_items(loaded, items, store_device=home, show_progress=show_progress, storage=storage)
     if pruner is not None and samples and comp_style is None:
         samples = with_token_schedule(loaded.model, loaded.adapter, samples, pruner)
     capture_seconds = time.perf_counter() - capture_started
@@ -88,12 +118,15 @@ def prune_checkpoint(
                                          for b, layer in enumerate(loaded.adapter.decoder_layers(loaded.model))
                                          for n, lin in loaded.adapter.prunable_linears(layer).items()})
     else:
-        report = prune(loaded.model, loaded.adapter, samples, config, device=run_device, show_progress=show_progress)
+        report = prune(loaded.model, loaded.adapter, samples, config, device=run_device, show_progress=show_progress,
+                       storage=storage)
     record = RunRecord.from_report(
         config, report, model=model, family=loaded.model.config.model_type, dtype=dtype, device=run_device,
         calibration={**dataclasses.asdict(calibration), "sample_ids": [s.sample_id for s in samples]},
         timings={"capture": capture_seconds, "wall": time.time() - started},
-        context={"command": "prune", "offload": offload, "max_pixels": max_pixels,
+        context={"command": "prune", "offload": plan.offload, "max_pixels": max_pixels,
+                 "memory": {"plan": plan.describe(), "auto": auto,
+                            **({"predicted": estimate.as_dict()} if estimate is not None else {})},
                  "token_pruning": pruner.spec() if pruner is not None else None,
                  **({"comp_style": {**dataclasses.asdict(comp_style), "stages": stages}} if stages else {})},
     )
@@ -111,3 +144,14 @@ def prune_checkpoint(
 
     write_dir_atomic(out, fill)
     return record
+
+
+def plan_memory(skeleton: ModelSkeleton, items: list[CalibrationItem], config: PruneConfig, plan: StoragePlan,
+                auto: bool) -> tuple[StoragePlan, MemoryEstimate]:
+    """The storage plan of a run and its predicted peak, from the model's shapes and the calibration lengths;
+    raises :class:`~probe.memory.MemoryPlanError` where nothing fits (see :func:`probe.memory.choose_plan`)."""
+    shape = model_shape(skeleton.model, skeleton.adapter)
+    lengths = [item.meta["n_tokens"] for item in items]
+    visual = [item.meta["n_visual"] for item in items]
+    return choose_plan(shape, lengths, visual, MethodNeeds.of(config), plan, auto,
+                       device_free=device_available(plan.run_device), host_free=host_available())

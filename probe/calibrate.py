@@ -7,6 +7,7 @@ import logging
 
 import torch
 
+from probe.activation_store import ActivationStorage, spilled
 from probe.capture import CapturedSample, activation_bytes, capture
 from probe.data.calibration import CalibrationItem, CalibrationSpec, SelectedSamples, prepare
 from probe.loading import LoadedModel
@@ -41,21 +42,29 @@ def capture_items(
     store_device: str = "cpu",
     show_progress: bool = True,
     vision_cache: VisionFeatureCache | None = None,
+    storage: ActivationStorage | None = None,
 ) -> list[CapturedSample]:
     """Capture the block inputs of prepared calibration items, reporting the memory they need first.
 
     A ``vision_cache`` shared across runs on the same checkpoint computes each image's features once.
+    ``storage`` keeps each sample's block-0 input in its dtype, or in a memory-mapped file.
     """
+    storage = storage or ActivationStorage()
     model, adapter = loaded.model, loaded.adapter
     hidden_size = adapter.final_norm(model).weight.shape[0]
     dtype = next(model.parameters()).dtype
-    need = estimate_activation_bytes([i.meta["n_tokens"] for i in items], hidden_size, dtype)
-    log.info("cached activations: %s on %s for %d samples", human_bytes(need), store_device, len(items))
+    need = estimate_activation_bytes([i.meta["n_tokens"] for i in items], hidden_size, storage.dtype or dtype)
+    where = "disk" if storage.spill_dir is not None else store_device
+    log.info("cached activations: %s on %s for %d samples", human_bytes(need), where, len(items))
     samples = []
     attach = vision_cache.attached(model, adapter) if vision_cache is not None else contextlib.nullcontext()
     with attach, progress_bar("capture", len(items), show_progress) as bar:
         for item in items:
             sample = capture(model, adapter, item.inputs, item.sample_id, store_device)
+            if storage.spill_dir is not None:
+                sample.hidden = spilled(sample.hidden, storage.dtype, storage.spill_dir)
+            elif storage.dtype is not None:
+                sample.hidden = sample.hidden.to(storage.dtype)
             sample.meta.update(item.meta)
             samples.append(sample)
             bar.advance()

@@ -151,8 +151,12 @@ def capture(
 
 
 def run_block(layer: nn.Module, hidden: torch.Tensor, call: BlockCall) -> torch.Tensor:
-    """Run one decoder block on ``hidden`` with its captured arguments (moved to ``hidden``'s device)."""
+    """Run one decoder block on ``hidden`` with its captured arguments (moved to ``hidden``'s device);
+    hidden states stored in another dtype (bfloat16 storage) are cast to the block's dtype first."""
     device = hidden.device
+    weight = next(layer.parameters(), None)
+    if weight is not None and weight.is_floating_point() and hidden.dtype != weight.dtype:
+        hidden = hidden.to(weight.dtype)
     out = layer(hidden, *move(call.args, device), **move(call.kwargs, device))
     if isinstance(out, tuple):
         out = out[0]

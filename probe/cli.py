@@ -59,8 +59,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="hub id, local folder, reference or reference-large (offline reference LVLMs), tiny:FAMILY")
     p.add_argument("--dtype", default="float32", choices=DTYPES, help="weights' dtype")
     p.add_argument("--device", default="cpu", help="where the model lives, e.g. cpu, cuda or cuda:1")
-    p.add_argument("--offload", action="store_true",
-                   help="keep the model on CPU and move one block at a time to --run-device")
+    p.add_argument("--offload", nargs="?", const="on", default="off", choices=("on", "off", "auto"),
+                   help="on: keep the model on CPU and move one block at a time to --run-device; auto (probe prune): "
+                        "the first plan the memory model predicts to fit (offload, bfloat16 activations, disk spill)")
     p.add_argument("--run-device", default=None, help="where blocks run in offload mode (None: cuda)")
     p.add_argument("--max-pixels", type=positive_int, default=None,
                    help="image resolution cap of Qwen-VL families; use the same value when evaluating")
@@ -164,6 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "unofficial reading of CoMP's strategy; see the README)")
     p.add_argument("--comp-epsilon", type=float, default=None,
                    help="comp-style: probability of a random step (None: 0.1)")
+    memory = p.add_argument_group("memory")
+    memory.add_argument("--activation-dtype", default="model", choices=("model", "float32", "bfloat16", "float16"),
+                        help="dtype of the hidden states kept between blocks (statistics still accumulate in float32)")
+    memory.add_argument("--spill-activations", action="store_true",
+                        help="keep those hidden states in a memory-mapped file beside --out instead of in RAM")
+    memory.add_argument("--no-memory-check", action="store_true",
+                        help="run even where the memory model predicts the run does not fit")
     p.add_argument("--out", required=True, type=Path, help="output folder (written atomically)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=cmd_prune)
@@ -330,7 +338,7 @@ def cmd_ppl(args: argparse.Namespace) -> int:
 
 def _refuse_offload(args: argparse.Namespace, command: str) -> None:
     """Offloading is a setting of ``probe prune``; elsewhere the model runs whole on ``--device``."""
-    if args.offload or args.run_device is not None:
+    if args.offload != "off" or args.run_device is not None:
         raise ProbeError(f"probe {command} runs the whole model on --device; --offload and --run-device are "
                          "settings of probe prune")
 
@@ -476,7 +484,8 @@ def _prune(args: argparse.Namespace) -> int:
     record = prune_checkpoint(args.model, args.out, config, spec, dtype=args.dtype, device=args.device,
                               offload=args.offload, run_device=args.run_device, max_pixels=args.max_pixels,
                               show_progress=not args.no_progress, token_pruning=args.token_pruning,
-                              comp_style=comp_style)
+                              comp_style=comp_style, activation_dtype=args.activation_dtype,
+                              spill_activations=args.spill_activations, memory_check=not args.no_memory_check)
     print(f"wrote {args.out} ({record.method}, mean sparsity {record.mean_sparsity:.3f}, "
           f"{record.timings['prune']:.1f} s)")
     return 0

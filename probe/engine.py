@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from probe.activation_store import ActivationStorage, StateStore
 from probe.allocation.base import Allocation, AllocationError
 from probe.attention import eager_call, recording_attention
 from probe.capture import CapturedSample, run_block
@@ -172,10 +173,11 @@ class _Run:
     layer: nn.Module
     index: int
     samples: list[CapturedSample]
-    states: list[torch.Tensor]  # each sample's input to this block
+    states: StateStore  # each sample's input to this block
     device: torch.device
     context: SampleContext
     adapter: Adapter
+    held_dtype: torch.dtype | None = None  # the storage dtype of rows kept across samples (None: as computed)
 
     def replay(self, i: int, attention: bool = False) -> torch.Tensor:
         """Run sample ``i`` through the block (eager attention when its probabilities are recorded)."""
@@ -257,7 +259,8 @@ def _dense_pass(run: _Run, selector: TokenSelector, modules: dict[str, nn.Module
                     candidate_order = selector.rank(i, sample, run.index, run.states[i].to(run.device), out,
                                                     record.get("probs"))
                     ranked.append(candidate_order)
-                    held.append({key: rows[candidate_order.to(rows.device)] for key, rows in seen.items()})
+                    held.append({key: rows[candidate_order.to(rows.device)].to(run.held_dtype or rows.dtype)
+                                 for key, rows in seen.items()})
                     weights = None
                 else:
                     certain = selector.positions(sample, run.index)
@@ -337,17 +340,37 @@ def _peak_memory(device: torch.device) -> int:
 
 def _allocate(config: PruneConfig, allocation: Allocation, layers: list[nn.Module], targets: TargetFn,
               samples: list[CapturedSample], run_device: torch.device, context: SampleContext, adapter: Adapter,
-              show_progress: bool, sizes: dict[str, int]) -> dict[str, float]:
+              show_progress: bool, sizes: dict[str, int], storage: ActivationStorage) -> dict[str, float]:
     """Every linear's sparsity; an allocation with a pre-pass first watches the dense model on every token.
     ``sizes`` receives every linear's number of weights."""
-    states = [sample.hidden for sample in samples]
+    if allocation.needs_prepass:
+        states = storage.states([sample.hidden for sample in samples])
+        try:
+            _prepass(allocation, layers, targets, samples, states, run_device, context, adapter, show_progress, sizes)
+        finally:
+            states.close()
+    else:
+        for index, layer in enumerate(layers):
+            sizes.update({linear_key(index, n): t.weight_module.weight.numel()
+                          for n, t in targets(index, layer).items()})
+    chosen = allocation.sparsities(config.sparsity, sizes)
+    bad = {k: s for k, s in chosen.items() if not 0.0 <= s < 1.0}
+    if bad:
+        key, value = next(iter(bad.items()))
+        raise AllocationError(f"allocation {allocation.name!r} gave {key} sparsity {value:.3f}, outside [0, 1); "
+                              "lower the target or the allocation's spread")
+    return chosen
+
+
+def _prepass(allocation: Allocation, layers: list[nn.Module], targets: TargetFn, samples: list[CapturedSample],
+             states: StateStore, run_device: torch.device, context: SampleContext, adapter: Adapter,
+             show_progress: bool, sizes: dict[str, int]) -> None:
+    """The allocation's dense pre-pass: it observes every linear's input on every token, block by block."""
     label = f"{allocation.name} allocation"
-    with progress_bar(label, len(layers), show_progress and allocation.needs_prepass) as bar:
+    with progress_bar(label, len(layers), show_progress) as bar:
         for index, layer in enumerate(layers):
             block_targets = targets(index, layer)
             sizes.update({linear_key(index, n): t.weight_module.weight.numel() for n, t in block_targets.items()})
-            if not allocation.needs_prepass:
-                continue
             home = next(layer.parameters()).device
             layer.to(run_device)
             run = _Run(layer, index, samples, states, run_device, context, adapter)
@@ -361,20 +384,41 @@ def _allocate(config: PruneConfig, allocation: Allocation, layers: list[nn.Modul
                     for name, target in block_targets.items():
                         if target.stats_key in seen:  # an expert no token of this sample chose sees nothing
                             allocation.observe(index, name, sample, seen[target.stats_key], target.weight_module)
-                    states[i] = out.to(sample.hidden.device)
+                    states[i] = out
             finally:
                 for h in handles:
                     h.remove()
             allocation.finish_block(index, {n: t.weight_module for n, t in block_targets.items()})
             layer.to(home)
             bar.advance()
-    chosen = allocation.sparsities(config.sparsity, sizes)
-    bad = {k: s for k, s in chosen.items() if not 0.0 <= s < 1.0}
-    if bad:
-        key, value = next(iter(bad.items()))
-        raise AllocationError(f"allocation {allocation.name!r} gave {key} sparsity {value:.3f}, outside [0, 1); "
-                              "lower the target or the allocation's spread")
-    return chosen
+
+
+def _prune_block(run: _Run, block_targets: dict[str, Target], config: PruneConfig, selector: TokenSelector,
+                 scorer: Scorer, magnitude: Scorer, report: PruneReport, with_hessian: bool, per_linear: bool) -> None:
+    """Gather one block's statistics on its dense pass and prune its linears, group by group."""
+    gathers = scorer.needs != "nothing"
+    stats: dict[str, InputStats] = {}
+    modules = _stats_modules(block_targets, per_linear)
+    if gathers:
+        stats, order, positions = _dense_pass(run, selector, modules, with_hessian, config.true_sequential)
+        order += [key for key in modules if key not in order]  # modules the forward did not reach
+        if isinstance(selector, RankingSelector):
+            report.selector_blocks.append(selector.block_record(run.index))
+    else:
+        order = list(modules)
+    for position, key in enumerate(order):
+        if config.true_sequential and position > 0:
+            stats[key] = _regather(run, key, modules[key], positions[key], with_hessian)
+        for name, target in block_targets.items():
+            if (name if per_linear else target.stats_key) == key:
+                matrix = linear_key(run.index, name)
+                weight_scorer = scorer
+                if gathers and not _observed(stats.get(key)):  # an expert no selected token was routed to
+                    weight_scorer = magnitude
+                    report.unobserved.append(matrix)
+                report.sparsity[matrix] = _prune_weight(target, weight_scorer, stats.get(key),
+                                                        report.target_sparsity[matrix], config.parsed_pattern)
+        stats.pop(key, None)
 
 
 @torch.no_grad()
@@ -388,6 +432,7 @@ def prune(
     device: torch.device | str | None = None,
     show_progress: bool = True,
     sample_context: SampleContext | None = None,
+    storage: ActivationStorage | None = None,
 ) -> PruneReport:
     """Prune the decoder blocks of ``model`` in place, block by block.
 
@@ -396,15 +441,17 @@ def prune(
     propagation), so the same samples serve any number of runs.
     ``device`` is where blocks run: if it differs from where a block lives (offload mode), the block
     is moved there for its passes and moved back afterwards. ``sample_context`` wraps every replay of a
-    sample (the MoT probe routes tokens by the sample's modality mask there).
+    sample (the MoT probe routes tokens by the sample's modality mask there). ``storage`` says how the
+    hidden states kept between blocks are stored (default: in memory, as computed; see
+    :mod:`probe.activation_store`).
     """
     context = sample_context or (lambda sample: contextlib.nullcontext())
+    storage = storage or ActivationStorage()
     targets = targets or default_targets(adapter)
     selector = selector or config.make_selector()
     scorer = config.make_scorer()
     magnitude = entry_class("scorer", "magnitude")(None)  # for a matrix no selected token reached
     allocation = config.make_allocation()
-    pattern = config.parsed_pattern
     layers = adapter.decoder_layers(model)
     gathers = scorer.needs != "nothing"
     if config.needs_calibration and not samples:
@@ -421,45 +468,27 @@ def prune(
     report = PruneReport()
     start = time.perf_counter()
     report.target_sparsity = _allocate(config, allocation, layers, targets, samples, run_device, context, adapter,
-                                       show_progress, report.parameters)
+                                       show_progress, report.parameters, storage)
     report.allocation = allocation.record()
     report.prepass_seconds = time.perf_counter() - start
-    states = [sample.hidden for sample in samples]  # each sample's input to the current block
     per_linear = isinstance(selector, PerLinearSelector)
     with_hessian = scorer.needs == "hessian"
-    with progress_bar(f"{config.label} {config.sparsity:g} {config.pattern}", len(layers), show_progress) as bar:
-        for index, layer in enumerate(layers):
-            home = next(layer.parameters()).device
-            layer.to(run_device)
-            block_targets = targets(index, layer)
-            run = _Run(layer, index, samples, states, run_device, context, adapter)
-            stats: dict[str, InputStats] = {}
-            modules = _stats_modules(block_targets, per_linear)
-            if gathers:
-                stats, order, positions = _dense_pass(run, selector, modules, with_hessian, config.true_sequential)
-                order += [key for key in modules if key not in order]  # modules the forward did not reach
-                if isinstance(selector, RankingSelector):
-                    report.selector_blocks.append(selector.block_record(index))
-            else:
-                order = list(modules)
-            for position, key in enumerate(order):
-                if config.true_sequential and position > 0:
-                    stats[key] = _regather(run, key, modules[key], positions[key], with_hessian)
-                for name, target in block_targets.items():
-                    if (name if per_linear else target.stats_key) == key:
-                        matrix = linear_key(index, name)
-                        weight_scorer = scorer
-                        if gathers and not _observed(stats.get(key)):  # an expert no selected token was routed to
-                            weight_scorer = magnitude
-                            report.unobserved.append(matrix)
-                        report.sparsity[matrix] = _prune_weight(target, weight_scorer, stats.get(key),
-                                                                report.target_sparsity[matrix], pattern)
-                stats.pop(key, None)
-            if gathers and index < len(layers) - 1:
-                for i, sample in enumerate(samples):
-                    states[i] = run.replay(i).to(sample.hidden.device)
-            layer.to(home)
-            bar.advance()
+    states = storage.states([sample.hidden for sample in samples])  # each sample's input to the current block
+    try:
+        with progress_bar(f"{config.label} {config.sparsity:g} {config.pattern}", len(layers), show_progress) as bar:
+            for index, layer in enumerate(layers):
+                home = next(layer.parameters()).device
+                layer.to(run_device)
+                run = _Run(layer, index, samples, states, run_device, context, adapter, storage.dtype)
+                _prune_block(run, targets(index, layer), config, selector, scorer, magnitude, report,
+                             with_hessian, per_linear)
+                if gathers and index < len(layers) - 1:
+                    for i in range(len(samples)):
+                        states[i] = run.replay(i)
+                layer.to(home)
+                bar.advance()
+    finally:
+        states.close()
     report.seconds = time.perf_counter() - start
     report.peak_memory_bytes = _peak_memory(run_device)
     return report

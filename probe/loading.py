@@ -153,6 +153,50 @@ def model_config(ref: str) -> Any | None:
         return None
 
 
+@dataclass
+class ModelSkeleton:
+    """What a run can know before any weight is read: the config, the processor, the adapter and the model's
+    modules on the ``meta`` device (shapes without storage). Built-in models (``reference*``, ``tiny:``) are
+    small and load whole: ``loaded`` holds them."""
+
+    config: Any
+    processor: Any
+    adapter: Adapter
+    model: torch.nn.Module
+    loaded: LoadedModel | None = None
+
+
+def _hub_config(ref: str) -> Any:
+    check_model_ref(ref)
+    try:
+        config = AutoConfig.from_pretrained(ref)
+    except OSError as exc:
+        raise ModelLoadError(f"cannot load {ref!r}: not a local model folder, and the hub did not provide it") from exc
+    check_family(config.model_type)
+    return config
+
+
+def load_skeleton(ref: str, dtype: torch.dtype = torch.float32, max_pixels: int | None = None) -> ModelSkeleton:
+    """The :class:`ModelSkeleton` of ``ref``: config, processor and meta-device modules of a hub id or a
+    folder (no weights are read); a built-in model is loaded whole on the CPU."""
+    if ref in REFERENCE_MODELS or ref.startswith(TINY_PREFIX):
+        loaded = load_model(ref, dtype=dtype, device="cpu", max_pixels=max_pixels)
+        return ModelSkeleton(loaded.model.config, loaded.processor, loaded.adapter, loaded.model, loaded)
+    config = _hub_config(ref)
+    if config.model_type in text_families():
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        processor, auto_class = AutoTokenizer.from_pretrained(ref), AutoModelForCausalLM
+    else:
+        processor, auto_class = load_processor(ref), AutoModelForImageTextToText
+    with torch.device("meta"):
+        model = auto_class.from_config(config, dtype=dtype)
+    adapter = get_adapter(model)
+    if max_pixels is not None:
+        adapter.set_max_pixels(processor, max_pixels)
+    return ModelSkeleton(config, processor, adapter, model)
+
+
 def _load(ref: str, dtype: torch.dtype, device: str) -> LoadedModel:
     if ref in REFERENCE_MODELS:
         from probe.reference import load_reference, reference_spec
@@ -164,12 +208,7 @@ def _load(ref: str, dtype: torch.dtype, device: str) -> LoadedModel:
 
         tiny = tiny_lvlm(ref[len(TINY_PREFIX):], dtype=dtype)
         return LoadedModel(tiny.model.to(device), tiny.processor, get_adapter(tiny.model), ref)
-    check_model_ref(ref)
-    try:
-        config = AutoConfig.from_pretrained(ref)
-    except OSError as exc:
-        raise ModelLoadError(f"cannot load {ref!r}: not a local model folder, and the hub did not provide it") from exc
-    check_family(config.model_type)
+    config = _hub_config(ref)
     if config.model_type in text_families():  # a plain causal language model: its tokenizer is its processor
         from transformers import AutoModelForCausalLM, AutoTokenizer
 

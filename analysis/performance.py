@@ -1,0 +1,81 @@
+"""The README's performance tables, written from ``results/bench/scale-cpu.json`` (``bench/bench_scale.py``).
+
+    python -m analysis.performance          # rewrite the block between the README's scale markers
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+SCALE_JSON = ROOT / "results" / "bench" / "scale-cpu.json"
+README = ROOT / "README.md"
+MARKERS = ("<!-- scale:start -->", "<!-- scale:end -->")
+LABELS = {"wanda/dense": "Wanda / dense forward", "sparsegpt/wanda": "SparseGPT / Wanda", "atv/wanda": "ATV / Wanda",
+          "tamp/wanda": "TAMP / Wanda"}
+PAPER_RATIOS = {"sparsegpt/wanda": 9.04, "atv/wanda": 1.35, "tamp/wanda": 19.25}
+METHOD_NAMES = {"dense": "dense forward", "wanda": "Wanda", "sparsegpt": "SparseGPT", "atv": "ATV", "tamp": "TAMP",
+                "owl": "OWL (Wanda)", "mot": "MoT pathway (Wanda)"}
+
+
+def _gib(value: float) -> str:
+    return f"{value / 2**30:.2f}"
+
+
+def scale_markdown(report: dict[str, Any]) -> str:
+    """Three tables: the ratio goals at each sample count, the memory model against measured peaks, and
+    the full run extrapolated beside the paper's Table 4."""
+    counts = [str(n) for n in report["nsamples"]]
+    machine = report["machine"]
+    lines = [f"Measured by `bench/bench_scale.py`: LLaVA-NeXT-8B's decoder widths, {report['blocks']} blocks, "
+             f"{report['dtype']}, {machine.get('cpu')} ({machine.get('torch_threads')} threads), "
+             f"samples of the paper's shape ({' and '.join(counts)} samples).", "",
+             "| ratio | " + " | ".join(f"{n} samples" for n in counts) + " | goal | paper (A100) |",
+             "|---|" + "---|" * len(counts) + "---|---|"]
+    for key, label in LABELS.items():
+        cells = [f"{report['ratios'][n][key]:.2f}" if key in report["ratios"].get(n, {}) else "" for n in counts]
+        paper = f"{PAPER_RATIOS[key]}" if key in PAPER_RATIOS else ""
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | ≤ {report['goals'][key]} | {paper} |")
+    lines += ["", "| method | samples | seconds | peak (GiB) | predicted (GiB) | error |", "|---|---|---|---|---|---|"]
+    runs = {(r["method"], r["nsamples"]): r for r in report["runs"]}
+    for (method, n), run in runs.items():
+        predicted = run.get("predicted_peak_bytes")
+        error = f"{predicted / run['peak_bytes'] - 1:+.1%}" if predicted else ""
+        lines.append(f"| {METHOD_NAMES.get(method, method)} | {n} | {run['seconds']:.1f} | {_gib(run['peak_bytes'])} | "
+                     f"{_gib(predicted) if predicted else ''} | {error} |")
+    assumptions = report["assumptions"]
+    lines += ["", f"Full run extrapolated (32 blocks, 128 samples): this machine from the per-block fit; a "
+              f"{assumptions['cpu_cores']}-core CPU scaled by cores; an H100 from the operations counted on one block "
+              f"at {assumptions['gpu_bf16_tflops']:g} TFLOP/s bfloat16, {assumptions['gpu_fp32_tflops']:g} TFLOP/s "
+              f"float32 and {assumptions['gpu_op_us']:g} µs per operation (assumed rates, not measurements); peaks "
+              "from the memory model (float32 on the CPU, bfloat16 on the GPU).", "",
+              f"| method | this machine (h) | {assumptions['cpu_cores']}-core CPU (min) | CPU peak (GB) | H100 (s) | "
+              "H100 peak (GB) | paper, A100 (s) |", "|---|---|---|---|---|---|---|"]
+    for method, entry in report["extrapolated_full_run"].items():
+        cells = [f"{entry['cpu_here_seconds'] / 3600:.1f}", f"{entry['cpu_cores_seconds'] / 60:.0f}",
+                 f"{entry['cpu_peak_bytes'] / 1e9:.1f}" if "cpu_peak_bytes" in entry else "",
+                 f"{entry['h100_seconds']:.0f}" if "h100_seconds" in entry else "",
+                 f"{entry['h100_peak_bytes'] / 1e9:.1f}" if "h100_peak_bytes" in entry else "",
+                 f"{entry['paper_a100_seconds']}" if "paper_a100_seconds" in entry else ""]
+        lines.append(f"| {METHOD_NAMES.get(method, method)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def readme_block(text: str) -> str:
+    """The part of ``text`` between the scale markers."""
+    return text.split(MARKERS[0], 1)[1].split(MARKERS[1], 1)[0].strip("\n")
+
+
+def write_readme(readme: Path = README, source: Path = SCALE_JSON) -> None:
+    """Rewrite the README's block between the scale markers from ``source``."""
+    text = readme.read_text()
+    block = scale_markdown(json.loads(source.read_text()))
+    head, rest = text.split(MARKERS[0], 1)
+    tail = rest.split(MARKERS[1], 1)[1]
+    readme.write_text(f"{head}{MARKERS[0]}\n{block}\n{MARKERS[1]}{tail}")
+
+
+if __name__ == "__main__":
+    write_readme()

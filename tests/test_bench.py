@@ -1,0 +1,53 @@
+"""The scale benchmark's arithmetic (fits, operation counts), its stored output and the README table made from it."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _bench_scale():
+    spec = importlib.util.spec_from_file_location("bench_scale", ROOT / "bench" / "bench_scale.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_time_fit_recovers_a_per_block_line():
+    bench = _bench_scale()
+    runs = [{"nsamples": 2, "blocks": 2, "seconds": 2 * (3.0 + 5.0 * 2)},
+            {"nsamples": 4, "blocks": 2, "seconds": 2 * (3.0 + 5.0 * 4)}]
+    assert bench.fit_time(runs) == pytest.approx((3.0, 5.0))
+    counts = [{"nsamples": 1, "flops": {"torch.float32": 10.0 + 7.0}, "ops": 100 + 40},
+              {"nsamples": 2, "flops": {"torch.float32": 10.0 + 14.0}, "ops": 100 + 80}]
+    fitted = bench.fit_counts(counts)
+    assert fitted["torch.float32"] == pytest.approx((10.0, 7.0)) and fitted["ops"] == pytest.approx((100.0, 40.0))
+
+
+def test_operation_counter_counts_matrix_products_by_dtype():
+    bench = _bench_scale()
+    a32, b32 = torch.randn(3, 5), torch.randn(5, 7)
+    a16, b16 = a32.bfloat16(), b32.bfloat16()
+    q = torch.randn(1, 2, 6, 4)
+    with bench.OpCounter() as counter:
+        a32 @ b32
+        a16 @ b16
+        torch.nn.functional.scaled_dot_product_attention(q, q, q)
+    assert counter.flops["torch.float32"] == 2 * 3 * 5 * 7 + 4 * 1 * 2 * 6 * 6 * 4
+    assert counter.flops["torch.bfloat16"] == 2 * 3 * 5 * 7
+
+
+def test_the_readme_performance_tables_are_the_stored_scale_results():
+    from analysis.performance import MARKERS, README, SCALE_JSON, readme_block, scale_markdown
+
+    report = json.loads(SCALE_JSON.read_text())
+    assert readme_block(README.read_text()) == scale_markdown(report)
+    assert report["shape"] == "llava-hf/llama3-llava-next-8b-hf decoder widths" and len(report["nsamples"]) == 2
+    assert {"wanda", "sparsegpt", "atv", "tamp", "dense"} <= {r["method"] for r in report["runs"]}
+    assert MARKERS[0] in README.read_text()
