@@ -68,6 +68,8 @@ def linear_shapes(device: torch.device, dtype: torch.dtype, tokens: int, scale: 
     for name, (d_out, d_in) in SHAPES.items():
         d_out, d_in = d_out // scale, d_in // scale
         weight = two_four(torch.randn(d_out, d_in, device=device, dtype=dtype) * 0.02)
+        if not is_two_four(weight):
+            raise SystemExit(f"{name}: the 2:4 mask left more than two of four inputs")
         x = torch.randn(tokens, d_in, device=device, dtype=dtype)
         dense = timed(partial(F.linear, x, weight), device, repeats)
         row = {"linear": name, "shape": [d_out, d_in], "tokens": tokens, "dense_seconds": dense}
