@@ -279,6 +279,8 @@ def main() -> None:
         methods = list(dict.fromkeys(r["method"] for r in earlier["runs"]))
         measured_on = {key: earlier[key] for key in ("machine", "platform", "torch", "transformers")}
         report = summarise(args, methods, earlier["runs"], earlier["operation_counts"], measured_on)
+        if "operation_counts_from" in earlier:
+            report["operation_counts_from"] = earlier["operation_counts_from"]
         print_report(report)
         write_json(args.out or args.resummarise, report)
         return
