@@ -34,7 +34,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
-from probe.capture import run_block
+from probe.capture import activation_bytes, run_block
 from probe.devices import machine_description
 from probe.engine import PruneConfig, prune
 from probe.memory import (
@@ -106,7 +106,7 @@ def run_one(method: str, blocks: int, nsamples: int, dtype: str, device: str, dr
     model, adapter = language_side(text, torch_dtype, seed, device)
     shapes = sample_shapes(nsamples, dry_run, seed)
     samples = synthetic_samples(model, adapter, shapes, seed, store_device=device)
-    activation_bytes = sum(s.hidden.numel() * s.hidden.element_size() for s in samples)
+    held = activation_bytes(samples)
     config = method_config(method) if method != "dense" else None
     estimate = None
     if config is not None:
@@ -128,7 +128,7 @@ def run_one(method: str, blocks: int, nsamples: int, dtype: str, device: str, dr
     measured = peak.bytes - base if device == "cpu" else peak.bytes
     return {"method": method, "blocks": blocks, "nsamples": nsamples, "tokens": sum(s.n_tokens for s in shapes),
             "lengths": [s.n_tokens for s in shapes], "visual": [s.n_visual for s in shapes],
-            "seconds": seconds, "peak_bytes": measured, "activation_bytes": activation_bytes,
+            "seconds": seconds, "peak_bytes": measured, "activation_bytes": held,
             "predicted_peak_bytes": estimate.device_peak if estimate else None,
             "predicted": estimate.as_dict() if estimate else None}
 

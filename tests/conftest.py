@@ -34,3 +34,15 @@ def tasks_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("lmms_tasks")
     os.environ["PROBE_TASKS_DIR"] = str(folder)
     return folder
+
+
+def bench_module(name: str):
+    """A script of ``bench/`` imported as a module (its helpers serve the tests too)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

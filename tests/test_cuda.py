@@ -13,6 +13,7 @@ import os
 
 import pytest
 import torch
+from conftest import bench_module
 
 from probe.calibrate import capture_calibration
 from probe.data.calibration import CalibrationSpec
@@ -32,6 +33,7 @@ DEVICE = os.environ.get("PROBE_TEST_DEVICE") or ("cuda" if torch.cuda.is_availab
 # run: the check that matters is that masks differ only where scores moved across the boundary
 NORM_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 0.25, torch.float16: 0.25}
 WANDA_PRUNE = WandaScorer.prune
+near_tie_outliers = bench_module("bench_storage").near_tie_outliers
 
 
 def _rounded(loaded: LoadedModel, dtype: torch.dtype) -> LoadedModel:
@@ -62,16 +64,6 @@ def _prune_recorded(loaded: LoadedModel, device: str, dtype: torch.dtype, monkey
     return masks, seen
 
 
-def _off_boundary(weight: torch.Tensor, norms: torch.Tensor, differs: torch.Tensor, tolerance: float) -> int:
-    """Differing entries whose float32 Wanda score is farther than ``tolerance`` (relative) from its row's
-    boundary, the midpoint of the k-th and (k+1)-th smallest scores at 50%."""
-    scores = weight.abs() * norms.unsqueeze(0)
-    k = scores.shape[1] // 2
-    ordered = scores.sort(dim=1).values
-    boundary = ((ordered[:, k - 1] + ordered[:, k]) / 2).unsqueeze(1).clamp(min=1e-30)
-    return int((differs & ((scores - boundary).abs() / boundary > tolerance)).sum())
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("family", tiny_families())
 def test_masks_on_the_device_equal_cpu_float32_except_near_ties(family, dtype, monkeypatch):
@@ -84,7 +76,7 @@ def test_masks_on_the_device_equal_cpu_float32_except_near_ties(family, dtype, m
         stray = float(((device_norms - norms).abs() / norms.clamp(min=1e-12)).max())
         assert stray <= NORM_TOLERANCE[dtype]
         # a score moves by at most `stray` of itself: only entries that close to the boundary can swap sides
-        assert _off_boundary(weight, norms, ours != theirs, 2 * stray + 1e-6) == 0
+        assert near_tie_outliers(weight, norms, ours != theirs, 0.5, 2 * stray + 1e-6) == 0
         differing += int((ours != theirs).sum())
     if dtype == torch.float32 and DEVICE == "cpu":
         assert differing == 0  # the same computation on the same device

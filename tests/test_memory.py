@@ -8,11 +8,12 @@ import sys
 
 import pytest
 import torch
+from conftest import bench_module
 
 from probe.activation_store import ActivationStorage, ActivationStorageError
 from probe.api import prune_checkpoint
 from probe.data.calibration import CalibrationSpec
-from probe.engine import PruneConfig, prune
+from probe.engine import PruneConfig
 from probe.memory import (
     BlockShape,
     MemoryPlanError,
@@ -24,7 +25,6 @@ from probe.memory import (
     predict,
 )
 from probe.models.compat import save_processor
-from probe.scorers.wanda import WandaScorer
 from probe.tiny import tiny_lvlm
 
 # One block by hand: hidden 8, MLP 32, q/k/v/o 8x8, gate/up 8->32, down 32->8
@@ -168,44 +168,13 @@ def test_offload_auto_records_the_plan_it_took(tiny_folder, tmp_path, monkeypatc
     assert record.mean_sparsity == pytest.approx(0.5, abs=0.01)
 
 
-WANDA_PRUNE = WandaScorer.prune
+STORAGE_BENCH = bench_module("bench_storage")
 
 
-def _recording_wanda(monkeypatch) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Every weight Wanda prunes, with the column norms it was given, in order."""
-    seen = []
-    original = WANDA_PRUNE
-
-    def prune_and_record(self, weight, stats, sparsity, pattern):
-        seen.append((weight.detach().float().clone(), stats.column_norms().clone()))
-        return original(self, weight, stats, sparsity, pattern)
-
-    monkeypatch.setattr(WandaScorer, "prune", prune_and_record)
-    return seen
-
-
-def _masks_and_norms(loaded, samples, monkeypatch, storage):
-    import copy
-
-    model = copy.deepcopy(loaded.model)
-    seen = _recording_wanda(monkeypatch)
-    prune(model, loaded.adapter, samples, PruneConfig(method="wanda", sparsity=0.5), show_progress=False,
-          storage=storage)
-    masks = [lin.weight == 0 for layer in loaded.adapter.decoder_layers(model)
-             for lin in loaded.adapter.prunable_linears(layer).values()]
-    return masks, seen
-
-
-def near_tie_violations(weight: torch.Tensor, norms: torch.Tensor, differs: torch.Tensor, sparsity: float,
-                        tolerance: float) -> int:
-    """Differing mask entries whose score (under the reference statistics) is not within ``tolerance``
-    (relative) of its row's pruning boundary: the midpoint of the k-th and (k+1)-th smallest scores."""
-    scores = weight.abs() * norms.unsqueeze(0)
-    k = int(scores.shape[1] * sparsity)
-    ordered = scores.sort(dim=1).values
-    boundary = (ordered[:, k - 1] + ordered[:, k]) / 2
-    gap = (scores - boundary.unsqueeze(1)).abs() / boundary.unsqueeze(1).clamp(min=1e-30)
-    return int((differs & (gap > tolerance)).sum())
+def _masks_and_norms(loaded, samples, storage):
+    """Masks, and per matrix the float32 weight and column norms Wanda was given (``bench_storage``'s run)."""
+    run = STORAGE_BENCH.wanda_run(loaded, samples, storage, 0.5)
+    return [m["mask"] for m in run], [(m["weight"], m["norms"]) for m in run]
 
 
 @pytest.fixture(scope="module")
@@ -217,29 +186,44 @@ def tiny_samples():
     return loaded, capture_calibration(loaded, CalibrationSpec(nsamples=3), show_progress=False)
 
 
-def test_spilled_float32_storage_gives_the_plain_statistics_bit_for_bit(tiny_samples, monkeypatch, tmp_path):
+def test_spilled_float32_storage_gives_the_plain_statistics_bit_for_bit(tiny_samples, tmp_path):
     loaded, samples = tiny_samples
-    plain_masks, plain = _masks_and_norms(loaded, samples, monkeypatch, None)
-    spill_masks, spilled = _masks_and_norms(loaded, samples, monkeypatch, ActivationStorage(None, tmp_path))
+    plain_masks, plain = _masks_and_norms(loaded, samples, None)
+    spill_masks, spilled = _masks_and_norms(loaded, samples, ActivationStorage(None, tmp_path))
     assert all(torch.equal(a[1], b[1]) for a, b in zip(plain, spilled))
     assert all(torch.equal(a, b) for a, b in zip(plain_masks, spill_masks))
     assert list(tmp_path.iterdir()) == []  # the file is unlinked once mapped
 
 
-def test_bfloat16_storage_keeps_statistics_within_bfloat16_rounding(tiny_samples, monkeypatch, tmp_path):
+def test_bfloat16_storage_keeps_statistics_within_bfloat16_rounding(tiny_samples, tmp_path):
     """Column norms from bfloat16-stored states: the first block's within 0.5% of float32 storage's (the
     rounding of its input, 2^-9 relative), later blocks' within 5% (that rounding carried through the
     blocks); every mask entry that differs sits within 5% of its row's pruning boundary (a near-tie)."""
     loaded, samples = tiny_samples
-    plain_masks, plain = _masks_and_norms(loaded, samples, monkeypatch, None)
-    half_masks, half = _masks_and_norms(loaded, samples, monkeypatch, ActivationStorage(torch.bfloat16, tmp_path))
+    plain_masks, plain = _masks_and_norms(loaded, samples, None)
+    half_masks, half = _masks_and_norms(loaded, samples, ActivationStorage(torch.bfloat16, tmp_path))
     assert len(plain) == len(half)
     per_block = len(loaded.adapter.prunable_linears(loaded.adapter.decoder_layers(loaded.model)[0]))
     for i, ((weight, norms), (_, half_norms), a, b) in enumerate(zip(plain, half, plain_masks, half_masks)):
         assert torch.allclose(half_norms, norms, rtol=5e-3 if i < per_block else 5e-2, atol=1e-6)
-        assert near_tie_violations(weight, norms, a != b, 0.5, 0.05) == 0
+        assert STORAGE_BENCH.near_tie_outliers(weight, norms, a != b, 0.5, 0.05) == 0
+    assert any(not torch.equal(a[1], b[1]) for a, b in zip(plain, half))  # the storage did round
     differing = sum(int((a != b).sum()) for a, b in zip(plain_masks, half_masks))
     assert differing <= 0.02 * sum(m.numel() for m in plain_masks)
+
+
+def test_state_store_keeps_the_storage_dtype_or_a_file_and_reads_back_the_computed_dtype(tmp_path):
+    states = [torch.randn(1, 5, 8), torch.randn(1, 3, 8)]
+    plain = ActivationStorage().states(states)
+    half = ActivationStorage(torch.bfloat16).states(states)
+    spilled = ActivationStorage(torch.bfloat16, tmp_path).states(states)
+    assert plain.stored_bytes() == 8 * 8 * 4 and half.stored_bytes() == 8 * 8 * 2 and spilled.stored_bytes() == 0
+    for store in (half, spilled):
+        assert store[0].dtype == torch.float32 and torch.equal(store[0], states[0].bfloat16().float())
+    spilled[1] = torch.ones(1, 3, 8)
+    assert torch.equal(spilled[1], torch.ones(1, 3, 8))
+    with pytest.raises(ActivationStorageError, match="keeps its shape"):
+        spilled[1] = torch.ones(1, 4, 8)
 
 
 def test_activation_storage_settings_are_checked(tmp_path):
@@ -313,13 +297,6 @@ def test_bfloat16_storage_on_the_reference_model_changes_the_first_block_only_at
     """Before any pruning difference can feed a block, bfloat16 storage only rounds the first block's input:
     every mask entry it changes there lies within twice the largest column-norm difference of its row's
     boundary (``bench/bench_storage.py`` counts all blocks)."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "bench" / "bench_storage.py"
-    spec = importlib.util.spec_from_file_location("bench_storage", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    first = bench.compare("reference", nsamples=8)["first_block"]
+    first = STORAGE_BENCH.compare("reference", nsamples=8)["first_block"]
     assert first["not_near_ties"] == 0
     assert first["differing"] <= 0.005 * first["weights"] and first["largest_norm_stray"] < 0.01
