@@ -10,8 +10,8 @@ Retention of a pruned model = mean over tasks of (pruned score / dense score), i
   other pools of the same pathway;
 - :func:`rerun_differences`: per cell, a second run of a grid (another machine, another calibration
   draw) against the first, on the same items;
-- :func:`average_draws`: reruns of a grid on other calibration draws as one grid whose items score the
-  mean of the draws' answers, which the tables above then read like any grid;
+- :func:`join_draws`: reruns of a grid on other calibration draws as one grid of draws, which the tables
+  above read as one row per cell (the mean over draws, with a two-level bootstrap);
 
 each with, per setting (50%, 60%, 2:4, ...), the task scores in % and the average retention.
 """
@@ -20,9 +20,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from analysis.results import ResultsError
+from probe.uncertainty import BOOTS
 
 
 def retention(scores: pd.Series, dense: pd.Series) -> float:
@@ -80,7 +82,8 @@ def task_stderr(rows: pd.DataFrame) -> pd.Series:
 
 
 def retention_table(results: pd.DataFrame, rows: list[str], items: pd.DataFrame | None = None,
-                    baseline: str | None = None, boots: int = 2000, seed: int = 0) -> pd.DataFrame:
+                    baseline: str | None = None, boots: int = BOOTS, seed: int = 0, adjust: str = "holm"
+                    ) -> pd.DataFrame:
     """The paper's layout: a row group per setting (50%, 60%, 2:4, ...) holding a row per ``rows`` key,
     the dense row first; columns are the task scores (in %) under ``score (%)``, their standard errors
     under ``stderr (%)`` and the average retention under ``retention (%)``.
@@ -103,7 +106,7 @@ def retention_table(results: pd.DataFrame, rows: list[str], items: pd.DataFrame 
     for label in dict.fromkeys(pruned.label):
         for key, group in pruned[pruned.label == label].groupby(rows, sort=False):
             key = key if isinstance(key, tuple) else (key,)
-            scores = group.set_index("task")["score"]
+            scores = group.groupby("task", sort=False)["score"].mean()
             entries[(label, *key)] = [100 * scores.get(t, float("nan")) for t in tasks] + [retention(scores, dense)]
     frame = pd.DataFrame.from_dict(entries, orient="index")
     frame.index = pd.MultiIndex.from_tuples(list(entries), names=["setting", *rows])
@@ -115,11 +118,49 @@ def retention_table(results: pd.DataFrame, rows: list[str], items: pd.DataFrame 
         for key in frame.index:
             match = errors.loc[matches[key]]
             match = match[match.task == t]
-            column.append(100 * float(match.se.iloc[0]) if len(match) else float("nan"))
+            column.append(100 * draw_stderr(match.score, match.se) if len(match) else float("nan"))
         frame[(STDERR, t)] = column
+    _add_draw_spread(frame, results, rows, dense)
     if items is not None and not items.empty:
         _add_intervals(frame, results, rows, items, baseline, boots, seed)
-    return frame
+    return with_adjusted_p(frame, adjust, boots, seed)
+
+
+DRAW = "calib_seed"  # the results column naming a cell's calibration draw
+
+
+def draw_stderr(scores: pd.Series, errors: pd.Series) -> float:
+    """Standard error of the mean of one task's scores over calibration draws (one per draw, each with its
+    standard error over items): ``sqrt(mean(se_d^2) + var(s_d) / D)``, the item noise the draws share plus
+    the spread between draws (for one draw, its own standard error)."""
+    scores, errors = scores.to_numpy(dtype=float), errors.to_numpy(dtype=float)
+    if len(scores) == 1:
+        return float(errors[0])
+    return float(np.sqrt(np.mean(errors**2) + scores.var(ddof=1) / len(scores)))
+
+
+def _draw_order(rows: pd.DataFrame) -> list[str]:
+    """The cells behind one table row, by calibration draw (one cell where the results have no draws)."""
+    if DRAW in rows and rows[DRAW].notna().any():
+        rows = rows.sort_values(DRAW, kind="stable")
+    return list(dict.fromkeys(rows.cell))
+
+
+def _add_draw_spread(frame: pd.DataFrame, results: pd.DataFrame, rows: list[str], dense: pd.Series) -> None:
+    """Where some row has several calibration draws: each row's number of draws and the lowest and highest
+    of the draws' own average retentions."""
+    if "cell" not in results:
+        return
+    counts, low, high = [], [], []
+    for key in frame.index:
+        match = results.loc[_rows_of(key, results, rows)]
+        cells = _draw_order(match) if key[0] != "dense" else []
+        values = [retention(match[match.cell == c].set_index("task")["score"], dense) for c in cells]
+        counts.append(len(values) or 1)
+        low.append(min(values, default=float("nan")))
+        high.append(max(values, default=float("nan")))
+    if max(counts) > 1:
+        frame[(RETENTION, "draws")], frame[(RETENTION, "draw min")], frame[(RETENTION, "draw max")] = counts, low, high
 
 
 def _rows_of(key: tuple, results: pd.DataFrame, rows: list[str]) -> pd.Index:
@@ -131,6 +172,16 @@ def _rows_of(key: tuple, results: pd.DataFrame, rows: list[str]) -> pd.Index:
     for name, value in zip(rows, key[1:]):
         match &= results[name].astype(str) == str(value)
     return results.index[match]
+
+
+def _runs(items: pd.DataFrame, cells: list[str], tasks: list[str], dense_order: dict[str, list]
+          ) -> dict | list[dict] | None:
+    """A row's per-item scores: one cell's (:func:`_cell_items`), or a list with each calibration draw's;
+    None if any is missing."""
+    runs = [_cell_items(items, cell, tasks, dense_order) for cell in cells]
+    if not runs or any(run is None for run in runs):
+        return None
+    return runs[0] if len(runs) == 1 else runs
 
 
 def _cell_items(items: pd.DataFrame, cell: str, tasks: list[str], dense_order: dict[str, list]) -> dict | None:
@@ -155,12 +206,11 @@ def _add_intervals(frame: pd.DataFrame, results: pd.DataFrame, rows: list[str], 
     dense = _cell_items(items, dense_cell, tasks, order)
     if dense is None:
         return
-    cell_of = {}
+    per_row = {}
     for key in frame.index:
         match = results.loc[_rows_of(key, results, rows)]
         if key[0] != "dense" and len(match):
-            cell_of[key] = match.cell.iloc[0]
-    per_row = {key: _cell_items(items, cell, tasks, order) for key, cell in cell_of.items()}
+            per_row[key] = _runs(items, _draw_order(match), tasks, order)
     low, high = [], []
     for key in frame.index:
         scored = per_row.get(key)
@@ -171,7 +221,7 @@ def _add_intervals(frame: pd.DataFrame, results: pd.DataFrame, rows: list[str], 
     if baseline is None:
         return
     group = f"vs {baseline} (pp)"
-    diff, low, high = [], [], []
+    diff, low, high, p = [], [], [], []
     for key in frame.index:
         base = per_row.get((key[0], *key[1:-1], baseline))
         scored = per_row.get(key)
@@ -180,7 +230,8 @@ def _add_intervals(frame: pd.DataFrame, results: pd.DataFrame, rows: list[str], 
         diff.append(interval.estimate if interval else float("nan"))
         low.append(interval.low if interval else float("nan"))
         high.append(interval.high if interval else float("nan"))
-    frame[(group, "diff")], frame[(group, "low")], frame[(group, "high")] = diff, low, high
+        p.append(interval.p if interval else float("nan"))
+    frame[(group, "diff")], frame[(group, "low")], frame[(group, "high")], frame[(group, "p")] = diff, low, high, p
 
 
 def average_retention(frame: pd.DataFrame) -> pd.Series:
@@ -204,20 +255,22 @@ def in_table1_order(results: pd.DataFrame) -> pd.DataFrame:
     return results.sort_values(keys, key=lambda c: ranks.get(c.name, lambda v: v)(c), kind="stable")
 
 
-def table1(results: pd.DataFrame, items: pd.DataFrame | None = None) -> pd.DataFrame:
+def table1(results: pd.DataFrame, items: pd.DataFrame | None = None, boots: int = BOOTS, seed: int = 0
+           ) -> pd.DataFrame:
     """The sensitivity grid in Table 1's layout (:func:`in_table1_order`): a row per (pathway, pool);
     retention intervals from ``items`` (:func:`analysis.results.load_items`) where given."""
-    return retention_table(in_table1_order(results), ["pathway", "pool"], items)
+    return retention_table(in_table1_order(results), ["pathway", "pool"], items, boots=boots, seed=seed)
 
 
-def table2(results: pd.DataFrame, items: pd.DataFrame | None = None, baseline: str | None = "wanda") -> pd.DataFrame:
+def table2(results: pd.DataFrame, items: pd.DataFrame | None = None, baseline: str | None = "wanda",
+           boots: int = BOOTS, seed: int = 0, adjust: str = "holm") -> pd.DataFrame:
     """The method comparison in Table 2's layout: a row per method; with ``items``, retention intervals
     and each method's paired difference to ``baseline`` (Wanda, as in the paper's comparison). Cells with
     visual token pruning at inference are rows of their own, ``method with token method`` (``dense with
     fastv(...)`` for token pruning alone)."""
     results = _with_token_methods(results)
     has_baseline = baseline is not None and baseline in set(results.method.astype(str))
-    return retention_table(results, ["method"], items, baseline if has_baseline else None)
+    return retention_table(results, ["method"], items, baseline if has_baseline else None, boots, seed, adjust)
 
 
 def _with_token_methods(results: pd.DataFrame) -> pd.DataFrame:
@@ -239,32 +292,39 @@ def _dense_item_order(results: pd.DataFrame, items: pd.DataFrame) -> tuple[list[
     return tasks, {t: sorted(dense_items[dense_items.task == t].doc_id) for t in tasks}
 
 
-def task_differences(results: pd.DataFrame, items: pd.DataFrame, baseline: str = "wanda", boots: int = 2000,
-                     seed: int = 0) -> pd.DataFrame:
+def task_differences(results: pd.DataFrame, items: pd.DataFrame, baseline: str = "wanda", boots: int = BOOTS,
+                     seed: int = 0, adjust: str = "holm") -> pd.DataFrame:
     """Per setting and method, each task's score minus the ``baseline`` method's at the same setting, in
-    percentage points, with a paired bootstrap 95% interval over the same items (``<task> vs <baseline>
-    (pp)``: ``diff``, ``low``, ``high``). Rows whose cell or baseline lacks per-item scores are left out."""
+    percentage points, with a paired bootstrap 95% interval over the same items and an exact paired
+    p-value, adjusted over the table's comparisons (``<task> vs <baseline> (pp)``: ``diff``, ``low``,
+    ``high``, ``p``, ``p_adj``). Rows whose cell or baseline lacks per-item scores are left out."""
     from probe.uncertainty import paired_score_differences
 
     results = _with_token_methods(results)
     tasks, order = _dense_item_order(results, items)
     pruned = results[results.pathway != "dense"].assign(label=lambda f: _setting_labels(f))
-    cell_of = {key: group.cell.iloc[0] for key, group in pruned.groupby(["label", "method"], sort=False)}
+    cells_of = {key: _draw_order(group) for key, group in pruned.groupby(["label", "method"], sort=False)}
     entries = {}
-    for (label, method), cell in cell_of.items():
-        if method == baseline or (label, baseline) not in cell_of:
+    for (label, method), cells in cells_of.items():
+        if method == baseline or (label, baseline) not in cells_of:
             continue
-        scored = _cell_items(items, cell, tasks, order)
-        base = _cell_items(items, cell_of[(label, baseline)], tasks, order)
+        scored = _runs(items, cells, tasks, order)
+        base = _runs(items, cells_of[(label, baseline)], tasks, order)
         if scored is None or base is None:
             continue
         differences = paired_score_differences(scored, base, boots, seed)
-        entries[(label, method)] = [v for t in tasks for v in (differences[t].estimate, differences[t].low,
-                                                                 differences[t].high)]
-    columns = [(f"{t} vs {baseline} (pp)", name) for t in tasks for name in ("diff", "low", "high")]
+        entries[(label, method)] = [v for t in tasks for v in _difference_values(differences[t])]
+    columns = [(f"{t} vs {baseline} (pp)", name) for t in tasks for name in DIFFERENCE]
     frame = pd.DataFrame.from_dict(entries, orient="index", columns=pd.MultiIndex.from_tuples(columns))
     frame.index = pd.MultiIndex.from_tuples(list(entries), names=["setting", "method"])
-    return frame
+    return with_adjusted_p(frame, adjust, boots, seed)
+
+
+DIFFERENCE = ("diff", "low", "high", "p")  # a difference's columns before adjustment
+
+
+def _difference_values(interval) -> tuple[float, float, float, float]:  # noqa: ANN001
+    return interval.estimate, interval.low, interval.high, interval.p
 
 
 POOL_PAIRS = (("text", "visual"), ("mixed", "visual"), ("text", "mixed"))
@@ -273,15 +333,16 @@ RETENTION_DIFFERENCE = "avg retention (pp)"
 
 
 def pool_differences(results: pd.DataFrame, items: pd.DataFrame, pairs: tuple[tuple[str, str], ...] = POOL_PAIRS,
-                     pathway_pairs: tuple[tuple[str, str], ...] = PATHWAY_PAIRS, boots: int = 2000,
-                     seed: int = 0) -> pd.DataFrame:
+                     pathway_pairs: tuple[tuple[str, str], ...] = PATHWAY_PAIRS, boots: int = BOOTS,
+                     seed: int = 0, adjust: str = "holm") -> pd.DataFrame:
     """Table 1's comparisons, per setting and pathway: each pool's cell against the dense model
     (``<pool> - dense``) and against another pool's (``pairs``: ``text - visual`` and so on); then, per
     pool, one pathway's cell against the other's (``pathway_pairs``: pathway ``visual - text``). Each is
     the difference in average retention (``avg retention (pp)``) and in each task's score
-    (``<task> (pp)``), in percentage points, with paired bootstrap 95% intervals over the same items
-    (``diff``, ``low``, ``high``). Against the dense model the retention difference is the retention
-    minus 100. Comparisons whose cells lack per-item scores are left out."""
+    (``<task> (pp)``), in percentage points, with paired bootstrap 95% intervals over the same items and
+    exact paired p-values adjusted over the whole table (``diff``, ``low``, ``high``, ``p``, ``p_adj``).
+    Against the dense model the retention difference is the retention minus 100. Comparisons whose cells
+    lack per-item scores are left out; cells of several calibration draws compare as their mean."""
     from probe.uncertainty import paired_difference, paired_score_differences
 
     results = in_table1_order(results)
@@ -290,7 +351,7 @@ def pool_differences(results: pd.DataFrame, items: pd.DataFrame, pairs: tuple[tu
     if dense_scores is None:
         raise ResultsError("the dense cell lacks per-item scores for some task")
     pruned = results[results.pathway != "dense"].assign(label=lambda f: _setting_labels(f))
-    scored = {key: _cell_items(items, group.cell.iloc[0], tasks, order)
+    scored = {key: _runs(items, _draw_order(group), tasks, order)
               for key, group in pruned.groupby(["label", "pathway", "pool"], sort=False)}
     comparisons = []  # (row key, run, baseline)
     for label in dict.fromkeys(key[0] for key in scored):
@@ -311,11 +372,11 @@ def pool_differences(results: pd.DataFrame, items: pd.DataFrame, pairs: tuple[tu
         overall = paired_difference(run, baseline, dense_scores, boots, seed)
         per_task = paired_score_differences(run, baseline, boots, seed)
         entries[key] = [v for interval in (overall, *(per_task[t] for t in tasks))
-                        for v in (interval.estimate, interval.low, interval.high)]
+                        for v in _difference_values(interval)]
     groups = [RETENTION_DIFFERENCE, *(f"{t} (pp)" for t in tasks)]
-    columns = pd.MultiIndex.from_tuples([(g, name) for g in groups for name in ("diff", "low", "high")])
+    columns = pd.MultiIndex.from_tuples([(g, name) for g in groups for name in DIFFERENCE])
     index = pd.MultiIndex.from_arrays(list(zip(*entries)) or [[], [], []], names=["setting", "pathway", "pools"])
-    return pd.DataFrame(list(entries.values()), index=index, columns=columns)
+    return with_adjusted_p(pd.DataFrame(list(entries.values()), index=index, columns=columns), adjust, boots, seed)
 
 
 CHANGED = "items answered differently"
@@ -338,12 +399,14 @@ def _dense_differences(dense: dict | None, other_results: pd.DataFrame, other_it
 
 
 def rerun_differences(results: pd.DataFrame, items: pd.DataFrame, rerun_results: pd.DataFrame,
-                      rerun_items: pd.DataFrame, boots: int = 2000, seed: int = 0) -> pd.DataFrame:
+                      rerun_items: pd.DataFrame, boots: int = BOOTS, seed: int = 0, adjust: str = "holm"
+                      ) -> pd.DataFrame:
     """Per cell finished in both grids (same cell id, in the first grid's order), the rerun minus the first
     run on the same items: how many items each task answers differently (``items answered differently``),
     and the difference in average retention and in each task's score, in percentage points, with paired
-    bootstrap 95% intervals (``diff``, ``low``, ``high``). Both grids must hold the same dense cell (a
-    rerun takes it with ``dense_from``), since retention is read against it."""
+    bootstrap 95% intervals and adjusted exact paired p-values (``diff``, ``low``, ``high``, ``p``,
+    ``p_adj``). Both grids must hold the same dense cell (a rerun takes it with ``dense_from``), since
+    retention is read against it."""
     from probe.uncertainty import paired_difference, paired_score_differences
 
     tasks, order = _dense_item_order(results, items)
@@ -365,32 +428,29 @@ def rerun_differences(results: pd.DataFrame, items: pd.DataFrame, rerun_results:
         per_task = paired_score_differences(second, first, boots, seed)
         entries[cell] = [*(int((first[t] != second[t]).sum()) for t in tasks),
                          *(v for interval in (overall, *(per_task[t] for t in tasks))
-                           for v in (interval.estimate, interval.low, interval.high))]
+                           for v in _difference_values(interval))]
     groups = [RETENTION_DIFFERENCE, *(f"{t} (pp)" for t in tasks)]
-    columns = [(CHANGED, t) for t in tasks] + [(g, name) for g in groups for name in ("diff", "low", "high")]
+    columns = [(CHANGED, t) for t in tasks] + [(g, name) for g in groups for name in DIFFERENCE]
     frame = pd.DataFrame(list(entries.values()), index=pd.Index(list(entries), name="cell"),
                          columns=pd.MultiIndex.from_tuples(columns))
-    return frame.astype({(CHANGED, t): int for t in tasks})
+    return with_adjusted_p(frame.astype({(CHANGED, t): int for t in tasks}), adjust, boots, seed)
 
 
-def average_draws(draws: list[tuple[pd.DataFrame, pd.DataFrame]]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Runs of one grid on several calibration draws (each a grid's results and per-item scores, the first
-    draw first) as one grid whose per-item score is the mean of the draws' answers. It keeps the cells
-    finished in every draw, in the first draw's order; each task's score is the mean of the averaged
-    items, and its ``stderr`` the standard error of those means. The draws must share the dense cell
-    (the same answers, item for item) and score the same items, so that :func:`table1` and
-    :func:`table2` give the averaged cells paired intervals over the same items."""
-    from probe.uncertainty import standard_error
-
+def join_draws(draws: list[tuple[pd.DataFrame, pd.DataFrame, int]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Grids of the same cells pruned on other calibration draws (each a grid's results, per-item scores
+    and calibration seed, the first grid first) as one grid of draws, which the tables read as one row
+    per cell: the mean over draws, with a two-level bootstrap. Rows get the draw's seed (``calib_seed``,
+    kept where a grid has its own) and the later grids' cell ids a ``@calib<seed>`` suffix. It keeps the
+    cells finished in every grid, in the first grid's order. The grids must share the dense cell (the same
+    answers, item for item) and score the same items."""
     if len(draws) < 2:
-        raise ResultsError(f"averaging draws needs at least two grids, got {len(draws)}")
-    (results, items), others = draws[0], draws[1:]
+        raise ResultsError(f"joining draws needs at least two grids, got {len(draws)}")
+    (results, items, _), others = draws[0], draws[1:]
     tasks, order = _dense_item_order(results, items)
-    dense_cell = results[results.pathway == "dense"].cell.iloc[0]
     dense = _dense_items(results, items, tasks, order)
-    for number, (other_results, other_items) in enumerate(others, start=2):
+    for number, (other_results, other_items, _) in enumerate(others, start=2):
         if _dense_item_order(other_results, other_items) != (tasks, order):
-            raise ResultsError(f"draw {number} scores other tasks or items than the first; draws are averaged "
+            raise ResultsError(f"draw {number} scores other tasks or items than the first; draws are joined "
                                "on the same ones")
         differing = _dense_differences(dense, other_results, other_items, tasks, order)
         if differing is None:
@@ -399,22 +459,37 @@ def average_draws(draws: list[tuple[pd.DataFrame, pd.DataFrame]]) -> tuple[pd.Da
         if differing:
             raise ResultsError(f"draw {number}'s dense cell answers {differing} items differently from the "
                                "first's; draws share the first draw's dense cell (dense_from)")
-    kept_rows, kept_items = [results[results.pathway == "dense"]], [items[items.cell == dense_cell]]
-    for cell in dict.fromkeys(results[results.pathway != "dense"].cell):
-        runs = [_cell_items(draw_items, cell, tasks, order) if cell in set(draw_results.cell) else None
-                for draw_results, draw_items in draws]
-        if any(run is None for run in runs):
-            continue
-        rows = results[results.cell == cell].copy()
-        for t in tasks:
-            mean = sum(run[t] for run in runs) / len(runs)
-            rows.loc[rows.task == t, ["score", "stderr", "n"]] = [float(mean.mean()), standard_error(mean),
-                                                                 len(mean)]
-            kept_items.append(pd.DataFrame({"cell": cell, "task": t, "doc_id": order[t], "value": mean}))
-        kept_rows.append(rows)
-    if len(kept_rows) == 1:
+    seeds = [seed for _, _, seed in draws]
+    if len(set(seeds)) < len(seeds):
+        twice = next(seed for seed in seeds if seeds.count(seed) > 1)
+        raise ResultsError(f"two grids drew their calibration with seed {twice}: they are not two draws")
+    pruned = [set(r[r.pathway != "dense"].cell) for r, _, _ in draws]
+    kept = [c for c in dict.fromkeys(results[results.pathway != "dense"].cell) if all(c in done for done in pruned)]
+    if not kept:
         raise ResultsError("no pruned cell is finished in every draw")
-    return pd.concat(kept_rows, ignore_index=True), pd.concat(kept_items, ignore_index=True)
+    dense_cell = results[results.pathway == "dense"].cell.iloc[0]
+    rows, scored = [results[results.cell == dense_cell]], [items[items.cell == dense_cell]]
+    for number, (draw_results, draw_items, seed) in enumerate(draws):
+        suffix = "" if number == 0 else f"@calib{seed}"
+        for cell in kept:
+            cell_rows = draw_results[draw_results.cell == cell].copy()
+            if DRAW not in cell_rows or cell_rows[DRAW].isna().all():
+                cell_rows[DRAW] = seed
+            rows.append(cell_rows.assign(cell=cell + suffix))
+            scored.append(draw_items[draw_items.cell == cell].assign(cell=cell + suffix))
+    return pd.concat(rows, ignore_index=True), pd.concat(scored, ignore_index=True)
+
+
+def split_draws(results: pd.DataFrame) -> dict[int, pd.DataFrame]:
+    """A grid of several calibration draws as one results frame per draw (its pruned cells and the dense
+    cell), by seed; empty where the results hold one draw or none."""
+    if DRAW not in results:
+        return {}
+    seeds = sorted(int(s) for s in results[DRAW].dropna().unique())
+    if len(seeds) < 2:
+        return {}
+    dense = results[DRAW].isna()
+    return {seed: results[dense | (results[DRAW] == seed)] for seed in seeds}
 
 
 def table3(results: pd.DataFrame) -> pd.DataFrame:
@@ -453,19 +528,76 @@ def _with_error(value: float, error: float | None, digits: int, plus_minus: str)
     return text if error is None or pd.isna(error) or not text else f"{text} {plus_minus} {_number(error, digits)}"
 
 
-def _with_interval(value: float, low: float, high: float, digits: int, sign: bool = False) -> str:
+def _with_interval(value: float, low: float, high: float, digits: int, sign: bool = False,
+                   p: float = float("nan")) -> str:
+    """``value [low, high]``; with a p-value, ``p=...`` after it and `` *`` where it is below 0.05."""
     text = _number(value, digits, sign)
     if not text or pd.isna(low):
         return text
-    star = " *" if sign and (low > 0 or high < 0) else ""
-    return f"{text} [{_number(low, digits, sign)}, {_number(high, digits, sign)}]{star}"
+    tested = "" if pd.isna(p) else f" {_p_text(p)}{' *' if p < SIGNIFICANCE else ''}"
+    return f"{text} [{_number(low, digits, sign)}, {_number(high, digits, sign)}]{tested}"
+
+
+SIGNIFICANCE = 0.05  # a star marks an adjusted p-value below this
+ADJUSTMENT_NAMES = {"holm": "Holm", "bh": "Benjamini-Hochberg", "none": "unadjusted"}
+
+
+def _p_text(p: float) -> str:
+    return "p<0.001" if p < 0.001 else f"p={p:.3f}"
+
+
+def with_adjusted_p(frame: pd.DataFrame, adjust: str = "holm", boots: int = BOOTS, seed: int = 0) -> pd.DataFrame:
+    """``frame`` with, beside each comparison's p-value column ``(group, "p")``, the p-values adjusted over
+    every comparison in the table, the table's family (``(group, "p_adj")``); ``frame.attrs["family"]``
+    says how many comparisons, the adjustment, and the resamples and seed of intervals and tests."""
+    from probe.significance import adjust as adjusted
+
+    groups = [g for g in dict.fromkeys(g for g, _ in frame.columns) if (g, "p") in frame.columns]
+    if not groups:
+        return frame
+    values = adjusted(np.concatenate([frame[(g, "p")].to_numpy(dtype=float) for g in groups]), adjust)
+    frame = frame.copy()
+    for i, g in enumerate(groups):
+        frame[(g, "p_adj")] = values[i * len(frame):(i + 1) * len(frame)]
+    order = []
+    for column in frame.columns:
+        if column[1] != "p_adj":
+            order.append(column)
+        if column[1] == "p":
+            order.append((column[0], "p_adj"))
+    frame = frame[order]
+    frame.attrs["family"] = {"comparisons": int((~np.isnan(values)).sum()), "adjust": adjust, "resamples": boots,
+                             "seed": seed}
+    return frame
+
+
+def family_note(frame: pd.DataFrame) -> str:
+    """What a table's p-values and intervals are, in a few sentences (empty for a table without tests)."""
+    family = frame.attrs.get("family")
+    if not family:
+        return ""
+    adjust = family["adjust"]
+    how = {"holm": "adjusted by Holm's method over all of them (family-wise error)",
+           "bh": "adjusted by Benjamini-Hochberg over all of them (false discovery rate)",
+           "none": "not adjusted for the number of comparisons"}[adjust]
+    from probe.significance import EXACT_LIMIT
+
+    return (f"Family: {family['comparisons']} paired comparisons in this table, p-values {how}; "
+            f"* marks p < {SIGNIFICANCE} after adjustment. Tests (two-sided, exact): McNemar on a task's 0/1 item "
+            f"scores, else a sign flip of the paired differences (every sign pattern up to {EXACT_LIMIT} differing "
+            f"items, else {family['resamples']:,} random ones), on average retention a weighted sign flip. "
+            f"Intervals: paired percentile bootstrap, 95%, {family['resamples']:,} resamples, seed {family['seed']}; "
+            "a row of several calibration draws resamples the draws, then the items, and its p-values take the "
+            "draws as given (their spread is in the intervals and the draws column).\n")
 
 
 def display_frame(frame: pd.DataFrame, digits: int = 2, plus_minus: str = "±") -> pd.DataFrame:
-    """The table as text: ``score ± stderr`` per task, ``avg [low, high]`` for the retention, and
-    ``diff [low, high]`` against the baseline, starred where the interval excludes 0. Without
+    """The table as text: ``score ± stderr`` per task, ``avg [low, high]`` for the retention (and
+    ``draws [min, max]``, each draw's own retention, for rows of several calibration draws), and ``diff
+    [low, high] p=...`` for a difference, starred where its adjusted p-value is below 0.05. Without
     uncertainty columns the numbers stand alone."""
     nan = pd.Series(float("nan"), index=frame.index)
+    adjust = frame.attrs.get("family", {}).get("adjust", "holm")
     out: dict[tuple[str, str], list[str]] = {}
     for group, name in frame.columns:
         if group == SCORES:
@@ -474,7 +606,13 @@ def display_frame(frame: pd.DataFrame, digits: int = 2, plus_minus: str = "±") 
     for group in dict.fromkeys(group for group, _ in frame.columns):
         if group == RETENTION:
             low, high = frame.get((RETENTION, "low"), nan), frame.get((RETENTION, "high"), nan)
-            for name in [n for g, n in frame.columns if g == RETENTION and n not in ("low", "high")]:
+            for name in [n for g, n in frame.columns if g == RETENTION and n not in RETENTION_PARTS]:
+                if name == "draws":
+                    out[(RETENTION, "draws [min, max]")] = [
+                        f"{int(n)} [{_number(lo, digits)}, {_number(hi, digits)}]" if n > 1 else ""
+                        for n, lo, hi in zip(frame[(RETENTION, name)], frame[(RETENTION, "draw min")],
+                                             frame[(RETENTION, "draw max")])]
+                    continue
                 label = name + (" [95% CI]" if name == AVERAGE and (RETENTION, "low") in frame.columns else "")
                 interval = (low, high) if name == AVERAGE else (nan, nan)
                 out[(RETENTION, label)] = [_with_interval(v, lo, hi, digits)
@@ -483,12 +621,18 @@ def display_frame(frame: pd.DataFrame, digits: int = 2, plus_minus: str = "±") 
             for name in [n for g, n in frame.columns if g == CHANGED]:
                 out[(CHANGED, name)] = [str(v) for v in frame[(CHANGED, name)]]
         elif {(group, "diff"), (group, "low"), (group, "high")} <= set(frame.columns):  # a difference
-            out[(group, "diff [95% CI]")] = [
-                _with_interval(d, lo, hi, digits, sign=True)
-                for d, lo, hi in zip(frame[(group, "diff")], frame[(group, "low")], frame[(group, "high")])]
+            tested = (group, "p_adj") in frame.columns
+            label = f"diff [95% CI] p ({ADJUSTMENT_NAMES[adjust]})" if tested else "diff [95% CI]"
+            out[(group, label)] = [
+                _with_interval(d, lo, hi, digits, sign=True, p=p)
+                for d, lo, hi, p in zip(frame[(group, "diff")], frame[(group, "low")], frame[(group, "high")],
+                                        frame.get((group, "p_adj"), nan))]
     shown = pd.DataFrame(out, index=frame.index)
     shown.columns = pd.MultiIndex.from_tuples(list(out))
     return shown
+
+
+RETENTION_PARTS = ("low", "high", "draw min", "draw max")  # shown inside another retention column
 
 
 def to_markdown(frame: pd.DataFrame, digits: int = 2) -> str:
@@ -500,23 +644,27 @@ def to_markdown(frame: pd.DataFrame, digits: int = 2) -> str:
     for key, row in shown.iterrows():
         keys = [str(k) for k in (key if isinstance(key, tuple) else (key,))]
         lines.append("| " + " | ".join(keys + list(row)) + " |")
-    return "\n".join(lines) + "\n"
+    note = family_note(frame)
+    return "\n".join(lines) + "\n" + (f"\n{note}" if note else "")
 
 
 def to_latex(frame: pd.DataFrame, digits: int = 2) -> str:
     """A LaTeX table through pandas' Styler: booktabs rules, the column groups as grouped headers and the
     row groups (settings) as ``\\multirow`` blocks (needs the booktabs and multirow packages)."""
-    shown = display_frame(frame, digits, plus_minus=r"$\pm$")
+    shown = display_frame(frame, digits, plus_minus=r"$\pm$").replace("p<", "p$<$", regex=True)
     styler = shown.style.format_index(escape="latex", axis=0).format_index(escape="latex", axis=1)
+    note = family_note(frame).strip().replace("%", r"\%").replace("<", "$<$")
     return styler.to_latex(hrules=True, multirow_align="t", multicol_align="c", clines="skip-last;data",
-                           column_format="l" * frame.index.nlevels + "r" * len(shown.columns))
+                           column_format="l" * frame.index.nlevels + "r" * len(shown.columns),
+                           caption=note or None)
 
 
-def write_table(frame: pd.DataFrame, out: Path, name: str) -> str:
-    """Write ``name``.md, .csv and .tex into ``out``; returns the markdown."""
+def write_table(frame: pd.DataFrame, out: Path, name: str, note: str = "") -> str:
+    """Write ``name``.md, .csv and .tex into ``out`` (``note``, a paragraph under the markdown table);
+    returns the markdown."""
     from probe.manifest import write_text_atomic
 
-    markdown = to_markdown(frame)
+    markdown = to_markdown(frame) + (f"\n{note}" if note else "")
     write_text_atomic(out / f"{name}.md", markdown)
     flat = frame.copy()
     flat.columns = _flat_header(frame)
@@ -526,34 +674,44 @@ def write_table(frame: pd.DataFrame, out: Path, name: str) -> str:
 
 
 def write_grid_table(results: pd.DataFrame, out: Path, grid: str, model: str | None = None,
-                     name: str | None = None, items: pd.DataFrame | None = None) -> str:
+                     name: str | None = None, items: pd.DataFrame | None = None, boots: int = BOOTS, seed: int = 0,
+                     adjust: str = "holm") -> str:
     """The table of a finished grid (``table1`` or ``table2``) written into ``out`` as ``name``.md/.csv/.tex
     (``name`` defaults to the grid); a method grid with ATV selection-signal cells also gets
     ``<name>_signals`` in Table 3's layout, and one with per-item scores ``<name>_tasks_vs_wanda``
     (:func:`task_differences`); a Table 1 grid with per-item scores gets ``<name>_pools``
-    (:func:`pool_differences`). When the paper reports ``model``, the average retentions next to the
+    (:func:`pool_differences`). A grid of several calibration draws also gets each draw's own table,
+    ``<name>_calib<seed>``. When the paper reports ``model``, the average retentions next to the
     paper's go to ``<name>_vs_paper``. The per-item scores are ``items`` when given, else those kept in
-    ``out`` (``items/``)."""
+    ``out`` (``items/``). Under the main table, where the cells' records differ in code revision, machine,
+    package versions, dtype or device, a paragraph says how (:func:`analysis.provenance.provenance_note`)."""
+    from analysis.provenance import load_records, provenance_note
     from analysis.results import load_items, load_paper, paper_model
 
     name = name or grid
     items = load_items(out) if items is None else items
+    has_items = items is not None and not items.empty
+    note = provenance_note(load_records(out), set(results.cell) if "cell" in results else None)
     rows = ["pathway", "pool"] if grid == "table1" else ["method"]
     if grid == "table1":
-        markdown = write_table(table1(results, items), out, name)
-        if items is not None and not items.empty:
-            differences = pool_differences(results, items)
+        markdown = write_table(table1(results, items, boots, seed), out, name, note)
+        if has_items:
+            differences = pool_differences(results, items, boots=boots, seed=seed, adjust=adjust)
             if not differences.empty:
                 markdown += "\n" + write_table(differences, out, f"{name}_pools")
     else:
-        markdown = write_table(table2(results, items), out, name)
-        if items is not None and not items.empty:
-            differences = task_differences(results, items)
+        markdown = write_table(table2(results, items, boots=boots, seed=seed, adjust=adjust), out, name, note)
+        if has_items:
+            differences = task_differences(results, items, boots=boots, seed=seed, adjust=adjust)
             if not differences.empty:
                 markdown += "\n" + write_table(differences, out, f"{name}_tasks_vs_wanda")
         signals = table3(results)
         if signals.index.droplevel("setting").nunique() > 2:  # the dense row and more than one ATV variant
             markdown += "\n" + write_table(signals, out, f"{name}_signals")
+    for draw, draw_results in split_draws(results).items():
+        table = (table1(draw_results, items, boots, seed) if grid == "table1"
+                 else table2(draw_results, items, boots=boots, seed=seed, adjust=adjust))
+        markdown += "\n" + write_table(table, out, f"{name}_calib{draw}")
     paper_name = paper_model(model) if model else None
     if paper_name:
         paper = load_paper(grid)

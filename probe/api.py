@@ -11,7 +11,7 @@ import torch
 from probe.activation_store import ActivationStorage
 from probe.calibrate import capture_items
 from probe.data.calibration import CalibrationItem, CalibrationSpec, prepare, select
-from probe.devices import check_device
+from probe.devices import check_device, machine_description
 from probe.engine import PruneConfig, PruneReport, achieved_sparsity, prune
 from probe.loading import ModelSkeleton, load_model, load_skeleton, parse_dtype
 from probe.manifest import check_free_space, check_output_dir, write_dir_atomic
@@ -125,6 +125,7 @@ def prune_checkpoint(
         calibration={**dataclasses.asdict(calibration), "sample_ids": [s.sample_id for s in samples]},
         timings={"capture": capture_seconds, "wall": time.time() - started},
         context={"command": "prune", "offload": plan.offload, "max_pixels": max_pixels,
+                 "machine": machine_description(run_device),
                  "memory": {"plan": plan.describe(), "auto": auto,
                             **({"predicted": estimate.as_dict()} if estimate is not None else {})},
                  "token_pruning": pruner.spec() if pruner is not None else None,

@@ -269,10 +269,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "draw, with its dense cell), against it: per cell the items answered differently and the "
                         "paired differences, written to GRID/<name>_vs_<first name>.md|csv|tex")
     p.add_argument("--average-with", type=Path, action="append", default=[], metavar="OTHER_GRID",
-                   help="also write the tables of the mean of GRID and OTHER_GRID, a rerun of its cells on "
-                        "another calibration draw with its dense cell (repeat for more draws): each item scores "
-                        "the mean of the draws' answers, over the cells finished in every draw, written to "
-                        "GRID/<name>_mean_of_<k>_draws.md|csv|tex")
+                   help="also write the tables of GRID and OTHER_GRID as calibration draws of the same cells "
+                        "(OTHER_GRID a rerun on another calibration seed with GRID's dense cell; repeat for more "
+                        "draws): each "
+                        "cell finished in every draw is the mean over draws, with a two-level bootstrap (draws, "
+                        "then items), written to GRID/<name>_mean_of_<k>_draws.md|csv|tex")
+    p.add_argument("--adjust", choices=("holm", "bh", "none"), default="holm",
+                   help="how the p-values of a table's comparisons are adjusted for their number: holm "
+                        "(family-wise error), bh (Benjamini-Hochberg, false discovery rate) or none")
+    p.add_argument("--resamples", type=positive_int, default=10_000,
+                   help="bootstrap resamples of every interval (and random sign patterns of a test too large to "
+                        "enumerate)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and of random sign patterns")
     p.set_defaults(func=cmd_table)
 
     p = command("families", "list the model families with an adapter of their own, then the architectures the "
@@ -637,31 +645,41 @@ def _executor(args: argparse.Namespace, config):  # noqa: ANN001, ANN202
 
 def cmd_table(args: argparse.Namespace) -> int:
     from analysis.results import ResultsError, load_grid
-    from analysis.tables import average_draws, rerun_differences, write_grid_table, write_table
+    from analysis.tables import join_draws, rerun_differences, write_grid_table, write_table
 
     config = _grid_manifest_config(args.grid)
     first = _grid_manifest_config(args.against) if args.against is not None else None
     for other in args.average_with:
         if _grid_manifest_config(other)["grid"] != config["grid"]:
             raise ResultsError(f"{other} is not a {config['grid']} grid like {args.grid}; only reruns of the same "
-                               "grid are averaged")
+                               "grid are joined as draws")
+    statistics = {"boots": args.resamples, "seed": args.seed, "adjust": args.adjust}
     results = load_grid(args.grid)
-    print(write_grid_table(results, args.grid, config["grid"], config.get("model"), config.get("name") or None))
+    print(write_grid_table(results, args.grid, config["grid"], config.get("model"), config.get("name") or None,
+                           **statistics))
     if first is not None:
         items, first_items = _grid_items(args.grid, "a rerun comparison"), _grid_items(args.against,
                                                                                        "a rerun comparison")
-        frame = rerun_differences(load_grid(args.against), first_items, results, items)
+        frame = rerun_differences(load_grid(args.against), first_items, results, items, **statistics)
         if frame.empty:
             raise ResultsError(f"no cell is finished in both {args.grid} and {args.against}")
         name = f"{config.get('name') or config['grid']}_vs_{first.get('name') or first['grid']}"
         print(write_table(frame, args.grid, name))
     if args.average_with:
-        draws = [(load_grid(folder), _grid_items(folder, "averaging draws"))
+        draws = [(load_grid(folder), _grid_items(folder, "joining draws"), _calibration_seed(folder))
                  for folder in (args.grid, *args.average_with)]
-        averaged, averaged_items = average_draws(draws)
+        joined, joined_items = join_draws(draws)
         name = f"{config.get('name') or config['grid']}_mean_of_{len(draws)}_draws"
-        print(write_grid_table(averaged, args.grid, config["grid"], config.get("model"), name, averaged_items))
+        print(write_grid_table(joined, args.grid, config["grid"], config.get("model"), name, joined_items,
+                               **statistics))
     return 0
+
+
+def _calibration_seed(folder: Path) -> int:
+    """The calibration seed of a grid of one draw (its ``calib_seed``, else its ``seed``)."""
+    config = _grid_manifest_config(folder)
+    seed = config.get("calib_seed")
+    return int(config.get("seed", 0) if seed is None else seed)
 
 
 def _grid_items(folder: Path, purpose: str):  # noqa: ANN202

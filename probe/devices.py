@@ -57,15 +57,22 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str] | None:
     return {flag for line in lines if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
 
 
+KERNEL_FLAGS = frozenset({"sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+                          "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8", "asimd",
+                          "sve", "bf16"})  # the CPU flags that choose torch's kernels (x86 and Arm)
+
+
 def machine_description(device: str | torch.device = "cpu", cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, Any]:
     """The hardware a run computed on: the CPU's model, the vector instructions torch's kernels use on it
-    (AVX2, AVX512, ...), torch's thread count and, for a CUDA device, the GPU. Float results such as
-    calibration statistics, and so pruning masks near their threshold, can differ in the last bits
-    between machines."""
+    (AVX2, AVX512, ...) and the CPU's flags among :data:`KERNEL_FLAGS`, torch's thread count and, for a
+    CUDA device, the GPU. Float results such as calibration statistics, and so pruning masks near their
+    threshold, can differ in the last bits between machines."""
     lines = _cpuinfo_lines(cpuinfo) or []
     model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
+    flags = cpu_flags(cpuinfo) or set()
     machine: dict[str, Any] = {"cpu": model or platform.processor() or platform.machine(),
                                "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                               "cpu_flags": sorted(flags & KERNEL_FLAGS),
                                "torch_threads": torch.get_num_threads()}
     if torch.device(device).type == "cuda" and torch.cuda.is_available():
         machine["gpu"] = torch.cuda.get_device_name(torch.device(device))

@@ -85,7 +85,7 @@ def run_cell_job(config: GridConfig, tasks: list[str], cell: Cell, log_samples: 
     """One cell as a job of its own (what SLURM and Ray run); returns the cell id."""
     from probe.data.calibration import select
 
-    plan = GridPlan(config, tasks, select(config.calibration()), [cell])
+    plan = GridPlan(config, tasks, {cell.draw: select(config.calibration(cell.draw))}, [cell])
     if cell.cell_id in finished_cells(plan.out):  # a previous driver's job finished it meanwhile
         return cell.cell_id
     run_cell(open_context(plan, show_progress=False, shared_calibration=True), cell, show_progress=False,

@@ -26,7 +26,7 @@ import re
 import socket
 import time
 import typing
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -47,7 +47,7 @@ from probe.errors import ProbeError
 from probe.evaluation.harness import evaluate_with_items, primary_rows, resolve_tasks, token_records_path
 from probe.interrupts import raise_if_interrupted
 from probe.loading import DTYPES, LoadedModel, check_model_ref, load_model, model_config, parse_dtype
-from probe.manifest import check_output_dir, package_versions, write_json_atomic, write_text_atomic
+from probe.manifest import check_output_dir, code_revision, package_versions, write_json_atomic, write_text_atomic
 from probe.method_spec import MethodEntry, method_entry
 from probe.mot import PATHWAYS, prune_pathway, to_mot, weight_sharing_copy
 from probe.names import GRIDS, MODALITY_POOLS
@@ -122,6 +122,9 @@ class GridConfig:
     # the calibration draw's own seed (None: seed): the same cells pruned again on other calibration samples,
     # with the same dense cell, task items and evaluation seed
     calib_seed: int | None = None
+    # calibration draws as an axis: every pruned cell that uses calibration pruned once per seed, all against
+    # the one dense cell; the tables report the mean over draws (empty: the one draw of calib_seed or seed)
+    calib_seeds: list[int] = field(default_factory=list)
     replicate_o_proj: bool = False
     dtype: str = "float32"
     device: str = "cpu"
@@ -144,6 +147,11 @@ class GridConfig:
             raise GridConfigError(f"limit must be at least 1 item per task (or null for every item), got {self.limit}")
         if self.nsamples < 1:
             raise GridConfigError(f"nsamples must be at least 1, got {self.nsamples}")
+        if self.calib_seeds and self.calib_seed is not None:
+            raise GridConfigError("set calib_seed (one other draw) or calib_seeds (several draws), not both")
+        if len(set(self.calib_seeds)) < len(self.calib_seeds):
+            twice = next(s for s in self.calib_seeds if self.calib_seeds.count(s) > 1)
+            raise GridConfigError(f"calib_seeds names the draw {twice} twice")
         if self.dtype not in DTYPES:
             raise GridConfigError(f"unknown dtype {self.dtype!r}; choose from {', '.join(DTYPES)}")
         for name in CELL_LISTS[self.grid]:
@@ -253,10 +261,20 @@ class GridConfig:
             atv["fixed_total"] = fixed_total
         return entry.config(sparsity, pattern, tokens_settings=atv)
 
-    def calibration(self) -> CalibrationSpec:
+    @property
+    def default_draw(self) -> int:
+        """The calibration seed of a grid with one draw: ``calib_seed``, else ``seed``."""
+        return self.seed if self.calib_seed is None else self.calib_seed
+
+    def draws(self) -> list[int | None]:
+        """The calibration draws of the pruned cells: None for the default draw (cells keep their plain ids),
+        else the draw's seed."""
+        return [None if s == self.default_draw else s for s in self.calib_seeds or [self.default_draw]]
+
+    def calibration(self, draw: int | None = None) -> CalibrationSpec:
+        """The calibration samples of ``draw`` (None: the default draw)."""
         return CalibrationSpec.parse(self.calib, image_root=self.image_root, subset=self.calib_subset,
-                                     nsamples=self.nsamples,
-                                     seed=self.seed if self.calib_seed is None else self.calib_seed)
+                                     nsamples=self.nsamples, seed=self.default_draw if draw is None else draw)
 
 
 @dataclass(frozen=True)
@@ -271,15 +289,17 @@ class Cell:
     pattern: str = "unstructured"
     entry: MethodEntry | None = field(default=None, compare=False)  # table2: the method entry (method is its label)
     token_pruning: str = "none"  # visual token pruning at inference
+    draw: int | None = None  # the calibration seed of a draw other than the grid's default one
 
     @property
     def cell_id(self) -> str:
         tokens = "" if self.token_pruning == "none" else f"/{self.token_pruning}"
+        draw = "" if self.draw is None else f"@calib{self.draw}"
         if self.pathway == "dense":
             return "dense"
         if self.pathway == "all":
-            return f"{self.method}/{self.setting}{tokens}"
-        return f"{self.pathway}/{self.pool}/{self.sparsity:g}"
+            return f"{self.method}/{self.setting}{tokens}{draw}"
+        return f"{self.pathway}/{self.pool}/{self.sparsity:g}{draw}"
 
 
 def _token_spec(text: str) -> str:
@@ -307,23 +327,28 @@ def setting_label(setting: str | float) -> str:
 
 def cells(config: GridConfig) -> list[Cell]:
     """The dense cell first, then the grid's pruned cells column by column: every row of a setting (table2)
-    or sparsity (table1) before the next, so a grid stopped part-way leaves whole columns to compare."""
+    or sparsity (table1) before the next, so a grid stopped part-way leaves whole columns to compare. With
+    several calibration draws, the whole grid of the first draw comes first, then each other draw's cells
+    (a method that uses no calibration, such as magnitude, runs in the first draw only)."""
     if config.grid == "table2":
         pruned = []
-        for tokens in config.token_methods:
-            for setting, method in itertools.product(config.settings, config.methods):
-                sparsity, pattern = parse_setting(setting)
-                entry = method_entry(method)
-                if tokens == "none" and entry.axes()["tokens"] == "kept":
-                    continue  # the kept selector follows a token method's alive tokens
-                pruned.append(Cell("all", "-", sparsity, entry.label, setting_label(setting), pattern, entry,
-                                   _token_spec(tokens)))
+        for index, draw in enumerate(config.draws()):
+            for tokens in config.token_methods:
+                for setting, method in itertools.product(config.settings, config.methods):
+                    sparsity, pattern = parse_setting(setting)
+                    entry = method_entry(method)
+                    if tokens == "none" and entry.axes()["tokens"] == "kept":
+                        continue  # the kept selector follows a token method's alive tokens
+                    if index and not config.prune_config(entry, sparsity, pattern).needs_calibration:
+                        continue  # the same weights in every draw
+                    pruned.append(Cell("all", "-", sparsity, entry.label, setting_label(setting), pattern, entry,
+                                       _token_spec(tokens), draw))
         token_only = [Cell("all", "-", 0.0, "dense", "-", token_pruning=_token_spec(t))
                       for t in config.token_methods if t != "none"]
         return [Cell(), *token_only, *pruned]
-    else:
-        pruned = [Cell(p, q, s, config.method, setting_label(s))
-                  for s, p, q in itertools.product(config.sparsities, config.pathways, config.pools)]
+    pruned = [Cell(p, q, s, config.method, setting_label(s), draw=draw)
+              for draw in config.draws()
+              for s, p, q in itertools.product(config.sparsities, config.pathways, config.pools)]
     return [Cell(), *pruned]
 
 
@@ -369,10 +394,11 @@ def _adaptive_total(out: Path, cell: Cell) -> int:
     return kept_visual_total(path)
 
 
-def _check_same_settings(config: GridConfig, manifest: Path, calibration_ids: list[str]) -> None:
-    """A rerun may only resume results made with the same settings (the output folder aside), the same
-    calibration samples (a calibration source whose content changed is refused too) and the same versions of
-    the packages that decide the numbers (:data:`RESUME_VERSIONS`)."""
+def _check_same_settings(config: GridConfig, manifest: Path, calibration_ids: dict[int | None, list[str]]) -> None:
+    """A rerun may only resume results made with the same settings (the output folder aside; calibration
+    draws may be added after the grid's own), the same calibration samples in every draw (a calibration
+    source whose content changed is refused too) and the same versions of the packages that decide the
+    numbers (:data:`RESUME_VERSIONS`)."""
     if not manifest.is_file():
         return
     stored = read_json(manifest, "a grid manifest")
@@ -381,9 +407,16 @@ def _check_same_settings(config: GridConfig, manifest: Path, calibration_ids: li
                               "a pruned checkpoint); choose another output folder")
     before = stored["config"]
     now = asdict(config)
-    changed = sorted(k for k in now if k not in RUN_ONLY and k in before and before[k] != now[k])
-    if "calibration_ids" in stored and stored["calibration_ids"] != calibration_ids:
+    changed = sorted(k for k in now if k not in (*RUN_ONLY, "calib_seeds") and k in before and before[k] != now[k])
+    default = [config.default_draw]
+    earlier, later = before.get("calib_seeds") or default, config.calib_seeds or default
+    if later[:len(earlier)] != earlier:
+        changed.append(f"calib_seeds {earlier} there, {later} here (draws may only be added after the grid's own)")
+    if "calibration_ids" in stored and stored["calibration_ids"] != calibration_ids[None]:
         changed.append("calibration samples")
+    for seed, ids in (stored.get("calibration_draws") or {}).items():
+        if int(seed) in calibration_ids and calibration_ids[int(seed)] != ids:
+            changed.append(f"calibration samples of draw {seed}")
     versions, theirs = package_versions(), stored.get("versions") or {}
     changed += [f"{name} {theirs[name]} there, {versions.get(name)} here" for name in RESUME_VERSIONS
                 if name in theirs and theirs[name] != versions.get(name)]
@@ -396,26 +429,36 @@ def _check_same_settings(config: GridConfig, manifest: Path, calibration_ids: li
 
 @dataclass
 class GridContext:
-    """What every cell of a grid shares: the model, its captured calibration, the tasks, a vision cache."""
+    """What every cell of a grid shares: the model, its captured calibration (``capture(draw)``, the last
+    draw's kept), the tasks, a vision cache."""
 
     config: GridConfig
     base: LoadedModel
-    captured: list[CapturedSample]
+    capture: Callable[[int | None], list[CapturedSample]]
     tasks: list[str]
     cache: VisionFeatureCache
+    _captured: tuple[int | None, list[CapturedSample]] | None = None
 
     @property
     def out(self) -> Path:
         return Path(self.config.out)
 
+    def captured(self, draw: int | None = None) -> list[CapturedSample]:
+        """The calibration samples of ``draw`` (None: the default draw) captured on the model; only one
+        draw's are held at a time."""
+        if self._captured is None or self._captured[0] != draw:
+            self._captured = None  # the previous draw's activations go before the next are captured
+            self._captured = (draw, self.capture(draw))
+        return self._captured[1]
+
 
 @dataclass
 class GridPlan:
-    """A grid checked before any model work: its tasks, calibration draw and the cells still to run."""
+    """A grid checked before any model work: its tasks, calibration draws and the cells still to run."""
 
     config: GridConfig
     tasks: list[str]
-    selected: Any  # the validated calibration draw (probe.data.calibration.select)
+    selections: dict[int | None, Any]  # per draw, the validated samples (probe.data.calibration.select)
     todo: list[Cell]
 
     @property
@@ -453,16 +496,19 @@ def plan_grid(config: GridConfig, only: Sequence[str] | None = None) -> GridPlan
     check_model_ref(config.model)
     check_token_methods(config)
     tasks = resolve_tasks(config.tasks)
-    selected = select(config.calibration())  # all data checks before any model work
-    calibration_ids = [s.sample_id for s in selected.samples]
+    selections = {draw: select(config.calibration(draw)) for draw in config.draws()}  # data checks before models
+    if None not in selections:
+        selections[None] = select(config.calibration())
+    calibration_ids = {draw: [s.sample_id for s in chosen.samples] for draw, chosen in selections.items()}
     _check_same_settings(config, out / "manifest.json", calibration_ids)
     if config.dense_from and "dense" not in done:
         import_dense_cell(config, Path(config.dense_from))
         done.add("dense")
-    write_json_atomic(out / "manifest.json", {"config": asdict(config), "tasks": tasks,
-                                              "calibration_ids": calibration_ids,
-                                              "versions": package_versions()})
-    return GridPlan(config, tasks, selected, [c for c in planned if c.cell_id not in done])
+    write_json_atomic(out / "manifest.json", {
+        "config": asdict(config), "tasks": tasks, "calibration_ids": calibration_ids[None],
+        "calibration_draws": {str(draw): ids for draw, ids in calibration_ids.items() if draw is not None},
+        "versions": package_versions(), "code": code_revision(), "machine": machine_description(config.device)})
+    return GridPlan(config, tasks, selections, [c for c in planned if c.cell_id not in done])
 
 
 def import_dense_cell(config: GridConfig, source: Path) -> None:
@@ -498,32 +544,38 @@ def finished_cells(out: Path) -> set[str]:
 
 
 def open_context(plan: GridPlan, show_progress: bool = True, shared_calibration: bool = False) -> GridContext:
-    """Load the grid's model and capture its calibration set once. With ``shared_calibration`` (cells
-    running as separate jobs), the first job captures it into ``calibration.pt`` in the output folder,
-    under a file lock, and every other job loads it from there."""
+    """Load the grid's model; each calibration draw is captured when a cell first needs it. With
+    ``shared_calibration`` (cells running as separate jobs), the first job to need a draw captures it into
+    ``calibration.pt`` (``calibration-calib<seed>.pt`` for other draws) in the output folder, under a
+    file lock, and every other job loads it from there."""
     config = plan.config
     base = load_model(config.model, dtype=parse_dtype(config.dtype), device=config.device,
                       max_pixels=config.max_pixels)
     check_token_methods(config, base.model)
     cache = VisionFeatureCache()
 
-    def capture() -> list[CapturedSample]:
-        return capture_calibration(base, plan.selected, store_device=config.device, show_progress=show_progress,
+    def capture(draw: int | None) -> list[CapturedSample]:
+        selected = plan.selections.get(draw) or select(config.calibration(draw))
+        return capture_calibration(base, selected, store_device=config.device, show_progress=show_progress,
                                    vision_cache=cache)
 
-    if not shared_calibration:
-        return GridContext(config, base, capture(), plan.tasks, cache)
-    path = plan.out / "calibration.pt"
-    plan.out.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
-        if not path.is_file():
-            captured = capture()
+    def shared(draw: int | None) -> list[CapturedSample]:
+        path = plan.out / ("calibration.pt" if draw is None else f"calibration-calib{draw}.pt")
+        plan.out.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock"):
+            if path.is_file():
+                return torch.load(path, map_location=config.device, weights_only=False)
+            captured = capture(draw)
             tmp = path.with_name(f".{path.name}.tmp")
             torch.save(captured, tmp)
             tmp.replace(path)
-        else:
-            captured = torch.load(path, map_location=config.device, weights_only=False)
-    return GridContext(config, base, captured, plan.tasks, cache)
+            return captured
+
+    ctx = GridContext(config, base, shared if shared_calibration else capture, plan.tasks, cache)
+    pruned = [c for c in plan.todo if c.pathway != "dense" and c.method != "dense"]
+    if pruned and not shared_calibration:
+        ctx.captured(pruned[0].draw)  # before any cell: a capture that fails does so before hours of scoring
+    return ctx
 
 
 def check_token_methods(config: GridConfig, model: torch.nn.Module | None = None) -> None:
@@ -572,26 +624,30 @@ def _prune_and_score(ctx: GridContext, cell: Cell, show_progress: bool, log_samp
     context["token_pruning"] = cell.token_pruning
     if cell.pathway == "all" and cell.entry is not None:
         prune_config = config.prune_config(cell.entry, cell.sparsity, cell.pattern, _adaptive_total(out, cell))
-        samples = ctx.captured if prune_config.needs_calibration else []
+        samples = ctx.captured(cell.draw) if prune_config.needs_calibration else []
         if prune_config.tokens == "kept":
             samples = with_token_schedule(base.model, base.adapter, samples, make_pruner(cell.token_pruning))
         report = prune(model, base.adapter, samples, prune_config, show_progress=show_progress)
     elif cell.pathway in PATHWAYS:  # table1: one MoT pathway
         probe = to_mot(model, base.adapter, config.replicate_o_proj, private=cell.pathway)
         prune_config = PruneConfig(method=config.method, sparsity=cell.sparsity, tokens=cell.pool)
-        report = prune_pathway(probe, ctx.captured, prune_config, cell.pathway, show_progress=show_progress)
+        samples = ctx.captured(cell.draw)
+        report = prune_pathway(probe, samples, prune_config, cell.pathway, show_progress=show_progress)
         if cell.pool in IOU_POOLS:  # kept until both are there for the IoU (large: git ignores them)
             masks = {}
             for b, layer in enumerate(base.adapter.decoder_layers(model)):
                 for name, routed in probe.routed_linears(layer).items():
                     masks[f"layers.{b}.{name}"] = (getattr(routed, cell.pathway).weight == 0).cpu()
-            _save_masks(out / "masks" / f"{cell.pathway}-{cell.pool}-{cell.sparsity:g}.npz", masks)
+            draw = "" if cell.draw is None else f"-calib{cell.draw}"
+            _save_masks(out / "masks" / f"{cell.pathway}-{cell.pool}-{cell.sparsity:g}{draw}.npz", masks)
     if prune_config is not None:
         record = RunRecord.from_report(prune_config, report, model=config.model, family=base.model.config.model_type,
                                        dtype=config.dtype, device=config.device, context=context,
-                                       calibration={"sample_ids": [s.sample_id for s in ctx.captured]})
+                                       calibration={"seed": config.default_draw if cell.draw is None else cell.draw,
+                                                    "sample_ids": [s.sample_id for s in samples]})
     else:
-        record = RunRecord(settings={}, method="dense", model=config.model, context=context)
+        record = RunRecord(settings={}, method="dense", model=config.model, dtype=config.dtype, device=config.device,
+                           context=context)
     scores, items, checkpoint = _evaluate_cell(ctx, cell, model, show_progress, log_samples)
     record.context["weights_fingerprint"] = checkpoint.fingerprint
     if checkpoint.resumed:
@@ -599,6 +655,8 @@ def _prune_and_score(ctx: GridContext, cell: Cell, show_progress: bool, log_samp
     settings = {"cell": cell.cell_id, "pathway": cell.pathway, "pool": cell.pool, "sparsity": cell.sparsity,
                 "method": cell.method, "setting": cell.setting, "model": config.model,
                 "nsamples": config.nsamples, "seed": config.seed, "limit": config.limit,
+                "calib_seed": (config.default_draw if cell.draw is None else cell.draw)
+                if prune_config is not None and prune_config.needs_calibration else None,
                 "loglikelihood": config.loglikelihood, "token_pruning": cell.token_pruning,
                 **setting_columns(prune_config)}
     if config.grid == "table2":

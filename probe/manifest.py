@@ -10,6 +10,7 @@ import platform
 import re
 import shutil
 import socket
+import subprocess
 import tempfile
 from collections.abc import Callable
 from importlib import metadata
@@ -35,6 +36,32 @@ def package_versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             versions[name] = None
     return versions
+
+
+CODE_PATHS = ("probe", "analysis", "pyproject.toml")  # what decides the numbers, in the source tree
+
+
+def code_revision(root: Path | None = None) -> dict[str, Any]:
+    """Which code ran: in a git work tree of the source, its commit and whether :data:`CODE_PATHS` had
+    changes not committed (``dirty``); elsewhere (an installed package) the package's version."""
+    root = root or Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    top = git("rev-parse", "--show-toplevel")
+    if top is not None and Path(top).resolve() == root.resolve():
+        commit, status = git("rev-parse", "HEAD"), git("status", "--porcelain", "--", *CODE_PATHS)
+        if commit is not None and status is not None:
+            return {"commit": commit, "dirty": bool(status)}
+    try:
+        return {"version": metadata.version("probe-lvlm")}
+    except metadata.PackageNotFoundError:
+        return {"version": None}
 
 
 def _umask() -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from probe.errors import ProbeError
-from probe.manifest import package_versions, write_json_atomic
+from probe.manifest import code_revision, package_versions, write_json_atomic
 
 RECORD_VERSION = 2
 
@@ -49,6 +49,7 @@ class RunRecord:
     timings: dict[str, float] = field(default_factory=dict)  # seconds: capture, prepass, prune, wall
     peak_memory_bytes: int = 0
     versions: dict[str, str | None] = field(default_factory=package_versions)
+    code: dict[str, Any] = field(default_factory=code_revision)  # the commit (and dirty flag) or package version
     context: dict[str, Any] = field(default_factory=dict)  # where the run belongs: command, grid cell, pathway
     version: int = RECORD_VERSION
 
@@ -81,7 +82,8 @@ class RunRecord:
         known = {f.name for f in dataclasses.fields(cls)}
         if "settings" not in data:
             raise RecordError("not a run record (it has no settings)")
-        return cls(**{k: v for k, v in data.items() if k in known})
+        # a record written before a field existed says nothing of it (never this machine's code or versions)
+        return cls(**{"code": {}, "versions": {}, **{k: v for k, v in data.items() if k in known}})
 
     def write(self, path: Path) -> None:
         """Write the record as JSON, atomically."""

@@ -6,6 +6,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -19,6 +20,8 @@ from probe.task_checkpoint import (
     largest_sum_change,
     weights_fingerprint,
 )
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def small_config(tmp_path, **kw):
@@ -466,6 +469,60 @@ def test_calib_seed_prunes_again_on_another_draw_with_the_same_dense_cell_and_ev
                               calib_seed=2, out=str(tmp_path / "second")), show_progress=False)
 
 
+def test_calib_seeds_prune_each_cell_once_per_draw_against_one_dense_cell(tmp_path, monkeypatch):
+    """Calibration draws as an axis: a cell that uses calibration is pruned once per draw (magnitude once),
+    the dense cell is scored once, and the tables read the draws of a cell as one row."""
+    import random
+
+    from probe.data.calibration import CalibrationSpec, load_samples
+
+    scored = []
+    real = grid_module.evaluate_with_items
+    monkeypatch.setattr(grid_module, "evaluate_with_items",
+                        lambda *args, **kwargs: scored.append(1) or real(*args, **kwargs))
+    config = small_config(tmp_path, grid="table2", methods=["magnitude", "wanda"], settings=["0.5"], tasks="digits",
+                          calib_seeds=[0, 2])
+    results = run_grid(config, show_progress=False)
+    cells_run = list(dict.fromkeys(results.cell))
+    assert cells_run == ["dense", "magnitude/50%", "wanda/50%", "wanda/50%@calib2"]
+    assert len(scored) == 4  # one task, each cell scored once
+    seeds = results.groupby("cell", sort=False).calib_seed.first()
+    assert pd.isna(seeds["dense"]) and pd.isna(seeds["magnitude/50%"])  # no calibration: the same in any draw
+    assert (seeds["wanda/50%"], seeds["wanda/50%@calib2"]) == (0, 2)
+    pool = load_samples(CalibrationSpec())
+    for cell, seed in (("wanda/50%", 0), ("wanda/50%@calib2", 2)):
+        record = json.loads(grid_module.cell_path(tmp_path / "grid", cell).read_text())
+        assert record["calibration"]["seed"] == seed
+        assert record["calibration"]["sample_ids"] == [s.sample_id for s in random.Random(seed).sample(pool, 3)]
+    manifest = json.loads((tmp_path / "grid" / "manifest.json").read_text())
+    assert manifest["calibration_draws"]["2"] == [s.sample_id for s in random.Random(2).sample(pool, 3)]
+    from analysis.tables import write_grid_table
+
+    markdown = write_grid_table(results, tmp_path / "grid", "table2")
+    wanda = next(line for line in markdown.splitlines() if line.startswith("| 50% | wanda |"))
+    assert "| 2 [" in wanda  # two draws and the range of their retentions
+    assert (tmp_path / "grid" / "table2_calib0.md").is_file() and (tmp_path / "grid" / "table2_calib2.md").is_file()
+    with pytest.raises(GridConfigError, match="calib_seed .* or calib_seeds .*, not both"):
+        small_config(tmp_path, calib_seed=1, calib_seeds=[0, 1])
+    with pytest.raises(GridConfigError, match="names the draw 1 twice"):
+        small_config(tmp_path, calib_seeds=[0, 1, 1])
+
+
+def test_a_grid_adds_calibration_draws_after_its_own(tmp_path):
+    """A finished grid of one draw takes more draws later: only the new draws' cells run."""
+    config = small_config(tmp_path, pathways=["visual"], pools=["text"], tasks="digits")
+    run_grid(config, show_progress=False)
+    before = (tmp_path / "grid" / "items" / "visual_text_0_5.csv").read_text()
+    results = run_grid(small_config(tmp_path, pathways=["visual"], pools=["text"], tasks="digits",
+                                    calib_seeds=[0, 1]), show_progress=False)
+    assert list(dict.fromkeys(results.cell)) == ["dense", "visual/text/0.5", "visual/text/0.5@calib1"]
+    assert (tmp_path / "grid" / "items" / "visual_text_0_5.csv").read_text() == before
+    assert (tmp_path / "grid" / "masks" / "visual-text-0.5-calib1.npz").is_file()
+    with pytest.raises(GridConfigError, match=r"calib_seeds \[0, 1\] there, \[1, 0\] here"):
+        run_grid(small_config(tmp_path, pathways=["visual"], pools=["text"], tasks="digits", calib_seeds=[1, 0]),
+                 show_progress=False)
+
+
 def test_a_fixed_budget_cell_needs_plain_atv_in_the_grid(tmp_path):
     with pytest.raises(GridConfigError, match="add atv to methods"):
         small_config(tmp_path, grid="table2", methods=["wanda", "atv(budget=fixed)"])
@@ -522,6 +579,14 @@ def test_cell_records_name_the_machine_and_the_scored_weights(tmp_path):
     assert pruned["weights_fingerprint"] != dense["weights_fingerprint"]
     assert pruned["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert pruned["machine"]["torch_threads"] == torch.get_num_threads()
+    assert dense["machine"] == pruned["machine"]
+    # dense cells too name their dtype, device and code revision (this checkout's commit)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    for record in records.values():
+        assert (record["dtype"], record["device"]) == ("float32", "cpu")
+        assert record["code"]["commit"] == head and isinstance(record["code"]["dirty"], bool)
+    manifest = json.loads((tmp_path / "grid" / "manifest.json").read_text())
+    assert manifest["code"]["commit"] == head and manifest["machine"]["cpu"] == dense["machine"]["cpu"]
 
 
 def test_the_machine_is_named_from_the_cpu_description(tmp_path):
@@ -533,5 +598,6 @@ def test_the_machine_is_named_from_the_cpu_description(tmp_path):
     cpuinfo.write_text("processor\t: 0\nmodel name\t: Example CPU 9000\nflags\t\t: avx2\n\n"
                        "processor\t: 1\nmodel name\t: Example CPU 9000\nflags\t\t: avx2\n")
     assert machine_description("cpu", cpuinfo)["cpu"] == "Example CPU 9000"
+    assert machine_description("cpu", cpuinfo)["cpu_flags"] == ["avx2"]
     assert "gpu" not in machine_description("cpu", cpuinfo)
     assert machine_description("cpu", tmp_path / "absent")["cpu"] == (platform.processor() or platform.machine())

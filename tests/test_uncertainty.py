@@ -7,7 +7,7 @@ import pytest
 
 from analysis.results import ResultsError
 from analysis.tables import (
-    average_draws,
+    join_draws,
     pool_differences,
     rerun_differences,
     table1,
@@ -17,6 +17,7 @@ from analysis.tables import (
     write_grid_table,
 )
 from probe.uncertainty import (
+    BOOTS,
     ItemsError,
     bootstrap_retention,
     paired_difference,
@@ -104,8 +105,14 @@ def test_table2_shows_errors_intervals_and_differences_to_wanda():
     assert "avg [95% CI] retention (%)" in markdown.splitlines()[0]
     line = next(line for line in markdown.splitlines() if "| atv |" in line)
     assert f"62.50 ± {100 * standard_error(ATV['a']):.2f}" in line
-    star = " *" if difference.excludes_zero else ""
-    assert f"{difference.estimate:+.2f} [{difference.low:+.2f}, {difference.high:+.2f}]{star}" in line
+    # one comparison in the table (atv against wanda), so the adjusted p-value is the exact one
+    from probe.significance import retention_test
+
+    p = retention_test(ATV, WANDA, DENSE)
+    assert atv[("vs wanda (pp)", "p")] == pytest.approx(p) and atv[("vs wanda (pp)", "p_adj")] == pytest.approx(p)
+    star = " *" if p < 0.05 else ""
+    assert f"{difference.estimate:+.2f} [{difference.low:+.2f}, {difference.high:+.2f}] p={p:.3f}{star}" in line
+    assert "Family: 1 paired comparisons in this table" in markdown
 
 
 def test_delta_method_interval_by_hand():
@@ -192,7 +199,7 @@ def test_pool_differences_compare_pools_and_dense_on_the_same_items(tmp_path):
     assert text_dense[("b (pp)", "diff")] == pytest.approx(0.0)
     # between pools: the paired intervals of the plain loops tested above
     pair = table.loc[("50%", "text", "text - visual")]
-    (low, high), _ = _plain_bootstrap(2000, 0, ATV, WANDA)
+    (low, high), _ = _plain_bootstrap(BOOTS, 0, ATV, WANDA)
     assert (pair[("avg retention (pp)", "low")], pair[("avg retention (pp)", "high")]) == pytest.approx((low, high))
     per_task = paired_score_differences(ATV, WANDA)
     assert pair[("a (pp)", "diff")] == pytest.approx(12.5)
@@ -200,13 +207,14 @@ def test_pool_differences_compare_pools_and_dense_on_the_same_items(tmp_path):
                                                                                  per_task["b"].high))
     # a pathway pruned without loss: every interval is [0, 0]
     same = table.loc[("50%", "visual", "visual - dense")]
-    assert same.abs().max() == 0
+    assert same.drop(["p", "p_adj"], level=1).abs().max() == 0
+    assert (same.xs("p", level=1) == 1).all() and (same.xs("p_adj", level=1) == 1).all()
     # between pathways, same pool: the visual pathway's cell (dense answers) against the text pathway's
     # (Wanda's 4 of 8 on each task, retention (4/6 + 4/6) / 2)
     across = table.loc[("50%", "visual - text", "visual")]
     assert across[("avg retention (pp)", "diff")] == pytest.approx(100 - 100 * 4 / 6)
     assert across[("a (pp)", "diff")] == pytest.approx(100 * (6 / 8 - 4 / 8))
-    (low, high), _ = _plain_bootstrap(2000, 0, DENSE, WANDA)
+    (low, high), _ = _plain_bootstrap(BOOTS, 0, DENSE, WANDA)
     assert (across[("avg retention (pp)", "low")], across[("avg retention (pp)", "high")]) == pytest.approx(
         (low, high))
     # a Table 1 grid writes them beside the table
@@ -240,13 +248,17 @@ def test_rerun_differences_pair_each_cell_with_its_rerun_on_the_same_items():
         rerun_differences(first_results, first_items, *_grid({"dense": moved, "wanda": ATV}))
 
 
-def _grid_folder(folder, runs: dict[str, dict], name: str, grid: str = "table2") -> None:
+def _grid_folder(folder, runs: dict[str, dict], name: str, grid: str = "table2", calib_seed: int | None = None
+                 ) -> None:
     """A grid folder as `probe grid` leaves it: results.csv, items/ and the manifest naming the grid."""
+    import json
+
     results, items = _grid(runs)
     (folder / "items").mkdir(parents=True)
     results.to_csv(folder / "results.csv", index=False)
     items.to_csv(folder / "items" / "all.csv", index=False)
-    (folder / "manifest.json").write_text(f'{{"config": {{"grid": "{grid}", "name": "{name}"}}}}')
+    config = {"grid": grid, "name": name, "seed": 0, "calib_seed": calib_seed}
+    (folder / "manifest.json").write_text(json.dumps({"config": config}))
 
 
 def test_table_cli_compares_a_rerun_folder_against_the_first(tmp_path, capsys):
@@ -263,66 +275,121 @@ def test_table_cli_compares_a_rerun_folder_against_the_first(tmp_path, capsys):
     assert "| wanda | 1 | 2 | +25.00 [" in written
 
 
-def _plain_mean_and_stderr(values) -> tuple[float, float]:
+def _plain_stderr(values) -> float:
     mean = sum(values) / len(values)
-    variance = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
-    return mean, (variance / len(values)) ** 0.5
+    return (sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values)) ** 0.5
 
 
-def test_average_draws_score_each_item_by_the_mean_of_its_answers():
+def test_join_draws_read_each_cell_as_the_mean_of_its_draws():
     first = _grid({"dense": DENSE, "wanda": WANDA, "atv": ATV, "tamp": WANDA})
     second = _grid({"dense": DENSE, "wanda": ATV, "atv": ATV})  # TAMP not rerun: left out
-    results, items = average_draws([first, (second[0], second[1].sample(frac=1, random_state=4))])
-    assert list(dict.fromkeys(results.cell)) == ["dense", "wanda", "atv"]
-    mean = {t: np.array([(w + a) / 2 for w, a in zip(WANDA[t], ATV[t])]) for t in ("a", "b")}
-    wanda = results[results.cell == "wanda"].set_index("task")
-    for t in ("a", "b"):
-        score, error = _plain_mean_and_stderr(mean[t])
-        assert (wanda.score[t], wanda.stderr[t], wanda.n[t]) == pytest.approx((score, error, 8))
-    assert (wanda.score["a"], wanda.score["b"]) == pytest.approx((4.5 / 8, 5 / 8))
-    kept = items[(items.cell == "wanda") & (items.task == "a")].sort_values("doc_id").value
-    assert list(kept) == pytest.approx(list(mean["a"]))
-    # the tables read the averaged items like any grid's
+    results, items = join_draws([(*first, 0), (second[0], second[1].sample(frac=1, random_state=4), 1)])
+    assert list(dict.fromkeys(results.cell)) == ["dense", "wanda", "atv", "wanda@calib1", "atv@calib1"]
+    assert results.groupby("cell").calib_seed.first().dropna().to_dict() == {"wanda": 0, "atv": 0, "wanda@calib1": 1,
+                                                                    "atv@calib1": 1}
     table = table2(results, items)
     row = table.loc[("50%", "wanda")]
+    assert (row[("score (%)", "a")], row[("score (%)", "b")]) == pytest.approx((100 * 4.5 / 8, 100 * 5 / 8))
     assert row[("retention (%)", "avg")] == pytest.approx(100 * (4.5 / 6 + 5 / 6) / 2)
-    (low, high), _ = _plain_bootstrap(2000, 0, mean)
+    # the items' noise the draws share plus the spread between the draws' scores
+    errors, scores = [_plain_stderr(WANDA["a"]), _plain_stderr(ATV["a"])], [4 / 8, 5 / 8]
+    between = ((scores[0] - 4.5 / 8) ** 2 + (scores[1] - 4.5 / 8) ** 2) / 1
+    expected = ((errors[0] ** 2 + errors[1] ** 2) / 2 + between / 2) ** 0.5
+    assert row[("stderr (%)", "a")] == pytest.approx(100 * expected)
+    (low, high) = _plain_two_level(BOOTS, 0, [WANDA, ATV])
     assert (row[("retention (%)", "low")], row[("retention (%)", "high")]) == pytest.approx((low, high))
-    (low, high), _ = _plain_bootstrap(2000, 0, ATV, mean)
+    # each draw's own retention: Wanda's draw keeps 4/6 and 4/6, the rerun's 5/6 and 6/6
+    assert (row[("retention (%)", "draws")], row[("retention (%)", "draw min")],
+            row[("retention (%)", "draw max")]) == pytest.approx((2, 100 * 4 / 6, 100 * 11 / 12))
     atv = table.loc[("50%", "atv")]
+    (low, high) = _plain_two_level(BOOTS, 0, [ATV, ATV], [WANDA, ATV])
     assert (atv[("vs wanda (pp)", "low")], atv[("vs wanda (pp)", "high")]) == pytest.approx((low, high))
+    assert "| 2 [66.67, 91.67] |" in to_markdown(table)
 
 
-def test_average_draws_refuse_draws_that_are_not_reruns():
-    first = _grid({"dense": DENSE, "wanda": WANDA})
+def test_join_draws_refuse_draws_that_are_not_reruns():
+    first = (*_grid({"dense": DENSE, "wanda": WANDA}), 0)
     moved = {"a": np.where(np.arange(8) == 2, 1.0, DENSE["a"]), "b": DENSE["b"]}
     with pytest.raises(ResultsError, match="draw 2's dense cell answers 1 items differently"):
-        average_draws([first, _grid({"dense": moved, "wanda": ATV})])
+        join_draws([first, (*_grid({"dense": moved, "wanda": ATV}), 1)])
     shorter = {t: v[:6] for t, v in DENSE.items()}
     with pytest.raises(ResultsError, match="draw 2 scores other tasks or items"):
-        average_draws([first, _grid({"dense": shorter, "wanda": {t: v[:6] for t, v in ATV.items()}})])
+        join_draws([first, (*_grid({"dense": shorter, "wanda": {t: v[:6] for t, v in ATV.items()}}), 1)])
     with pytest.raises(ResultsError, match="no pruned cell is finished in every draw"):
-        average_draws([first, _grid({"dense": DENSE, "atv": ATV})])
+        join_draws([first, (*_grid({"dense": DENSE, "atv": ATV}), 1)])
+    with pytest.raises(ResultsError, match="two grids drew their calibration with seed 0"):
+        join_draws([first, (*_grid({"dense": DENSE, "wanda": ATV}), 0)])
     with pytest.raises(ResultsError, match="at least two grids"):
-        average_draws([first])
+        join_draws([first])
 
 
-def test_table_cli_averages_draws(tmp_path, capsys):
+def test_table_cli_joins_draws(tmp_path, capsys):
     """`probe table FIRST --average-with SECOND` writes FIRST/<name>_mean_of_2_draws.md."""
     from probe.cli import main
 
     _grid_folder(tmp_path / "first", {"dense": DENSE, "wanda": WANDA, "atv": ATV}, "table2")
-    _grid_folder(tmp_path / "second", {"dense": DENSE, "wanda": ATV, "atv": ATV}, "table2-calib1")
+    _grid_folder(tmp_path / "second", {"dense": DENSE, "wanda": ATV, "atv": ATV}, "table2-calib1", calib_seed=1)
     _grid_folder(tmp_path / "probe", {"dense": DENSE, "wanda": ATV}, "table1", grid="table1")
     assert main(["table", str(tmp_path / "first"), "--average-with", str(tmp_path / "probe")]) == 2
     assert "is not a table2 grid" in capsys.readouterr().err
-    assert main(["table", str(tmp_path / "first"), "--average-with", str(tmp_path / "second")]) == 0
+    assert main(["table", str(tmp_path / "first"), "--average-with", str(tmp_path / "second"), "--adjust", "bh",
+                 "--resamples", "500"]) == 0
     written = (tmp_path / "first" / "table2_mean_of_2_draws.md").read_text()
     assert written in capsys.readouterr().out
-    # Wanda: items averaged to 4.5 / 8 and 5 / 8; the standard error of the means, by hand
-    assert "| 50% | wanda | 56.25 ± 17.52 | 62.50 ± " in written
+    assert "| 50% | wanda | 56.25 ± " in written and "| 2 [66.67, 91.67] |" in written
+    assert "p-values adjusted by Benjamini-Hochberg" in written and "500 resamples" in written
     assert (tmp_path / "first" / "table2_mean_of_2_draws_tasks_vs_wanda.md").is_file()
     for path in (tmp_path / "second" / "items").iterdir():
         path.unlink()
     assert main(["table", str(tmp_path / "first"), "--average-with", str(tmp_path / "second")]) == 2
     assert "keeps no per-item scores" in capsys.readouterr().err
+
+
+def _plain_two_level(boots, seed, draws, baseline=None):
+    """One loop per resample: first the draws (with replacement, as many as there are), then per task (in
+    sorted order) the items, the same for every draw, the baseline and the dense run; a baseline of several
+    draws takes the same resampled draws."""
+    rng = np.random.default_rng(seed)
+    chosen = rng.integers(0, len(draws), size=(boots, len(draws)))
+    tasks = sorted(DENSE)
+    picks = {t: rng.integers(0, len(DENSE[t]), size=(boots, len(DENSE[t]))) for t in tasks}
+    values = []
+    for b in range(boots):
+        ratios = []
+        for t in tasks:
+            picked = picks[t][b]
+            dense = sum(DENSE[t][i] for i in picked) / len(picked)
+            score = sum(sum(draws[k][t][i] for i in picked) / len(picked) for k in chosen[b]) / len(draws)
+            if isinstance(baseline, list):
+                score -= sum(sum(baseline[k][t][i] for i in picked) / len(picked) for k in chosen[b]) / len(draws)
+            elif baseline is not None:
+                score -= sum(baseline[t][i] for i in picked) / len(picked)
+            ratios.append(score / dense if dense > 0 else float("nan"))
+        values.append(100 * sum(ratios) / len(ratios))
+    return np.percentile([v for v in values if v == v], [2.5, 97.5])
+
+
+OTHER = {"a": np.array([1, 1, 1, 1, 1, 0, 1, 1.0]), "b": np.array([1, 1, 1, 1, 0, 1, 1, 1.0])}
+
+
+def test_two_level_bootstrap_equals_a_plain_loop():
+    draws = [WANDA, ATV, OTHER]
+    interval = bootstrap_retention(draws, DENSE, boots=400, seed=11)
+    expected_point = 100 * np.mean([np.mean([run[t].mean() for run in draws]) / DENSE[t].mean() for t in sorted(DENSE)])
+    assert interval.estimate == pytest.approx(expected_point)
+    assert (interval.low, interval.high) == pytest.approx(tuple(_plain_two_level(400, 11, draws)))
+    difference = paired_difference(draws, WANDA, DENSE, boots=400, seed=11)
+    assert (difference.low, difference.high) == pytest.approx(tuple(_plain_two_level(400, 11, draws, WANDA)))
+
+
+def test_two_level_bootstrap_counts_the_spread_between_draws():
+    """Draws that disagree widen the interval beyond that of the items' mean answers taken as one run."""
+    draws = [WANDA, OTHER]
+    mean = {t: (WANDA[t] + OTHER[t]) / 2 for t in DENSE}
+    two_level, one_level = bootstrap_retention(draws, DENSE), bootstrap_retention(mean, DENSE)
+    assert two_level.estimate == pytest.approx(one_level.estimate)
+    assert two_level.high - two_level.low > one_level.high - one_level.low
+    same = bootstrap_retention([WANDA, WANDA, WANDA], DENSE, boots=300, seed=2)
+    assert (same.low, same.high) == pytest.approx(_plain_bootstrap(300, 2, WANDA)[0], abs=5.0)
+    with pytest.raises(ItemsError, match="runs of 2 and 3 calibration draws"):
+        paired_difference([WANDA, ATV], [WANDA, ATV, OTHER], DENSE)
