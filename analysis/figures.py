@@ -8,7 +8,9 @@ notebook shows it inline).
 - :func:`plot_tsne`: t-SNE of text and visual activations entering one block (Fig. 1a).
 
 Error bars are one binomial standard error of a task score, ``sqrt(p (1 - p) / n)``, where the results
-carry the item count ``n``; the dense model's score is the dashed line with its band.
+carry the item count ``n``; the dense model's score is the dashed line with its band. Average retention
+carries its 95% interval: a paired bootstrap where the grid's per-item scores are given (``items``), else
+the delta method from the tasks' standard errors (:func:`analysis.tables.retention_interval`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis.results import ResultsError
-from analysis.tables import retention
+from analysis.tables import retention_interval
 
 
 def save(fig: Figure, out: Path) -> list[Path]:
@@ -41,16 +43,23 @@ def _title(what: str, model: str | None) -> str:
 
 def plot_mask_iou(iou: pd.DataFrame, out: Path, model: str | None = None) -> Figure:
     """IoU of the text-pool and visual-pool masks per linear, a panel per pathway and an outlined
-    histogram per sparsity (they overlap without hiding each other), medians dotted. ``iou`` has
-    columns pathway, sparsity, linear, iou."""
+    histogram per sparsity (they overlap without hiding each other), medians dotted, the IoU of two
+    independent random masks of the same sparsity dashed (:func:`random_mask_iou`); the axis spans the
+    data. ``iou`` has columns pathway, sparsity, linear, iou."""
     pathways = list(dict.fromkeys(iou.pathway))
     fig, axes = plt.subplots(1, len(pathways), figsize=(4.5 * len(pathways), 3.5), sharey=True, squeeze=False)
-    bins = np.linspace(0, 1, 41)
+    baselines = [random_mask_iou(float(s)) for s in iou.sparsity.unique()]
+    low, high = min(iou.iou.min(), *baselines), max(iou.iou.max(), *baselines)
+    margin = max(0.02, 0.05 * (high - low))
+    bins = np.linspace(max(0.0, low - margin), min(1.0, high + margin), 41)
     for ax, pathway in zip(axes[0], pathways):
         for (sparsity, group), color in zip(iou[iou.pathway == pathway].groupby("sparsity"), plt.cm.tab10.colors):
             ax.hist(group.iou, bins=bins, histtype="step", linewidth=1.8, color=color,
                     label=f"{float(sparsity):.0%} sparsity")
             ax.axvline(group.iou.median(), color=color, linestyle=":", linewidth=1)
+            ax.axvline(random_mask_iou(float(sparsity)), color=color, linestyle="--", linewidth=1,
+                       label=f"random masks, {float(sparsity):.0%}")
+        ax.set_xlim(bins[0], bins[-1])
         ax.set_title(f"{pathway} pathway")
         ax.set_xlabel("mask IoU (text pool vs visual pool)")
         ax.legend(fontsize="small")
@@ -59,6 +68,12 @@ def plot_mask_iou(iou: pd.DataFrame, out: Path, model: str | None = None) -> Fig
     fig.tight_layout()
     save(fig, out)
     return fig
+
+
+def random_mask_iou(sparsity: float) -> float:
+    """The IoU of the pruned entries of two independent random masks that each prune ``sparsity`` of a large
+    matrix: an entry is in both with probability ``s^2`` and in either with ``2s - s^2``, so ``s / (2 - s)``."""
+    return sparsity / (2 - sparsity)
 
 
 def _binomial_se(score: pd.Series, n: pd.Series | None) -> pd.Series:
@@ -80,9 +95,10 @@ def _atv_setting(methods: pd.Series, name: str, default: float) -> pd.Series:
     return pd.Series(values, index=methods.index)
 
 
-def _sweep_points(results: pd.DataFrame, key: pd.Series, what: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(per task and point: score and its standard error, in %; per point: average retention) of the
-    pruned cells with a ``key`` value, and the dense scores; ``what`` names the cells for the error."""
+def _sweep_points(results: pd.DataFrame, key: pd.Series, what: str, items: pd.DataFrame | None = None
+                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per task and point: score and its standard error, in %; per point: average retention and its 95%
+    interval) of the pruned cells with a ``key`` value; ``what`` names the cells for the error."""
     dense = results[results.pathway == "dense"]
     if dense.empty:
         raise ResultsError("the grid holds no dense cell to compute retention against")
@@ -91,18 +107,19 @@ def _sweep_points(results: pd.DataFrame, key: pd.Series, what: str) -> tuple[pd.
         raise ResultsError(f"the grid holds no {what} cells (a table2 grid of ATV variants has them)")
     n = pruned["n"] if "n" in pruned else None
     points = pruned.assign(score_pct=100 * pruned.score, se_pct=100 * _binomial_se(pruned.score, n))
-    dense_scores = dense.set_index("task")["score"]
-    averages = pd.DataFrame([
-        {"key": k, "setting": s, "retention": retention(g.set_index("task")["score"], dense_scores)}
-        for (k, s), g in pruned.groupby(["key", "setting"])])
-    return points.sort_values("key"), averages.sort_values("key")
+    averages = []
+    for (k, s), group in pruned.groupby(["key", "setting"]):
+        cell = group.cell.iloc[0] if "cell" in group else None
+        value, low, high = retention_interval(cell, group, results, items)
+        averages.append({"key": k, "setting": s, "retention": value, "low": low, "high": high})
+    return points.sort_values("key"), pd.DataFrame(averages).sort_values("key")
 
 
 def _sweep_plot(results: pd.DataFrame, key: pd.Series, what: str, xlabel: str, out: Path, categorical: bool,
-                model: str | None) -> Figure:
+                model: str | None, items: pd.DataFrame | None) -> Figure:
     """A panel per task (score against the swept setting, error bars, the dense line) and a last panel
-    of the average retention."""
-    points, averages = _sweep_points(results, key, what)
+    of the average retention with its 95% intervals."""
+    points, averages = _sweep_points(results, key, what, items)
     dense = results[results.pathway == "dense"].set_index("task")
     tasks = list(dense.index)
     values = sorted(points.key.unique())
@@ -123,7 +140,9 @@ def _sweep_plot(results: pd.DataFrame, key: pd.Series, what: str, xlabel: str, o
         ax.set_ylabel("score (%)")
     ax = axes[0][-1]
     for setting, group in averages.groupby("setting", sort=False):
-        ax.plot([position[v] for v in group.key], group.retention, marker="o", label=str(setting))
+        spread = np.array([group.retention - group.low, group.high - group.retention])
+        ax.errorbar([position[v] for v in group.key], group.retention,
+                    yerr=None if np.isnan(spread).all() else spread, marker="o", capsize=3, label=str(setting))
     ax.axhline(100, color="gray", linestyle="--", linewidth=1)
     ax.set_title("average")
     ax.set_xlabel(xlabel)
@@ -138,23 +157,26 @@ def _sweep_plot(results: pd.DataFrame, key: pd.Series, what: str, xlabel: str, o
     return fig
 
 
-def plot_alpha(results: pd.DataFrame, out: Path, model: str | None = None) -> Figure:
+def plot_alpha(results: pd.DataFrame, out: Path, model: str | None = None, items: pd.DataFrame | None = None
+               ) -> Figure:
     """Scores and average retention against alpha (categorical axis: 0 and a doubling sweep), from a
     grid whose methods are ``atv(alpha=...)`` cells (plain ``atv`` counts as alpha = 1)."""
     key = _atv_setting(results.method, "alpha", 1.0)
-    return _sweep_plot(results, key, "atv(alpha=...)", "alpha", out, categorical=True, model=model)
+    return _sweep_plot(results, key, "atv(alpha=...)", "alpha", out, categorical=True, model=model, items=items)
 
 
-def plot_text_ratio(results: pd.DataFrame, out: Path, model: str | None = None) -> Figure:
+def plot_text_ratio(results: pd.DataFrame, out: Path, model: str | None = None, items: pd.DataFrame | None = None
+                    ) -> Figure:
     """Scores and average retention against the retained text ratio, from ``atv(text_ratio=...)`` cells."""
     key = _atv_setting(results.method, "text_ratio", 1.0)
     return _sweep_plot(results, key, "atv(text_ratio=...)", "retained text-token ratio", out, categorical=False,
-                       model=model)
+                       model=model, items=items)
 
 
-def flops_points(results: pd.DataFrame, sparse: bool = True) -> pd.DataFrame:
+def flops_points(results: pd.DataFrame, sparse: bool = True, items: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per pruned cell of a grid with FLOPs columns: its kind (weights, tokens or joint), GFLOPs (of the
-    language side; ``sparse``: pruned weights skipped, as sparse kernels would) and average retention."""
+    language side; ``sparse``: pruned weights skipped, as sparse kernels would) and average retention with
+    its 95% interval (``low``, ``high``)."""
     tokens = results.get("token_pruning", pd.Series(["none"] * len(results), dtype=str)).fillna("none").astype(str)
     if not (tokens != "none").any():
         raise ResultsError("the grid has no cell with visual token pruning (its token_methods name none): retention "
@@ -165,37 +187,50 @@ def flops_points(results: pd.DataFrame, sparse: bool = True) -> pd.DataFrame:
     dense = results[results.pathway == "dense"]
     if dense.empty:
         raise ResultsError("the grid holds no dense cell to compute retention against")
-    dense_scores = dense.set_index("task")["score"]
     rows = []
     for cell, group in results[results.pathway != "dense"].groupby("cell", sort=False):
         tokens = str(group.get("token_pruning", pd.Series(["none"])).iloc[0])
         weights = str(group.method.iloc[0]) != "dense"
         kind = "joint" if weights and tokens != "none" else ("weights" if weights else "tokens")
-        rows.append({"cell": cell, "kind": kind, "gflops": float(group[column].iloc[0]),
-                     "retention": retention(group.set_index("task")["score"], dense_scores)})
+        value, low, high = retention_interval(cell, group, results, items)
+        rows.append({"cell": cell, "kind": kind, "gflops": float(group[column].iloc[0]), "retention": value,
+                     "low": low, "high": high})
     points = pd.DataFrame(rows)
     dense_flops = float(dense[column].iloc[0]) if column in dense and dense[column].notna().any() else np.nan
     return points.assign(dense_gflops=dense_flops)
 
 
-def plot_retention_vs_flops(results: pd.DataFrame, out: Path, model: str | None = None, sparse: bool = True
-                            ) -> Figure:
-    """Average retention against the language side's GFLOPs per request for weight-only, token-only and
-    joint cells, the dense model at 100%."""
-    points = flops_points(results, sparse)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for kind, marker in (("weights", "o"), ("tokens", "s"), ("joint", "^")):
-        part = points[points.kind == kind]
-        if not part.empty:
-            ax.scatter(part.gflops, part.retention, marker=marker, label=f"{kind} ({len(part)} cells)", alpha=0.7)
+def plot_retention_vs_flops(results: pd.DataFrame, out: Path, model: str | None = None, sparse: bool = True,
+                            items: pd.DataFrame | None = None) -> Figure:
+    """Average retention (with its 95% interval) against the language side's GFLOPs per request for
+    weight-only, token-only and joint cells, the dense model at 100%. Each cell has its own marker and a
+    number that the legend names; cells at the same FLOP count stand side by side around it."""
+    points = flops_points(results, sparse, items)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    markers = "os^vD<>pPXh*"
+    span = max(float(points.gflops.max() - points.gflops.min()), float(points.gflops.max()) * 0.05, 1e-9)
+    same = points.groupby(points.gflops.round(6)).cumcount()
+    count = points.groupby(points.gflops.round(6)).gflops.transform("size")
+    shifted = points.gflops + (same - (count - 1) / 2) * 0.012 * span  # cells at one FLOP count, side by side
+    for number, (point, x) in enumerate(zip(points.itertuples(), shifted), start=1):
+        color = KIND_COLORS[point.kind]
+        spread = [[point.retention - point.low], [point.high - point.retention]]
+        ax.errorbar([x], [point.retention], yerr=None if np.isnan(spread).any() else spread,
+                    marker=markers[(number - 1) % len(markers)], color=color, capsize=2, linestyle="none",
+                    alpha=0.8, label=f"{number}. {point.kind}: {point.cell}")
+        ax.annotate(str(number), (x, point.retention), textcoords="offset points", xytext=(3, 3), fontsize=7,
+                    color=color)
     if points.dense_gflops.notna().any():
         ax.scatter([points.dense_gflops.iloc[0]], [100.0], marker="*", s=120, color="black", label="dense")
     ax.set_xlabel("GFLOPs per request, language side" + (" (pruned weights skipped)" if sparse else ""))
-    ax.set_ylabel("average retention (%)")
-    ax.legend(fontsize="small")
+    ax.set_ylabel("average retention (%) [95% CI]")
+    ax.legend(fontsize="x-small", loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.set_title(_title("retention vs FLOPs", model))
     save(fig, out)
     return fig
+
+
+KIND_COLORS = {"weights": "tab:blue", "tokens": "tab:orange", "joint": "tab:green"}
 
 
 def plot_drift(blocks: pd.DataFrame, out: Path, title: str | None = None) -> Figure:

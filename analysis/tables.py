@@ -234,6 +234,31 @@ def _add_intervals(frame: pd.DataFrame, results: pd.DataFrame, rows: list[str], 
     frame[(group, "diff")], frame[(group, "low")], frame[(group, "high")], frame[(group, "p")] = diff, low, high, p
 
 
+def retention_interval(cell: str | None, rows: pd.DataFrame, results: pd.DataFrame, items: pd.DataFrame | None = None,
+                       boots: int = BOOTS, seed: int = 0) -> tuple[float, float, float]:
+    """One pruned cell's average retention (``rows``: its rows, one per task) with a 95% interval: a paired
+    bootstrap over its and the dense cell's per-item scores where ``items`` holds them, else the delta
+    method from the tasks' standard errors (:func:`probe.uncertainty.delta_retention`; NaN bounds where
+    the results carry neither ``stderr`` nor ``n``)."""
+    from probe.uncertainty import bootstrap_retention, delta_retention
+
+    dense = results[results.pathway == "dense"]
+    dense_scores = dense.set_index("task")["score"]
+    ours = rows.set_index("task")
+    point = retention(ours["score"], dense_scores)
+    if items is not None and not items.empty and cell is not None and "cell" in results:
+        tasks, order = _dense_item_order(results, items)
+        dense_items, run = _dense_items(results, items, tasks, order), _cell_items(items, cell, tasks, order)
+        if dense_items is not None and run is not None:
+            interval = bootstrap_retention(run, dense_items, boots, seed)
+            return point, interval.low, interval.high
+    tasks = list(ours.index)
+    dense_errors = pd.Series(task_stderr(dense).to_numpy(), index=dense.task)
+    interval = delta_retention(ours.score[tasks], task_stderr(rows).to_numpy(), dense_scores[tasks],
+                               dense_errors[tasks])
+    return point, interval.low, interval.high
+
+
 def average_retention(frame: pd.DataFrame) -> pd.Series:
     """The average retention column of a :func:`retention_table`."""
     return frame[(RETENTION, AVERAGE)]
@@ -659,40 +684,74 @@ def to_latex(frame: pd.DataFrame, digits: int = 2) -> str:
                            caption=note or None)
 
 
-def write_table(frame: pd.DataFrame, out: Path, name: str, note: str = "") -> str:
+def write_table(frame: pd.DataFrame, out: Path, name: str, note: str = "", digits: int = 2) -> str:
     """Write ``name``.md, .csv and .tex into ``out`` (``note``, a paragraph under the markdown table);
     returns the markdown."""
     from probe.manifest import write_text_atomic
 
-    markdown = to_markdown(frame) + (f"\n{note}" if note else "")
+    markdown = to_markdown(frame, digits) + (f"\n{note}" if note else "")
     write_text_atomic(out / f"{name}.md", markdown)
     flat = frame.copy()
     flat.columns = _flat_header(frame)
     write_text_atomic(out / f"{name}.csv", flat.reset_index().to_csv(index=False))
-    write_text_atomic(out / f"{name}.tex", to_latex(frame))
+    write_text_atomic(out / f"{name}.tex", to_latex(frame, digits))
     return markdown
 
 
 def write_grid_table(results: pd.DataFrame, out: Path, grid: str, model: str | None = None,
                      name: str | None = None, items: pd.DataFrame | None = None, boots: int = BOOTS, seed: int = 0,
-                     adjust: str = "holm") -> str:
+                     adjust: str = "holm", per_draw: bool = True) -> str:
     """The table of a finished grid (``table1`` or ``table2``) written into ``out`` as ``name``.md/.csv/.tex
     (``name`` defaults to the grid); a method grid with ATV selection-signal cells also gets
     ``<name>_signals`` in Table 3's layout, and one with per-item scores ``<name>_tasks_vs_wanda``
     (:func:`task_differences`); a Table 1 grid with per-item scores gets ``<name>_pools``
     (:func:`pool_differences`). A grid of several calibration draws also gets each draw's own table,
-    ``<name>_calib<seed>``. When the paper reports ``model``, the average retentions next to the
-    paper's go to ``<name>_vs_paper``. The per-item scores are ``items`` when given, else those kept in
-    ``out`` (``items/``). Under the main table, where the cells' records differ in code revision, machine,
-    package versions, dtype or device, a paragraph says how (:func:`analysis.provenance.provenance_note`)."""
+    ``<name>_calib<seed>`` (unless ``per_draw`` is False). When the paper reports ``model``, the average
+    retentions next to the paper's go to ``<name>_vs_paper``. The per-item scores are ``items`` when given,
+    else those kept in ``out`` (``items/``). Under the main table, where the cells' records differ in code
+    revision, machine, package versions, dtype or device, a paragraph says how
+    (:func:`analysis.provenance.provenance_note`).
+    A grid scored by the proxy metric (``proxy.csv``) also gets ``<name>_proxy`` and, beside task scores,
+    ``<name>_proxy_correlation`` (:mod:`analysis.proxy`)."""
     from analysis.provenance import load_records, provenance_note
-    from analysis.results import load_items, load_paper, paper_model
+    from analysis.proxy import load_proxy
+    from analysis.results import load_items
 
     name = name or grid
-    items = load_items(out) if items is None else items
-    has_items = items is not None and not items.empty
-    note = provenance_note(load_records(out), set(results.cell) if "cell" in results else None)
     rows = ["pathway", "pool"] if grid == "table1" else ["method"]
+    proxy = load_proxy(out)
+    if results.empty and proxy is None:
+        raise ResultsError(f"{out} holds no finished cell yet")
+    markdown = ""
+    if not results.empty:
+        items = load_items(out) if items is None else items
+        note = provenance_note(load_records(out), set(results.cell) if "cell" in results else None)
+        markdown = _write_task_tables(results, out, grid, model, name, items, rows, note, boots, seed, adjust,
+                                      per_draw)
+    if proxy is not None:
+        from analysis.proxy import correlation_markdown, proxy_correlation, proxy_table
+
+        table = proxy_table(proxy, rows)
+        cells = set(proxy.cell)
+        note = provenance_note({c: r for c, r in load_records(out).items() if c in cells})
+        markdown += ("\n" if markdown else "") + write_table(table, out, f"{name}_proxy", note, digits=4)
+        if not results.empty:
+            ordered = in_table1_order(results) if grid == "table1" else _with_token_methods(results)
+            retained = average_retention(retention_table(ordered, rows))
+            correlation = correlation_markdown(proxy_correlation(retained, table, boots, seed))
+            from probe.manifest import write_text_atomic
+
+            write_text_atomic(out / f"{name}_proxy_correlation.md", correlation)
+            markdown += "\n" + correlation
+    return markdown
+
+
+def _write_task_tables(results: pd.DataFrame, out: Path, grid: str, model: str | None, name: str,
+                       items: pd.DataFrame | None, rows: list[str], note: str, boots: int, seed: int,
+                       adjust: str, per_draw: bool) -> str:
+    from analysis.results import load_paper, paper_model
+
+    has_items = items is not None and not items.empty
     if grid == "table1":
         markdown = write_table(table1(results, items, boots, seed), out, name, note)
         if has_items:
@@ -708,7 +767,7 @@ def write_grid_table(results: pd.DataFrame, out: Path, grid: str, model: str | N
         signals = table3(results)
         if signals.index.droplevel("setting").nunique() > 2:  # the dense row and more than one ATV variant
             markdown += "\n" + write_table(signals, out, f"{name}_signals")
-    for draw, draw_results in split_draws(results).items():
+    for draw, draw_results in (split_draws(results) if per_draw else {}).items():
         table = (table1(draw_results, items, boots, seed) if grid == "table1"
                  else table2(draw_results, items, boots=boots, seed=seed, adjust=adjust))
         markdown += "\n" + write_table(table, out, f"{name}_calib{draw}")

@@ -176,10 +176,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=cmd_prune)
 
-    p = command("eval", "score a model through lmms-eval (in process)",
+    p = command("eval", "score a model through lmms-eval (in process), or by the proxy metric against the dense "
+                        "model (--metric kl)",
                 "  probe eval --tasks offline --limit 40 --out runs/dense.csv\n"
-                "  probe eval runs/wanda-text --tasks offline --limit 40 --dense runs/dense.csv --log-samples\n")
+                "  probe eval runs/wanda-text --tasks offline --limit 40 --dense runs/dense.csv --log-samples\n"
+                "  probe eval runs/wanda-text --metric kl --out runs/wanda-text-kl.csv\n")
     _add_model_args(p)
+    p.add_argument("--metric", default="tasks", choices=("tasks", "kl"),
+                   help="tasks: the task metrics through lmms-eval; kl: per-token KL divergence from the dense "
+                        "model's next-token distribution and the reference answers' negative log-likelihood, on "
+                        "held-out image-text and text-only conversations, with standard errors")
+    p.add_argument("--dense-model", default=None, metavar="MODEL",
+                   help="--metric kl: the dense model compared with (None: the model the checkpoint was pruned "
+                        "from, as its manifest names it)")
+    p.add_argument("--proxy-samples", type=positive_int, default=32,
+                   help="--metric kl: held-out conversations per group (image-text, text-only)")
+    p.add_argument("--calib", default=None,
+                   help="--metric kl: the source of the held-out image-text conversations, as probe prune's "
+                        "--calib (None: the checkpoint's calibration source, else bundled); the samples its "
+                        "calibration drew are left out")
     p.add_argument("--tasks", default="offline",
                    help="comma-separated lmms-eval task names and presets: offline (our tasks from shipped data), "
                         "offline-hard (emoji, clip-art and OpenCV digits, by option log-likelihood; make hard-data), "
@@ -509,6 +524,64 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise RunInterrupted("interrupted: no scores were written") from None
 
 
+def _eval_proxy(args: argparse.Namespace) -> int:
+    """``probe eval --metric kl``: the proxy metric of ``args.model`` against its dense model."""
+    from probe.data.calibration import CalibrationSpec
+    from probe.data.heldout import heldout_image_samples, heldout_text_samples
+    from probe.devices import check_device
+    from probe.evaluation.divergence import dense_answers, proxy_items, proxy_scores, summarize
+    from probe.loading import load_model, parse_dtype
+    from probe.manifest import check_output_file, write_text_atomic
+
+    for flag, given in (("--dense", args.dense), ("--token-pruning", args.token_pruning),
+                        ("--log-samples", args.log_samples or None), ("--limit", args.limit)):
+        if given is not None:
+            raise ProbeError(f"{flag} is a setting of task scoring; --metric kl takes none")
+    if args.out is not None:
+        check_output_file(args.out)
+    check_device(args.device)
+    record = _checkpoint_record(args.model)
+    dense_ref = args.dense_model or record.get("model")
+    if not dense_ref:
+        raise ProbeError(f"{args.model} names no model it was pruned from; give the dense model with --dense-model")
+    calibration = record.get("calibration") or {}
+    if args.calib is not None:
+        spec = CalibrationSpec.parse(args.calib)
+    elif calibration.get("source") in ("json", "hf"):
+        spec = CalibrationSpec(**{k: calibration[k] for k in ("source", "path", "image_root", "subset", "split")
+                                  if k in calibration})
+    else:
+        spec = CalibrationSpec()
+    image_samples = heldout_image_samples(spec, args.proxy_samples, args.seed, calibration.get("sample_ids", []))
+    text_samples = heldout_text_samples(args.proxy_samples, args.seed)  # every data check before a model loads
+    dtype = parse_dtype(args.dtype)
+    dense = load_model(dense_ref, dtype=dtype, device=args.device, max_pixels=args.max_pixels)
+    items = proxy_items(dense.adapter, dense.processor, image_samples, text_samples)
+    reference = dense_answers(dense.model, items, show_progress=not args.no_progress)
+    del dense
+    loaded = load_model(args.model, dtype=dtype, device=args.device, max_pixels=args.max_pixels)
+    per_sample = proxy_scores(loaded.model, items, reference, show_progress=not args.no_progress)
+    summary = summarize(per_sample)
+    print(f"{args.model} against {dense_ref} (nats per answer token; stderr over samples):")
+    print(summary.to_string(index=False))
+    if args.out is not None:
+        write_text_atomic(args.out, summary.to_csv(index=False))
+        write_text_atomic(args.out.with_suffix(".samples.csv"), per_sample.to_csv(index=False))
+        print(f"wrote {args.out} and, per sample, {args.out.with_suffix('.samples.csv')}")
+    return 0
+
+
+def _checkpoint_record(model: str) -> dict:
+    """The pruning record of a checkpoint folder (empty for a model that is not one)."""
+    from probe.record import read_json
+
+    path = Path(model) / "manifest.json"
+    if not path.is_file():
+        return {}
+    data = read_json(path, "a pruning record")
+    return data if isinstance(data, dict) else {}
+
+
 def _eval(args: argparse.Namespace) -> int:
     from analysis.results import ResultsError, load_scores
     from analysis.tables import retention_against
@@ -519,6 +592,11 @@ def _eval(args: argparse.Namespace) -> int:
     from probe.token_pruning.base import make_pruner
 
     _refuse_offload(args, "eval")
+    if args.metric == "kl":
+        return _eval_proxy(args)
+    for flag, given in (("--dense-model", args.dense_model), ("--calib", args.calib)):
+        if given is not None:
+            raise ProbeError(f"{flag} is a setting of --metric kl")
     if args.out is not None:
         check_output_file(args.out)
     check_device(args.device)
@@ -595,11 +673,14 @@ def _grid_interrupted(out: Path) -> str:
     from probe.grid import finished_cells
 
     try:
-        finished = len(finished_cells(out))
+        kept = {name: len(finished_cells(out, [metric])) for name, metric in (("results.csv", "tasks"),
+                                                                              ("proxy.csv", "kl"))}
     except (OSError, ValueError):  # a results file being rewritten when the interruption came
-        finished = 0
-    if finished:
-        return (f"interrupted: the {finished} finished cell(s) are kept in {out / 'results.csv'}; run the same "
+        kept = {}
+    where = [f"{count} in {out / name}" for name, count in kept.items() if count]
+    if where:
+        finished = max(kept.values())
+        return (f"interrupted: the {finished} finished cell(s) are kept ({'; '.join(where)}); run the same "
                 "command again to resume")
     if any((out / "partial").glob("*/*.scores.csv")):
         return (f"interrupted before any cell finished; the tasks already scored are kept in {out / 'partial'}: run "
@@ -671,7 +752,7 @@ def cmd_table(args: argparse.Namespace) -> int:
         joined, joined_items = join_draws(draws)
         name = f"{config.get('name') or config['grid']}_mean_of_{len(draws)}_draws"
         print(write_grid_table(joined, args.grid, config["grid"], config.get("model"), name, joined_items,
-                               **statistics))
+                               per_draw=False, **statistics))  # each draw's own table is its grid's
     return 0
 
 
@@ -711,7 +792,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from analysis import figures
-    from analysis.results import ResultsError, load_atv_blocks, load_grid
+    from analysis.results import ResultsError, load_atv_blocks, load_grid, load_items
     name = args.figure.replace("-", "_")
     if args.figure == "tsne":
         return _plot_tsne(args)
@@ -735,10 +816,10 @@ def cmd_plot(args: argparse.Namespace) -> int:
             raise ResultsError(f"{path} holds no IoU records (the grid needs text- and visual-pool cells)")
         figures.plot_mask_iou(iou, out, model=model)
     elif args.figure == "flops":
-        figures.plot_retention_vs_flops(load_grid(source), out, model=model)
+        figures.plot_retention_vs_flops(load_grid(source), out, model=model, items=load_items(source))
     elif args.figure in ("alpha", "text-ratio"):
         plot = figures.plot_alpha if args.figure == "alpha" else figures.plot_text_ratio
-        plot(load_grid(source), out, model=model)
+        plot(load_grid(source), out, model=model, items=load_items(source))
     else:
         figures.plot_drift(load_atv_blocks(source), out, title=_drift_title(source, model))
     print(f"wrote {out.with_suffix('.png')} and {out.with_suffix('.pdf')}")

@@ -25,7 +25,18 @@ from pathlib import Path
 from typing import Any
 
 from probe.errors import ProbeError
-from probe.grid import Cell, CellFailure, GridConfig, GridPlan, cell_path, finished_cells, open_context, run_cell
+from probe.grid import (
+    Cell,
+    CellFailure,
+    GridConfig,
+    GridPlan,
+    calibration_selections,
+    cell_path,
+    finished_cells,
+    heldout_conversations,
+    open_context,
+    run_cell,
+)
 from probe.interrupts import raise_if_interrupted
 
 
@@ -83,11 +94,10 @@ class Resources:
 
 def run_cell_job(config: GridConfig, tasks: list[str], cell: Cell, log_samples: bool) -> str:
     """One cell as a job of its own (what SLURM and Ray run); returns the cell id."""
-    from probe.data.calibration import select
-
-    plan = GridPlan(config, tasks, {cell.draw: select(config.calibration(cell.draw))}, [cell])
-    if cell.cell_id in finished_cells(plan.out):  # a previous driver's job finished it meanwhile
+    if cell.cell_id in finished_cells(Path(config.out), config.metrics):  # a previous driver's job finished it
         return cell.cell_id
+    selections = calibration_selections(config)
+    plan = GridPlan(config, tasks, selections, [cell], heldout_conversations(config, selections))
     run_cell(open_context(plan, show_progress=False, shared_calibration=True), cell, show_progress=False,
              log_samples=log_samples)
     return cell.cell_id

@@ -53,7 +53,7 @@ from probe.mot import PATHWAYS, prune_pathway, to_mot, weight_sharing_copy
 from probe.names import GRIDS, MODALITY_POOLS
 from probe.record import RunRecord, kept_visual_total, read_json
 from probe.sparsity.masks import mask_iou, parse_pattern
-from probe.task_checkpoint import TaskCheckpoint, parameter_stats
+from probe.task_checkpoint import TaskCheckpoint, parameter_stats, weights_fingerprint
 from probe.token_pruning.base import make_pruner
 from probe.token_pruning.runtime import check_token_method
 from probe.token_pruning.schedule import with_token_schedule
@@ -66,6 +66,8 @@ CELL_LISTS = {"table1": ("sparsities", "pathways", "pools"),  # the settings who
               "table2": ("methods", "settings", "token_methods")}
 RUN_ONLY = ("out", "cluster", "dense_from")  # settings that say where and how a grid runs, not what it computes
 RESUME_VERSIONS = ("torch", "transformers", "lmms-eval", "probe-lvlm")  # a grid resumes only on the same versions
+METRICS = ("tasks", "kl")
+PROXY_FILE = "proxy.csv"  # per cell, group and metric: the proxy metric's summary (per sample: proxy/<cell>.csv)
 DENSE_KEYS = ("model", "tasks", "limit", "seed", "dtype", "device", "max_pixels", "loglikelihood")  # the dense cell's
 
 
@@ -125,6 +127,10 @@ class GridConfig:
     # calibration draws as an axis: every pruned cell that uses calibration pruned once per seed, all against
     # the one dense cell; the tables report the mean over draws (empty: the one draw of calib_seed or seed)
     calib_seeds: list[int] = field(default_factory=list)
+    # what each cell is scored by: tasks (the task metrics, results.csv) and kl (the proxy metric on held-out
+    # conversations, proxy.csv; probe.evaluation.divergence); a grid may add kl later
+    metrics: list[str] = field(default_factory=lambda: ["tasks"])
+    proxy_samples: int = 32  # held-out conversations per group (image, text) of the proxy metric
     replicate_o_proj: bool = False
     dtype: str = "float32"
     device: str = "cpu"
@@ -147,6 +153,16 @@ class GridConfig:
             raise GridConfigError(f"limit must be at least 1 item per task (or null for every item), got {self.limit}")
         if self.nsamples < 1:
             raise GridConfigError(f"nsamples must be at least 1, got {self.nsamples}")
+        unknown = [m for m in self.metrics if m not in METRICS]
+        if unknown or not self.metrics:
+            raise GridConfigError(f"metrics: {'unknown ' + repr(unknown[0]) if unknown else 'none named'}; choose "
+                                  f"from {', '.join(METRICS)}")
+        if "kl" in self.metrics and any(t != "none" for t in self.token_methods):
+            raise GridConfigError("metrics: kl compares whole-model answers without token pruning at inference; "
+                                  "run it in a grid whose token_methods is [none]")
+        if self.proxy_samples < 2:
+            raise GridConfigError(f"proxy_samples must be at least 2 (a standard error needs two), got "
+                                  f"{self.proxy_samples}")
         if self.calib_seeds and self.calib_seed is not None:
             raise GridConfigError("set calib_seed (one other draw) or calib_seeds (several draws), not both")
         if len(set(self.calib_seeds)) < len(self.calib_seeds):
@@ -394,7 +410,8 @@ def _adaptive_total(out: Path, cell: Cell) -> int:
     return kept_visual_total(path)
 
 
-def _check_same_settings(config: GridConfig, manifest: Path, calibration_ids: dict[int | None, list[str]]) -> None:
+def _check_same_settings(config: GridConfig, manifest: Path, calibration_ids: dict[int | None, list[str]],
+                         proxy_ids: list[str] | None = None) -> None:
     """A rerun may only resume results made with the same settings (the output folder aside; calibration
     draws may be added after the grid's own), the same calibration samples in every draw (a calibration
     source whose content changed is refused too) and the same versions of the packages that decide the
@@ -407,11 +424,19 @@ def _check_same_settings(config: GridConfig, manifest: Path, calibration_ids: di
                               "a pruned checkpoint); choose another output folder")
     before = stored["config"]
     now = asdict(config)
-    changed = sorted(k for k in now if k not in (*RUN_ONLY, "calib_seeds") and k in before and before[k] != now[k])
+    added = ("calib_seeds", "metrics")  # checked below: a grid may add draws and metrics
+    if "kl" not in before.get("metrics", ["tasks"]):
+        added += ("proxy_samples",)  # the proxy's own setting counts once the proxy has scored cells
+    changed = sorted(k for k in now if k not in (*RUN_ONLY, *added) and k in before and before[k] != now[k])
     default = [config.default_draw]
     earlier, later = before.get("calib_seeds") or default, config.calib_seeds or default
     if later[:len(earlier)] != earlier:
         changed.append(f"calib_seeds {earlier} there, {later} here (draws may only be added after the grid's own)")
+    if any(m not in now["metrics"] for m in before.get("metrics", ["tasks"])):
+        changed.append(f"metrics {before.get('metrics', ['tasks'])} there, {now['metrics']} here (metrics may only "
+                       "be added)")
+    if proxy_ids and stored.get("proxy_ids") and stored["proxy_ids"] != proxy_ids:
+        changed.append("the proxy metric's held-out samples (a new calibration draw took some of them)")
     if "calibration_ids" in stored and stored["calibration_ids"] != calibration_ids[None]:
         changed.append("calibration samples")
     for seed, ids in (stored.get("calibration_draws") or {}).items():
@@ -437,7 +462,9 @@ class GridContext:
     capture: Callable[[int | None], list[CapturedSample]]
     tasks: list[str]
     cache: VisionFeatureCache
+    heldout: tuple[list, list] | None = None  # the proxy metric's image-text and text-only conversations
     _captured: tuple[int | None, list[CapturedSample]] | None = None
+    _proxy: tuple[list, list] | None = None
 
     @property
     def out(self) -> Path:
@@ -451,6 +478,18 @@ class GridContext:
             self._captured = (draw, self.capture(draw))
         return self._captured[1]
 
+    def proxy(self, show_progress: bool = True) -> tuple[list, list]:
+        """The proxy metric's held-out conversations as model inputs and the dense model's answer
+        distributions on them, computed once."""
+        if self._proxy is None:
+            from probe.evaluation.divergence import dense_answers, proxy_items
+
+            if self.heldout is None:
+                raise GridConfigError("this grid's plan holds no held-out conversations (metrics has no kl)")
+            items = proxy_items(self.base.adapter, self.base.processor, *self.heldout)
+            self._proxy = (items, dense_answers(self.base.model, items, show_progress))
+        return self._proxy
+
 
 @dataclass
 class GridPlan:
@@ -460,6 +499,7 @@ class GridPlan:
     tasks: list[str]
     selections: dict[int | None, Any]  # per draw, the validated samples (probe.data.calibration.select)
     todo: list[Cell]
+    heldout: tuple[list, list] | None = None  # the proxy metric's image-text and text-only conversations
 
     @property
     def out(self) -> Path:
@@ -490,25 +530,46 @@ def plan_grid(config: GridConfig, only: Sequence[str] | None = None) -> GridPlan
     the named cells, in the order named)."""
     out = Path(config.out)
     check_output_dir(out, marker="manifest.json")
-    done = finished_cells(out)
+    done = finished_cells(out, config.metrics)
     planned = select_cells(cells(config), only, done) if only else cells(config)
     check_device(config.device)
     check_model_ref(config.model)
     check_token_methods(config)
     tasks = resolve_tasks(config.tasks)
-    selections = {draw: select(config.calibration(draw)) for draw in config.draws()}  # data checks before models
-    if None not in selections:
-        selections[None] = select(config.calibration())
+    selections = calibration_selections(config)  # every data check before any model work
     calibration_ids = {draw: [s.sample_id for s in chosen.samples] for draw, chosen in selections.items()}
-    _check_same_settings(config, out / "manifest.json", calibration_ids)
-    if config.dense_from and "dense" not in done:
+    heldout = heldout_conversations(config, selections)
+    proxy_ids = [s.sample_id for group in heldout for s in group] if heldout else None
+    _check_same_settings(config, out / "manifest.json", calibration_ids, proxy_ids)
+    if config.dense_from and "dense" not in finished_cells(out):
         import_dense_cell(config, Path(config.dense_from))
-        done.add("dense")
+        done = finished_cells(out, config.metrics)
     write_json_atomic(out / "manifest.json", {
         "config": asdict(config), "tasks": tasks, "calibration_ids": calibration_ids[None],
         "calibration_draws": {str(draw): ids for draw, ids in calibration_ids.items() if draw is not None},
+        **({"proxy_ids": proxy_ids} if proxy_ids else {}),
         "versions": package_versions(), "code": code_revision(), "machine": machine_description(config.device)})
-    return GridPlan(config, tasks, selections, [c for c in planned if c.cell_id not in done])
+    return GridPlan(config, tasks, selections, [c for c in planned if c.cell_id not in done], heldout)
+
+
+def calibration_selections(config: GridConfig) -> dict[int | None, Any]:
+    """Every calibration draw of the grid, loaded and checked (no model needed), by draw (None: the default)."""
+    selections = {draw: select(config.calibration(draw)) for draw in config.draws()}
+    if None not in selections:
+        selections[None] = select(config.calibration())
+    return selections
+
+
+def heldout_conversations(config: GridConfig, selections: dict[int | None, Any]) -> tuple[list, list] | None:
+    """The proxy metric's held-out image-text and text-only conversations (None without ``kl`` in
+    ``metrics``), none of them taken by a calibration draw of ``selections``."""
+    if "kl" not in config.metrics:
+        return None
+    from probe.data.heldout import heldout_image_samples, heldout_text_samples
+
+    drawn = {s.sample_id for chosen in selections.values() for s in chosen.samples}
+    return (heldout_image_samples(config.calibration(), config.proxy_samples, config.seed, drawn),
+            heldout_text_samples(config.proxy_samples, config.seed))
 
 
 def import_dense_cell(config: GridConfig, source: Path) -> None:
@@ -538,9 +599,12 @@ def import_dense_cell(config: GridConfig, source: Path) -> None:
     append_cell_rows(out / "results.csv", "dense", rows.to_dict("records"))
 
 
-def finished_cells(out: Path) -> set[str]:
-    """The cells whose rows are in ``out/results.csv``."""
-    return set(_read_csv(out / "results.csv").get("cell", pd.Series(dtype=str)))
+def finished_cells(out: Path, metrics: Sequence[str] = ("tasks",)) -> set[str]:
+    """The cells scored by every one of ``metrics``: with rows in ``out/results.csv`` (tasks) and in
+    ``out/proxy.csv`` (kl)."""
+    files = {"tasks": "results.csv", "kl": PROXY_FILE}
+    found = [set(_read_csv(out / files[m]).get("cell", pd.Series(dtype=str))) for m in metrics]
+    return set.intersection(*found) if found else set()
 
 
 def open_context(plan: GridPlan, show_progress: bool = True, shared_calibration: bool = False) -> GridContext:
@@ -571,7 +635,7 @@ def open_context(plan: GridPlan, show_progress: bool = True, shared_calibration:
             tmp.replace(path)
             return captured
 
-    ctx = GridContext(config, base, shared if shared_calibration else capture, plan.tasks, cache)
+    ctx = GridContext(config, base, shared if shared_calibration else capture, plan.tasks, cache, plan.heldout)
     pruned = [c for c in plan.todo if c.pathway != "dense" and c.method != "dense"]
     if pruned and not shared_calibration:
         ctx.captured(pruned[0].draw)  # before any cell: a capture that fails does so before hours of scoring
@@ -648,10 +712,6 @@ def _prune_and_score(ctx: GridContext, cell: Cell, show_progress: bool, log_samp
     else:
         record = RunRecord(settings={}, method="dense", model=config.model, dtype=config.dtype, device=config.device,
                            context=context)
-    scores, items, checkpoint = _evaluate_cell(ctx, cell, model, show_progress, log_samples)
-    record.context["weights_fingerprint"] = checkpoint.fingerprint
-    if checkpoint.resumed:
-        record.context["resumed"] = checkpoint.resumed
     settings = {"cell": cell.cell_id, "pathway": cell.pathway, "pool": cell.pool, "sparsity": cell.sparsity,
                 "method": cell.method, "setting": cell.setting, "model": config.model,
                 "nsamples": config.nsamples, "seed": config.seed, "limit": config.limit,
@@ -659,8 +719,41 @@ def _prune_and_score(ctx: GridContext, cell: Cell, show_progress: bool, log_samp
                 if prune_config is not None and prune_config.needs_calibration else None,
                 "loglikelihood": config.loglikelihood, "token_pruning": cell.token_pruning,
                 **setting_columns(prune_config)}
+    appended = False
+    if "kl" in config.metrics and cell.cell_id not in finished_cells(out, ["kl"]):
+        appended = _score_proxy(ctx, cell, model, settings, show_progress)
+        record.context["weights_fingerprint"] = weights_fingerprint(model)
+        record.write(cell_path(out, cell.cell_id))
+    if "tasks" in config.metrics and cell.cell_id not in finished_cells(out):
+        appended = _score_tasks(ctx, cell, model, record, settings, show_progress, log_samples)
+    return appended
+
+
+def _score_proxy(ctx: GridContext, cell: Cell, model: torch.nn.Module, settings: dict[str, Any],
+                 show_progress: bool) -> bool:
+    """The proxy metric of the cell's model on the grid's held-out conversations: per sample into
+    ``proxy/<cell>.csv``, per group and metric into ``proxy.csv``."""
+    from probe.evaluation.divergence import proxy_scores, summarize
+
+    items, dense = ctx.proxy(show_progress)
+    per_sample = proxy_scores(model, items, dense, show_progress)
+    write_text_atomic(cell_path(ctx.out, cell.cell_id, "proxy", ".csv"),
+                      per_sample.assign(cell=cell.cell_id).to_csv(index=False))
+    rows = [{**settings, **row} for row in summarize(per_sample).to_dict("records")]
+    return append_cell_rows(ctx.out / PROXY_FILE, cell.cell_id, rows)
+
+
+def _score_tasks(ctx: GridContext, cell: Cell, model: torch.nn.Module, record: RunRecord, settings: dict[str, Any],
+                 show_progress: bool, log_samples: bool) -> bool:
+    """The cell's task scores: per item into ``items/<cell>.csv``, per task into ``results.csv``; the
+    record into ``cells/<cell>.json``."""
+    config, out = ctx.config, ctx.out
+    scores, items, checkpoint = _evaluate_cell(ctx, cell, model, show_progress, log_samples)
+    record.context["weights_fingerprint"] = checkpoint.fingerprint
+    if checkpoint.resumed:
+        record.context["resumed"] = checkpoint.resumed
     if config.grid == "table2":
-        settings.update(_request_flops(ctx, model, cell))
+        settings = {**settings, **_request_flops(ctx, model, cell)}
     rows = [{**settings, **row} for row in primary_rows(scores).to_dict("records")]
     primary = primary_rows(scores)[["task", "metric"]].merge(items, on=["task", "metric"])
     write_text_atomic(cell_path(out, cell.cell_id, "items", ".csv"),

@@ -43,6 +43,15 @@ def test_alpha_and_text_ratio_figures(tmp_path):
     expected = [100 * np.sqrt(p * (1 - p) / 20) for p in (0.4, 0.8, 0.6)]
     assert [seg[1][1] - seg[0][1] for seg in bars] == pytest.approx([2 * e for e in expected])
     assert task_a.lines[0].get_ydata()[0] == pytest.approx(80.0) and task_a.lines[0].get_linestyle() == "--"
+    # the average retention with its 95% interval: without per-item scores, the delta method over the tasks'
+    # standard errors sqrt(p (1 - p) / (n - 1)); alpha = 1 keeps a at 0.8 of 0.8 and b at 0.4 of 0.4
+    def var(p, d):
+        se_p, se_d = np.sqrt(p * (1 - p) / 19), np.sqrt(d * (1 - d) / 19)
+        return (se_p / d) ** 2 + (p * se_d / d**2) ** 2
+
+    half = 100 * 1.96 * np.sqrt(var(0.8, 0.8) + var(0.4, 0.4)) / 2
+    segments = average.containers[0].lines[2][0].get_segments()
+    assert segments[1][1][1] - segments[1][0][1] == pytest.approx(2 * half)
     ratios = method_results([("atv(text_ratio=0.5)", "50%", 0.4, 0.2), ("atv", "50%", 0.8, 0.4)])
     fig = figures.plot_text_ratio(ratios, tmp_path / "ratio")
     assert fig.axes[-1].get_xlabel() == "retained text-token ratio"
@@ -56,9 +65,21 @@ def test_iou_drift_and_tsne_figures(tmp_path):
     fig = figures.plot_mask_iou(iou, tmp_path / "iou")
     assert [ax.get_title() for ax in fig.axes] == ["text pathway", "visual pathway"]
     assert labels(fig)[0] == ("mask IoU (text pool vs visual pool)", "linears")
-    counts, _ = np.histogram([0.5, 0.6, 0.7], bins=np.linspace(0, 1, 41))
-    heights = fig.axes[0].patches[0].get_xy()[:, 1]  # an outlined histogram is one polygon
-    assert heights.max() == counts.max() and sum(1 for ax in fig.axes for _ in ax.patches) == 2
+    outline = fig.axes[0].patches[0].get_xy()  # an outlined histogram is one polygon over the bin edges
+    counts, _ = np.histogram([0.5, 0.6, 0.7], bins=np.unique(outline[:, 0]))
+    assert outline[:, 1].max() == counts.max() and sum(1 for ax in fig.axes for _ in ax.patches) == 2
+    # the axis spans the data (0.2 to 0.9) and the random-mask baseline, not all of [0, 1]
+    low, high = fig.axes[0].get_xlim()
+    assert 0 < low <= 0.2 and 0.9 <= high < 1
+    random_line = next(line for line in fig.axes[0].lines if line.get_label() == "random masks, 50%")
+    assert random_line.get_xdata()[0] == pytest.approx(0.25 / 0.75)  # s^2 / (2s - s^2) at s = 0.5
+    import torch
+
+    from probe.sparsity.masks import mask_iou
+
+    generator = torch.Generator().manual_seed(0)
+    masks = [torch.rand(400, 400, generator=generator) < 0.5 for _ in range(2)]
+    assert mask_iou(*masks) == pytest.approx(figures.random_mask_iou(0.5), abs=0.01)
     blocks = pd.DataFrame({"block": [0, 1, 2], "mean_drift": [0.1, 0.3, 0.2], "k_mean": [3.0, 9.0, 6.0]})
     fig = figures.plot_drift(blocks, tmp_path / "drift", title="m: drift")
     line_axis, bar_axis = fig.axes
@@ -154,3 +175,36 @@ def test_analysis_reads_results_without_the_grid_runner():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]"
+
+
+def test_the_flops_figure_names_every_cell_with_its_retention_interval(tmp_path):
+    from probe.uncertainty import bootstrap_retention
+
+    rng = np.random.default_rng(0)
+    answers = {"dense": {"a": rng.integers(0, 2, 30) | 1, "b": rng.integers(0, 2, 30) | 1}}
+    for cell in ("wanda/50%", "dense/-/fastv", "wanda/50%/fastv"):
+        answers[cell] = {t: v * rng.integers(0, 2, 30) for t, v in answers["dense"].items()}
+    rows, items = [], []
+    for cell, scores in answers.items():
+        pathway = "dense" if cell == "dense" else "all"
+        method = "dense" if cell.startswith("dense") else "wanda"
+        tokens = "fastv" if cell.endswith("fastv") else "none"
+        for task, values in scores.items():
+            rows.append({"cell": cell, "pathway": pathway, "method": method, "token_pruning": tokens, "task": task,
+                         "score": values.mean(), "n": len(values), "gflops_sparse": 1.0 + len(cell)})
+            items += [{"cell": cell, "task": task, "doc_id": i, "value": float(v)} for i, v in enumerate(values)]
+    results, items = pd.DataFrame(rows), pd.DataFrame(items)
+    points = figures.flops_points(results, items=items).set_index("cell")
+    assert list(points.kind) == ["weights", "tokens", "joint"]
+    for cell in points.index:
+        expected = bootstrap_retention({t: answers[cell][t].astype(float) for t in "ab"},
+                                       {t: answers["dense"][t].astype(float) for t in "ab"})
+        assert (points.at[cell, "low"], points.at[cell, "high"]) == pytest.approx((expected.low, expected.high))
+    fig = figures.plot_retention_vs_flops(results, tmp_path / "flops", items=items)
+    ax = fig.axes[0]
+    assert [text.get_text() for text in ax.texts] == ["1", "2", "3"]
+    assert [label.get_text() for label in ax.get_legend().get_texts()][1:] == [
+        f"{i}. {kind}: {cell}" for i, (cell, kind) in enumerate(points.kind.items(), start=1)]
+    markers = [container.lines[0].get_marker() for container in ax.containers]
+    assert len(set(markers)) == len(points)  # every cell its own marker
+    assert ax.get_ylabel() == "average retention (%) [95% CI]"

@@ -394,3 +394,34 @@ def test_bfloat16_models_take_float32_processor_outputs(family, rng_image):
     inputs = loaded.adapter.build_inputs(loaded.processor, messages, [image])
     sample = capture(loaded.model, loaded.adapter, inputs)
     assert sample.hidden.dtype == torch.bfloat16
+
+
+def test_cli_eval_measures_the_proxy_metric_against_the_model_a_checkpoint_was_pruned_from(tmp_path, capsys):
+    import json
+
+    from probe.cli import main
+
+    checkpoint = tmp_path / "ck"
+    assert main(["prune", "tiny:llava_next", "--method", "wanda", "--sparsity", "0.5", "--nsamples", "3",
+                 "--no-progress", "--out", str(checkpoint)]) == 0
+    out = tmp_path / "kl.csv"
+    capsys.readouterr()
+    assert main(["eval", str(checkpoint), "--metric", "kl", "--proxy-samples", "2", "--out", str(out),
+                 "--no-progress"]) == 0
+    assert "against tiny:llava_next" in capsys.readouterr().out
+    summary, per_sample = pd.read_csv(out), pd.read_csv(out.with_suffix(".samples.csv"))
+    assert set(zip(summary.group, summary.metric)) == {("image", "kl"), ("image", "nll"), ("text", "kl"),
+                                                        ("text", "nll")}
+    drawn = set(json.loads((checkpoint / "manifest.json").read_text())["calibration"]["sample_ids"])
+    assert len(per_sample) == 4 and not drawn & set(per_sample.sample_id)
+    assert (per_sample.kl > 0).all()
+    kl = summary.set_index(["group", "metric"]).loc[("image", "kl")]
+    assert kl.value == pytest.approx(per_sample[per_sample.group == "image"].kl.mean())
+    # the dense model against itself: no divergence at all
+    assert main(["eval", "tiny:llava_next", "--metric", "kl", "--dense-model", "tiny:llava_next",
+                 "--proxy-samples", "2", "--out", str(tmp_path / "self.csv"), "--no-progress"]) == 0
+    assert (pd.read_csv(tmp_path / "self.samples.csv").kl == 0).all()
+    assert main(["eval", "tiny:llava_next", "--metric", "kl", "--no-progress"]) == 2
+    assert "give the dense model with --dense-model" in capsys.readouterr().err
+    assert main(["eval", str(checkpoint), "--metric", "kl", "--limit", "3"]) == 2
+    assert "--limit is a setting of task scoring" in capsys.readouterr().err

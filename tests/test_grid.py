@@ -523,6 +523,91 @@ def test_a_grid_adds_calibration_draws_after_its_own(tmp_path):
                  show_progress=False)
 
 
+def _plain_answer_log_probs(model, item):
+    """Log-probabilities of the answer's tokens from a plain forward, each from the position before it."""
+    import torch
+
+    with torch.no_grad():
+        logits = model(**item.inputs).logits[0].float()
+    return torch.log_softmax(logits, dim=-1)[item.start - 1:item.end - 1]
+
+
+def test_the_proxy_metric_is_the_kl_from_the_dense_model_on_held_out_answers(tmp_path):
+    """metrics: [tasks, kl] scores every cell by both; the pruned cell's KL and NLL equal a plain computation
+    on the same weights (pruned again outside the grid), the dense cell's KL is 0."""
+    import torch.nn.functional as F
+
+    from probe.calibrate import capture_calibration
+    from probe.data.calibration import select
+    from probe.data.heldout import heldout_image_samples, heldout_text_samples
+    from probe.engine import prune
+    from probe.evaluation.divergence import proxy_items
+    from probe.loading import load_model
+
+    config = small_config(tmp_path, grid="table2", methods=["wanda"], settings=["0.5"], tasks="digits",
+                          metrics=["tasks", "kl"], proxy_samples=2)
+    run_grid(config, show_progress=False)
+    proxy = pd.read_csv(tmp_path / "grid" / "proxy.csv")
+    assert set(proxy.cell) == {"dense", "wanda/50%"} and set(pd.read_csv(tmp_path / "grid" / "results.csv").cell) == {
+        "dense", "wanda/50%"}
+    per_sample = pd.read_csv(grid_module.cell_path(tmp_path / "grid", "wanda/50%", "proxy", ".csv"))
+    dense_rows = pd.read_csv(grid_module.cell_path(tmp_path / "grid", "dense", "proxy", ".csv"))
+    assert (dense_rows.kl == 0).all()
+    base = load_model("tiny:llava_next")
+    pruned = load_model("tiny:llava_next")
+    selected = select(config.calibration())
+    captured = capture_calibration(pruned, selected, show_progress=False)
+    prune(pruned.model, pruned.adapter, captured, config.prune_config("wanda", 0.5), show_progress=False)
+    drawn = {s.sample_id for s in selected.samples}
+    items = proxy_items(base.adapter, base.processor, heldout_image_samples(config.calibration(), 2, 0, drawn),
+                        heldout_text_samples(2, 0))
+    assert list(per_sample.sample_id) == [item.sample_id for item in items]
+    assert list(per_sample.group) == ["image", "image", "text", "text"]
+    for item, row in zip(items, per_sample.itertuples()):
+        dense, ours = _plain_answer_log_probs(base.model, item), _plain_answer_log_probs(pruned.model, item)
+        kl = F.kl_div(ours, dense, log_target=True, reduction="none").sum(-1).mean()
+        nll = F.cross_entropy(ours, item.inputs["input_ids"][0, item.start:item.end])
+        assert (row.kl, row.nll) == pytest.approx((float(kl), float(nll)), rel=1e-4, abs=1e-6)
+        assert float(F.cross_entropy(dense, item.inputs["input_ids"][0, item.start:item.end])) == pytest.approx(
+            float(dense_rows.nll[row.Index]), rel=1e-4)
+    summary = proxy[(proxy.cell == "wanda/50%") & (proxy.group == "image") & (proxy.metric == "kl")].iloc[0]
+    image = per_sample[per_sample.group == "image"].kl
+    assert (summary.value, summary.stderr) == pytest.approx((image.mean(), image.std(ddof=1) / 2 ** 0.5))
+    assert summary.value > 0
+    from analysis.tables import write_grid_table
+
+    markdown = write_grid_table(pd.read_csv(tmp_path / "grid" / "results.csv"), tmp_path / "grid", "table2")
+    assert "kl image" in (tmp_path / "grid" / "table2_proxy.md").read_text()
+    assert "Spearman" in markdown
+
+
+def test_a_grid_adds_the_proxy_metric_later_and_a_proxy_only_grid_scores_no_task(tmp_path, monkeypatch):
+    config = small_config(tmp_path, pathways=["visual"], pools=["text"], tasks="digits")
+    run_grid(config, show_progress=False)
+    scored = []
+    real = grid_module.evaluate_with_items
+    monkeypatch.setattr(grid_module, "evaluate_with_items",
+                        lambda *args, **kwargs: scored.append(1) or real(*args, **kwargs))
+    run_grid(small_config(tmp_path, pathways=["visual"], pools=["text"], tasks="digits", metrics=["tasks", "kl"],
+                          proxy_samples=2), show_progress=False)
+    assert scored == []  # the task scores were kept; only the proxy ran
+    assert set(pd.read_csv(tmp_path / "grid" / "proxy.csv").cell) == {"dense", "visual/text/0.5"}
+    with pytest.raises(GridConfigError, match="metrics may only be added"):
+        run_grid(small_config(tmp_path, pathways=["visual"], pools=["text"], tasks="digits", metrics=["kl"],
+                              proxy_samples=2), show_progress=False)
+    only = small_config(tmp_path, pathways=["visual"], pools=["text"], tasks="digits", metrics=["kl"],
+                        proxy_samples=2, out=str(tmp_path / "proxy-only"))
+    results = run_grid(only, show_progress=False)
+    assert scored == [] and results.empty and not (tmp_path / "proxy-only" / "results.csv").exists()
+    from analysis.tables import write_grid_table
+
+    assert "kl image" in write_grid_table(results, tmp_path / "proxy-only", "table1")
+    with pytest.raises(GridConfigError, match="metrics: unknown 'ppl'"):
+        small_config(tmp_path, metrics=["ppl"])
+    with pytest.raises(GridConfigError, match="kl compares whole-model answers without token pruning"):
+        small_config(tmp_path, grid="table2", metrics=["kl"], token_methods=["none", "fastv"])
+
+
 def test_a_fixed_budget_cell_needs_plain_atv_in_the_grid(tmp_path):
     with pytest.raises(GridConfigError, match="add atv to methods"):
         small_config(tmp_path, grid="table2", methods=["wanda", "atv(budget=fixed)"])
@@ -558,6 +643,11 @@ def test_token_methods_are_a_grid_axis(tmp_path):
     points = flops_points(results.reset_index()).set_index("cell")
     assert points.loc[f"dense/-/{fastv}", "kind"] == "tokens" and points.loc["wanda/50%", "kind"] == "weights"
     assert points.loc[f"wanda/50%/{fastv}", "kind"] == "joint"
+    from analysis.figures import plot_retention_vs_flops
+    from analysis.results import load_items
+
+    fig = plot_retention_vs_flops(results.reset_index(), tmp_path / "flops", items=load_items(tmp_path / "grid"))
+    assert len(fig.axes[0].texts) == len(points)  # every cell numbered
     assert main(["plot", "flops", str(tmp_path / "grid")]) == 0
     assert (tmp_path / "grid" / "figures" / "flops.png").is_file()
     with pytest.raises(GridConfigError, match="token_methods names none"):
@@ -601,3 +691,12 @@ def test_the_machine_is_named_from_the_cpu_description(tmp_path):
     assert machine_description("cpu", cpuinfo)["cpu_flags"] == ["avx2"]
     assert "gpu" not in machine_description("cpu", cpuinfo)
     assert machine_description("cpu", tmp_path / "absent")["cpu"] == (platform.processor() or platform.machine())
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_grid_config_is_valid(path):
+    config = GridConfig.from_yaml(path)
+    assert cells(config)[0].cell_id == "dense"
+    if path.name == "table1_large_draws.yaml":  # the stored Table 1 grid, extended by two more draws
+        ids = [c.cell_id for c in cells(config)]
+        assert len(ids) == 1 + 3 * 6 and "visual/text/0.5" in ids and "visual/text/0.5@calib2" in ids

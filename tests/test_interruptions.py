@@ -55,8 +55,8 @@ MOMENTS = [
     ("capture_calibration", 1, set(), "interrupted before any cell finished: no results were written"),
     ("evaluate_with_items", 1, set(), "interrupted before any cell finished: no results were written"),
     ("evaluate_with_items", 2, set(), "interrupted before any cell finished; the tasks already scored are kept"),
-    ("prune_pathway", 1, {"dense"}, "the 1 finished cell(s) are kept in"),
-    ("append_cell_rows", 1, {"dense"}, "the 1 finished cell(s) are kept in"),
+    ("prune_pathway", 1, {"dense"}, "the 1 finished cell(s) are kept (1 in"),
+    ("append_cell_rows", 1, {"dense"}, "the 1 finished cell(s) are kept (1 in"),
 ]
 
 

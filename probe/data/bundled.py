@@ -78,14 +78,15 @@ def digits_samples(seed: int = 0) -> list[ConversationSample]:
     return samples
 
 
-def fashion_samples(n: int, seed: int = 0) -> list[ConversationSample]:
-    """``n`` Fashion-MNIST training photographs drawn with ``seed``, described (none if not installed)."""
+def fashion_samples(n: int, seed: int = 0, indices: list[int] | None = None) -> list[ConversationSample]:
+    """``n`` Fashion-MNIST training photographs drawn with ``seed`` (or drawn from ``indices``), described
+    (none if not installed)."""
     if not fashion_mnist_available():
         return []
     images, labels = fashion_arrays("train")
     rng = random.Random(seed)
     samples = []
-    for i in sorted(rng.sample(range(len(labels)), n)):
+    for i in sorted(rng.sample(indices if indices is not None else range(len(labels)), n)):
         samples.append(ConversationSample(
             sample_id=f"fashion_mnist/train/{i}",
             conversations=[{"from": "human", "value": f"<image>\n{rng.choice(PROMPTS)}"},
@@ -101,3 +102,13 @@ def bundled_samples() -> list[ConversationSample]:
     digits = digits_samples()
     fashion = fashion_samples(len(digits))
     return [s for pair in zip(digits, fashion) for s in pair] + digits[len(fashion):]
+
+
+def heldout_fashion_samples(n: int, seed: int = 0) -> list[ConversationSample]:
+    """``n`` Fashion-MNIST training photographs outside the bundled pool, described like the pool's: no
+    calibration draw can take them and no task tests on them (empty if Fashion-MNIST is not installed)."""
+    if not fashion_mnist_available():
+        return []
+    _, labels = fashion_arrays("train")
+    pool = {int(s.sample_id.rsplit("/", 1)[1]) for s in fashion_samples(len(digits_samples()))}
+    return fashion_samples(n, seed, [i for i in range(len(labels)) if i not in pool])
