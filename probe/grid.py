@@ -47,7 +47,13 @@ from probe.errors import ProbeError
 from probe.evaluation.harness import evaluate_with_items, primary_rows, resolve_tasks, token_records_path
 from probe.interrupts import raise_if_interrupted
 from probe.loading import DTYPES, LoadedModel, check_model_ref, load_model, model_config, parse_dtype
-from probe.manifest import check_output_dir, code_revision, package_versions, write_json_atomic, write_text_atomic
+from probe.manifest import (
+    check_output_dir,
+    package_versions,
+    process_code_revision,
+    write_json_atomic,
+    write_text_atomic,
+)
 from probe.method_spec import MethodEntry, method_entry
 from probe.mot import PATHWAYS, prune_pathway, to_mot, weight_sharing_copy
 from probe.names import GRIDS, MODALITY_POOLS
@@ -548,7 +554,8 @@ def plan_grid(config: GridConfig, only: Sequence[str] | None = None) -> GridPlan
         "config": asdict(config), "tasks": tasks, "calibration_ids": calibration_ids[None],
         "calibration_draws": {str(draw): ids for draw, ids in calibration_ids.items() if draw is not None},
         **({"proxy_ids": proxy_ids} if proxy_ids else {}),
-        "versions": package_versions(), "code": code_revision(), "machine": machine_description(config.device)})
+        "versions": package_versions(), "code": process_code_revision(),
+        "machine": machine_description(config.device)})
     return GridPlan(config, tasks, selections, [c for c in planned if c.cell_id not in done], heldout)
 
 

@@ -64,6 +64,17 @@ def code_revision(root: Path | None = None) -> dict[str, Any]:
         return {"version": None}
 
 
+_STARTED_FROM: dict[str, Any] = {}
+
+
+def process_code_revision() -> dict[str, Any]:
+    """:func:`code_revision` as it was when this process first asked: the code it imported, even if the
+    source tree changes while it runs (a long grid)."""
+    if not _STARTED_FROM:
+        _STARTED_FROM.update(code_revision())
+    return dict(_STARTED_FROM)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from probe.errors import ProbeError
-from probe.manifest import code_revision, package_versions, write_json_atomic
+from probe.manifest import package_versions, process_code_revision, write_json_atomic
 
 RECORD_VERSION = 2
 
@@ -49,7 +49,7 @@ class RunRecord:
     timings: dict[str, float] = field(default_factory=dict)  # seconds: capture, prepass, prune, wall
     peak_memory_bytes: int = 0
     versions: dict[str, str | None] = field(default_factory=package_versions)
-    code: dict[str, Any] = field(default_factory=code_revision)  # the commit (and dirty flag) or package version
+    code: dict[str, Any] = field(default_factory=process_code_revision)  # the commit (and dirty flag) or version
     context: dict[str, Any] = field(default_factory=dict)  # where the run belongs: command, grid cell, pathway
     version: int = RECORD_VERSION
 

@@ -65,3 +65,13 @@ def test_records_written_before_the_code_revision_existed_claim_none():
     record = RunRecord.from_dict({"settings": {}, "method": "wanda"})
     assert record.code == {} and record.versions == {}
     assert RunRecord(settings={}, method="wanda").code  # a new record names this code
+
+
+def test_a_process_names_the_code_it_started_from(monkeypatch):
+    from probe import manifest
+
+    monkeypatch.setattr(manifest, "_STARTED_FROM", {})
+    first = manifest.process_code_revision()
+    assert first == code_revision()
+    monkeypatch.setattr(manifest, "code_revision", lambda root=None: {"commit": "b" * 40, "dirty": True})
+    assert manifest.process_code_revision() == first  # the tree changed while it ran: the start counts
