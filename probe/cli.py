@@ -237,6 +237,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run only these cells now, in this order (ids as in results.csv, e.g. dense,wanda/50%%); "
                         "a later run without --cells does the rest")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check everything the grid needs (model, tasks, calibration, output folder) and print what "
+                        "it would run, writing nothing")
+    p.add_argument("--list-cells", action="store_true",
+                   help="print the grid's cells, each done or to do, and stop (reads only the config and the output "
+                        "folder)")
+    settings = p.add_argument_group("settings (override the config's)")
+    settings.add_argument("--model", default=None, help="the model (hub id, folder, reference, tiny:FAMILY)")
+    settings.add_argument("--tasks", default=None, help="comma-separated tasks or presets")
+    settings.add_argument("--limit", type=positive_int, default=None, help="items per task and cell")
+    settings.add_argument("--nsamples", type=positive_int, default=None, help="calibration samples per draw")
+    settings.add_argument("--sparsity", type=_setting_list, default=None, metavar="S[,S...]",
+                          help="the sparsities of a table1 grid (0.5,0.6) or the settings of a table2 grid "
+                               "(0.5,2:4)")
+    settings.add_argument("--calib-seeds", type=_seed_list, default=None, metavar="SEED[,SEED...]",
+                          help="calibration draws: every cell that uses calibration pruned once per seed")
+    settings.add_argument("--metrics", type=_name_list, default=None, metavar="METRIC[,METRIC...]",
+                          help="tasks (the task metrics) and/or kl (the proxy metric)")
     cluster = p.add_argument_group("cells as cluster jobs (--executor slurm or ray; the config's cluster: mapping "
                                    "sets the same resources, these flags override it)")
     cluster.add_argument("--executor", default="local", choices=EXECUTORS,
@@ -655,8 +673,17 @@ def cmd_grid(args: argparse.Namespace) -> int:
     if args.quick and out is None:  # a quick run never lands in (or is refused by) a full run's folder
         out = Path("runs") / "grid" / f"{args.config.stem if args.config else args.grid or 'table1'}-quick"
     overrides = {"out": str(out) if out else None, "grid": args.grid, **(QUICK if args.quick else {})}
+    given = {"model": args.model, "tasks": args.tasks, "limit": args.limit, "nsamples": args.nsamples,
+             "calib_seeds": args.calib_seeds, "metrics": args.metrics}
+    overrides.update({name: value for name, value in given.items() if value is not None})
+    if args.sparsity is not None:
+        grid = args.grid or (_yaml_grid(args.config) if args.config else "table1")
+        overrides["sparsities" if grid == "table1" else "settings"] = (
+            [float(s) for s in args.sparsity] if grid == "table1" else args.sparsity)
     config = GridConfig.from_yaml(args.config, **overrides) if args.config else GridConfig.create(
         **{k: v for k, v in overrides.items() if v is not None})
+    if args.list_cells or args.dry_run:
+        return _describe_grid(config, args)
     executor = _executor(args, config)
     try:
         with interruptible(), quiet_libraries(args.no_progress):
@@ -666,6 +693,63 @@ def cmd_grid(args: argparse.Namespace) -> int:
         raise RunInterrupted(_grid_interrupted(Path(config.out))) from None
     print(write_grid_table(results, Path(config.out), config.grid, config.model, config.name or None))
     return 0
+
+
+def _describe_grid(config, args: argparse.Namespace) -> int:  # noqa: ANN001
+    """``--list-cells`` and ``--dry-run``: the grid's cells, done or to do, and (dry run) every check."""
+    from probe.grid import cells, check_grid, finished_cells, select_cells
+    from probe.grid_status import banner
+
+    planned = select_cells(cells(config), args.cells, set()) if args.cells else cells(config)
+    done = finished_cells(Path(config.out), config.metrics)
+    if args.dry_run:
+        checked = check_grid(config, args.cells)
+        print(banner(config.grid, config.model, config.out, [c.cell_id for c in planned], done,
+                     [c.cell_id for c in checked.planned if c.cell_id not in done]))
+        print(f"tasks: {', '.join(checked.tasks)}; calibration: {config.nsamples} samples from {config.calib} in "
+              f"{len(config.draws())} draw(s); metrics: {', '.join(config.metrics)}")
+    for cell in planned:
+        print(f"{'done ' if cell.cell_id in done else 'to do'}  {cell.cell_id}")
+    if args.dry_run:
+        print("dry run: every check passed; nothing was written")
+    return 0
+
+
+def _yaml_grid(path: Path) -> str:
+    """The grid a config file names (table1 when it names none or cannot be read; loading it reports why)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return "table1"
+    return str(data.get("grid", "table1")) if isinstance(data, dict) else "table1"
+
+
+def _setting_list(text: str) -> list[str]:
+    """``--sparsity``: comma-separated sparsities or N:M patterns."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("name at least one sparsity, e.g. 0.5")
+    for name in names:
+        if ":" not in name:
+            try:
+                float(name)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"{name!r} is neither a sparsity nor an N:M pattern") from None
+    return names
+
+
+def _seed_list(text: str) -> list[int]:
+    """``--calib-seeds``: comma-separated whole numbers."""
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of whole numbers") from None
+
+
+def _name_list(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 def _grid_interrupted(out: Path) -> str:

@@ -45,6 +45,7 @@ from probe.devices import check_device, machine_description
 from probe.engine import PruneConfig, prune
 from probe.errors import ProbeError
 from probe.evaluation.harness import evaluate_with_items, primary_rows, resolve_tasks, token_records_path
+from probe.grid_status import CellClock, banner
 from probe.interrupts import raise_if_interrupted
 from probe.loading import DTYPES, LoadedModel, check_model_ref, load_model, model_config, parse_dtype
 from probe.manifest import (
@@ -529,11 +530,29 @@ def select_cells(planned: list[Cell], only: Sequence[str], finished: set[str]) -
     return [by_id[name] for name in chosen]
 
 
-def plan_grid(config: GridConfig, only: Sequence[str] | None = None) -> GridPlan:
-    """Check everything a grid needs (device, tasks, calibration, an output folder made with the same
-    settings), take the dense cell from ``dense_from`` where the config names one, and write the
-    manifest; the cells without rows in ``results.csv`` are still to run (with ``only``, just those of
-    the named cells, in the order named)."""
+@dataclass
+class GridCheck:
+    """A grid checked without writing anything: its tasks, calibration draws, held-out conversations, the
+    cells planned and those already done."""
+
+    tasks: list[str]
+    selections: dict[int | None, Any]
+    heldout: tuple[list, list] | None
+    planned: list[Cell]
+    done: set[str]
+
+    def calibration_ids(self) -> dict[int | None, list[str]]:
+        return {draw: [s.sample_id for s in chosen.samples] for draw, chosen in self.selections.items()}
+
+    def proxy_ids(self) -> list[str] | None:
+        return [s.sample_id for group in self.heldout for s in group] if self.heldout else None
+
+
+def check_grid(config: GridConfig, only: Sequence[str] | None = None) -> GridCheck:
+    """Check everything a grid needs (device, model, tasks, calibration and held-out data, an output folder
+    made with the same settings, the dense cell of ``dense_from``) and write nothing (``probe grid
+    --dry-run``); the cells without rows are still to run (with ``only``, just those of the named cells,
+    in the order named)."""
     out = Path(config.out)
     check_output_dir(out, marker="manifest.json")
     done = finished_cells(out, config.metrics)
@@ -543,10 +562,21 @@ def plan_grid(config: GridConfig, only: Sequence[str] | None = None) -> GridPlan
     check_token_methods(config)
     tasks = resolve_tasks(config.tasks)
     selections = calibration_selections(config)  # every data check before any model work
-    calibration_ids = {draw: [s.sample_id for s in chosen.samples] for draw, chosen in selections.items()}
-    heldout = heldout_conversations(config, selections)
-    proxy_ids = [s.sample_id for group in heldout for s in group] if heldout else None
-    _check_same_settings(config, out / "manifest.json", calibration_ids, proxy_ids)
+    checked = GridCheck(tasks, selections, heldout_conversations(config, selections), planned, done)
+    _check_same_settings(config, out / "manifest.json", checked.calibration_ids(), checked.proxy_ids())
+    if config.dense_from and "dense" not in finished_cells(out):
+        _dense_source(config, Path(config.dense_from))
+    return checked
+
+
+def plan_grid(config: GridConfig, only: Sequence[str] | None = None) -> GridPlan:
+    """:func:`check_grid`, then take the dense cell from ``dense_from`` where the config names one and
+    write the manifest."""
+    out = Path(config.out)
+    checked = check_grid(config, only)
+    tasks, selections, heldout, planned, done = (checked.tasks, checked.selections, checked.heldout,
+                                                 checked.planned, checked.done)
+    calibration_ids, proxy_ids = checked.calibration_ids(), checked.proxy_ids()
     if config.dense_from and "dense" not in finished_cells(out):
         import_dense_cell(config, Path(config.dense_from))
         done = finished_cells(out, config.metrics)
@@ -583,6 +613,18 @@ def import_dense_cell(config: GridConfig, source: Path) -> None:
     """Take the dense cell of the grid in ``source`` (its rows, per-item scores and record) as this grid's,
     after checking that it was scored with the same :data:`DENSE_KEYS`: on a large model the dense
     evaluation is the same hours of work in every grid."""
+    rows = _dense_source(config, source)
+    out = Path(config.out)
+    record = json.loads(cell_path(source, "dense").read_text())
+    record.setdefault("context", {})["dense_from"] = str(source)
+    write_text_atomic(cell_path(out, "dense", "items", ".csv"), cell_path(source, "dense", "items", ".csv").read_text())
+    write_json_atomic(cell_path(out, "dense"), record)
+    append_cell_rows(out / "results.csv", "dense", rows.to_dict("records"))
+
+
+def _dense_source(config: GridConfig, source: Path) -> pd.DataFrame:
+    """The dense rows of the grid in ``source``, checked to be a finished dense cell scored with the same
+    :data:`DENSE_KEYS` as ``config``'s."""
     manifest = source / "manifest.json"
     files = [manifest, source / "results.csv", cell_path(source, "dense", "items", ".csv"), cell_path(source, "dense")]
     missing = [str(f) for f in files if not f.is_file()]
@@ -598,12 +640,7 @@ def import_dense_cell(config: GridConfig, source: Path) -> None:
     rows = rows[rows.cell == "dense"].dropna(axis=1, how="all")
     if rows.empty:
         raise GridConfigError(f"dense_from: {source / 'results.csv'} holds no dense rows")
-    out = Path(config.out)
-    record = json.loads(cell_path(source, "dense").read_text())
-    record.setdefault("context", {})["dense_from"] = str(source)
-    write_text_atomic(cell_path(out, "dense", "items", ".csv"), cell_path(source, "dense", "items", ".csv").read_text())
-    write_json_atomic(cell_path(out, "dense"), record)
-    append_cell_rows(out / "results.csv", "dense", rows.to_dict("records"))
+    return rows
 
 
 def finished_cells(out: Path, metrics: Sequence[str] = ("tasks",)) -> set[str]:
@@ -864,6 +901,9 @@ def run_grid(config: GridConfig, show_progress: bool = True, log_samples: bool =
     :class:`GridRunError` after every other cell had its turn.
     """
     plan = plan_grid(config, only)
+    planned = [c.cell_id for c in (select_cells(cells(config), only, set()) if only else cells(config))]
+    log.info(banner(config.grid, config.model, config.out, planned, finished_cells(plan.out, config.metrics),
+                    [c.cell_id for c in plan.todo]))
     with driver_lock(plan.out):
         if plan.todo:
             executor = executor or InProcessExecutor()
@@ -943,9 +983,12 @@ class InProcessExecutor:
         if self._context is None or self._context[0] is not plan:  # the model is loaded once per grid
             self._context = (plan, open_context(plan, show_progress=show_progress))
         ctx = self._context[1]
+        clock = CellClock([c.cell_id for c in todo])
+        clock.start()
         for cell in todo:
             raise_if_interrupted()
             run_cell(ctx, cell, show_progress=show_progress, log_samples=log_samples)
+            log.info(clock.finished(cell.cell_id))
         return []
 
 
