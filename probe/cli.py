@@ -385,15 +385,44 @@ def _refuse_offload(args: argparse.Namespace, command: str) -> None:
 
 
 def cmd_families(args: argparse.Namespace) -> int:
-    from probe.models import generic_families, supported_families
+    from probe.models import generic_families
     from probe.models.base import text_families
 
-    print("\n".join(supported_families()))
+    print(family_table())
     print("\nfound by structure (generic adapter; `probe check MODEL` says whether one can be pruned):")
     print("\n".join(generic_families()))
     print("\nplain causal language models, every token text (generic adapter; for the LLM-pruning baselines):")
     print("\n".join(text_families()))
     return 0
+
+
+def family_table(layers: int = 32) -> str:
+    """The families with an adapter of their own and what each supports, derived from the adapters and the
+    token methods' own checks (a model of ``layers`` decoder blocks): weight pruning and the MoT probe on
+    every one; visual token pruning at inference by method; ``--max-pixels``; a tiny model for tests."""
+    from probe.errors import ProbeError as Refused
+    from probe.models.base import Adapter, get_adapter, supported_families, tiny_families
+    from probe.token_pruning.base import make_pruner
+    from probe.token_pruning.runtime import check_token_method
+
+    methods = ("fastv", "random", "vitcop")
+    rows = [["family", "weights + MoT", *methods, "max-pixels", "tiny model"]]
+    tiny = set(tiny_families())
+    for family in supported_families():
+        supported = []
+        for method in methods:
+            supported.append("-")
+            for spec, label in ((method, "yes"), (f"{method}(deep_positions=keep)", "deep_positions=keep")):
+                try:
+                    check_token_method(make_pruner(spec), family, layers)
+                except Refused:
+                    continue
+                supported[-1] = label
+                break
+        native = type(get_adapter(family)).set_max_pixels is not Adapter.set_max_pixels
+        rows.append([family, "yes", *supported, "yes" if native else "-", "yes" if family in tiny else "-"])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -527,8 +556,7 @@ def _prune(args: argparse.Namespace) -> int:
                               show_progress=not args.no_progress, token_pruning=args.token_pruning,
                               comp_style=comp_style, activation_dtype=args.activation_dtype,
                               spill_activations=args.spill_activations, memory_check=not args.no_memory_check)
-    print(f"wrote {args.out} ({record.method}, mean sparsity {record.mean_sparsity:.3f}, "
-          f"{record.timings['prune']:.1f} s)")
+    print(f"wrote {args.out} ({record.method}, {record.sparsity_summary()}, {record.timings['prune']:.1f} s)")
     return 0
 
 

@@ -41,6 +41,7 @@ class RunRecord:
     device: str = ""
     calibration: dict[str, Any] = field(default_factory=dict)  # its source and the ids of the samples drawn
     sparsity: dict[str, float] = field(default_factory=dict)  # achieved, per matrix
+    parameters: dict[str, int] = field(default_factory=dict)  # weights per matrix
     target_sparsity: dict[str, float] = field(default_factory=dict)  # asked by the allocation, per matrix
     block_sparsity: dict[str, float] = field(default_factory=dict)  # achieved per block, weighted by weights
     allocation: dict[str, Any] = field(default_factory=dict)  # what the allocation measured
@@ -64,6 +65,8 @@ class RunRecord:
             totals[0] += value * size
             totals[1] += size
         return cls(settings=dataclasses.asdict(config), method=config.label, sparsity=dict(report.sparsity),
+                   parameters={key: int(report.parameters[key]) for key in report.sparsity
+                               if key in report.parameters},
                    target_sparsity=dict(report.target_sparsity), allocation=dict(report.allocation),
                    block_sparsity={str(b): zeros / total for b, (zeros, total) in sorted(blocks.items())},
                    selector_blocks=list(report.selector_blocks), unobserved=list(report.unobserved), timings=timings,
@@ -74,8 +77,28 @@ class RunRecord:
         """Unweighted mean of the achieved sparsity over the pruned matrices."""
         return sum(self.sparsity.values()) / max(len(self.sparsity), 1)
 
+    @property
+    def weighted_sparsity(self) -> float | None:
+        """The share of all pruned matrices' weights that are zero (each matrix weighted by its size); None
+        for a record that does not hold the matrices' sizes."""
+        if not self.sparsity or set(self.sparsity) - set(self.parameters):
+            return None
+        total = sum(self.parameters[key] for key in self.sparsity)
+        return sum(value * self.parameters[key] for key, value in self.sparsity.items()) / max(total, 1)
+
+    def sparsity_summary(self) -> str:
+        """``sparsity 0.500 of all pruned weights`` and, where it differs, the unweighted mean over matrices."""
+        weighted, mean = self.weighted_sparsity, self.mean_sparsity
+        if weighted is None:
+            return f"mean sparsity {mean:.3f} over {len(self.sparsity)} matrices (unweighted)"
+        text = f"sparsity {weighted:.3f} of all pruned weights"
+        if abs(weighted - mean) >= 0.0005:
+            text += f" (unweighted mean over the {len(self.sparsity)} matrices {mean:.3f})"
+        return text
+
     def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "mean_sparsity": self.mean_sparsity}
+        return {**dataclasses.asdict(self), "mean_sparsity": self.mean_sparsity,
+                "weighted_sparsity": self.weighted_sparsity}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunRecord:

@@ -168,3 +168,42 @@ def test_table_writes_a_grid_folders_tables_from_its_manifest(tmp_path, capsys):
     (tmp_path / "manifest.json").write_text(json.dumps({"config": {"grid": "table9"}}))
     assert main(["table", str(tmp_path)]) == 2
     assert "names no grid (table1, table2)" in capsys.readouterr().err
+
+
+def test_prune_summarises_the_sparsity_of_all_pruned_weights_and_says_when_the_mean_differs(tmp_path, capsys):
+    """TAMP's allocation gives matrices different sparsities: the summary counts zeros over all pruned
+    weights (checked here on the written weights) and names the unweighted mean over matrices apart."""
+    import re
+
+    from probe.loading import load_model
+
+    out = tmp_path / "ck"
+    assert main(["prune", "tiny:llava_next", "--method", "tamp-full", "--sparsity", "0.5", "--nsamples", "3",
+                 "--no-progress", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    found = re.search(r"sparsity (\d\.\d{3}) of all pruned weights \(unweighted mean over the (\d+) matrices "
+                      r"(\d\.\d{3})\)", printed)
+    assert found, printed
+    loaded = load_model(str(out))
+    zeros = total = 0
+    for layer in loaded.adapter.decoder_layers(loaded.model):
+        for linear in loaded.adapter.prunable_linears(layer).values():
+            zeros += int((linear.weight == 0).sum())
+            total += linear.weight.numel()
+    assert float(found.group(1)) == pytest.approx(zeros / total, abs=0.0006)
+    assert float(found.group(1)) != float(found.group(3))
+
+
+def test_probe_families_tabulates_what_each_family_supports(capsys):
+    from probe.models.base import supported_families
+
+    assert main(["families"]) == 0
+    lines = capsys.readouterr().out.split("\n\n", 1)[0].splitlines()
+    header, rows = lines[0].split(), {line.split()[0]: line.split()[1:] for line in lines[1:]}
+    assert header == ["family", "weights", "+", "MoT", "fastv", "random", "vitcop", "max-pixels", "tiny", "model"]
+    assert sorted(rows) == supported_families()
+    # what the README says of each: Qwen3-VL's DeepStack and Gemma 3's sliding windows refuse token pruning,
+    # ViTCoP's compact positions need 1-D rotary positions, and --max-pixels caps the Qwen families' images
+    assert rows["llava_next"] == ["yes", "yes", "yes", "yes", "-", "yes"]
+    assert rows["qwen2_vl"] == ["yes", "yes", "yes", "deep_positions=keep", "yes", "yes"]
+    assert rows["qwen3_vl"][1:4] == ["-", "-", "-"] and rows["gemma3"][1:4] == ["-", "-", "-"]
