@@ -633,9 +633,10 @@ def _eval(args: argparse.Namespace) -> int:
     from analysis.tables import retention_against
     from probe.devices import check_device
     from probe.evaluation.harness import evaluate, primary_rows, resolve_tasks
-    from probe.loading import load_model, parse_dtype
+    from probe.loading import load_model, model_config, parse_dtype
     from probe.manifest import check_output_file, write_text_atomic
     from probe.token_pruning.base import make_pruner
+    from probe.token_pruning.runtime import check_token_method
 
     _refuse_offload(args, "eval")
     if args.metric == "kl":
@@ -647,7 +648,10 @@ def _eval(args: argparse.Namespace) -> int:
         check_output_file(args.out)
     check_device(args.device)
     tasks = resolve_tasks(args.tasks)  # every task checked before the model loads
-    make_pruner(args.token_pruning)
+    pruner = make_pruner(args.token_pruning)
+    found = model_config(args.model) if pruner is not None else None
+    if found is not None:  # the model's own config, read without its weights
+        check_token_method(pruner, found.model_type, found.get_text_config().num_hidden_layers)
     dense = None
     if args.dense is not None:
         dense_table = load_scores(args.dense)

@@ -166,12 +166,40 @@ class ModelSkeleton:
     loaded: LoadedModel | None = None
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub's host (``HF_ENDPOINT``, default huggingface.co) answers a TCP connection
+    within ``timeout`` seconds, and the hub is not switched off (``HF_HUB_OFFLINE``)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    endpoint = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
 def _hub_config(ref: str) -> Any:
+    """The config of a hub id or folder: from the folder or the local cache if there, else from the hub, which
+    is asked only when it can be reached (offline, one line at once instead of minutes of retries)."""
     check_model_ref(ref)
     try:
-        config = AutoConfig.from_pretrained(ref)
-    except OSError as exc:
-        raise ModelLoadError(f"cannot load {ref!r}: not a local model folder, and the hub did not provide it") from exc
+        config = AutoConfig.from_pretrained(ref, local_files_only=True)
+    except (OSError, ValueError):
+        if not hub_reachable():
+            raise ModelLoadError(f"cannot load {ref!r}: not a local model folder nor in the Hugging Face cache, and "
+                                 "the hub cannot be reached (offline?); download it where there is network, or give "
+                                 "its local folder") from None
+        try:
+            config = AutoConfig.from_pretrained(ref)
+        except OSError as exc:
+            raise ModelLoadError(f"cannot load {ref!r}: not a local model folder, and the hub did not provide it"
+                                 ) from exc
     check_family(config.model_type)
     return config
 

@@ -563,3 +563,61 @@ def test_a_rewritten_output_folder_is_replaced_whole(tmp_path):
     manifest.write_dir_atomic(out, lambda folder: (folder / "new.json").write_text("{}"))
     assert [p.name for p in out.iterdir()] == ["new.json"]
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # neither the old folder nor a temporary one
+
+
+def test_a_hub_id_offline_fails_at_once_in_one_line(tmp_path, capsys, monkeypatch):
+    """Not a folder, not in the cache, and the hub unreachable: one line, without asking the hub."""
+    import time
+
+    import transformers
+
+    from probe import loading
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(loading, "hub_reachable", lambda timeout=3.0: False)
+    real = transformers.AutoConfig.from_pretrained
+
+    def local_only(ref, **kwargs):
+        assert kwargs.get("local_files_only"), "the hub was asked although it cannot be reached"
+        return real(ref, **kwargs)
+
+    monkeypatch.setattr(loading.AutoConfig, "from_pretrained", local_only)
+    started = time.perf_counter()
+    assert main(["eval", "some-org/some-model", "--tasks", "digits", "--limit", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert time.perf_counter() - started < 10
+    assert err.splitlines() == ["probe: error: cannot load 'some-org/some-model': not a local model folder nor in "
+                                "the Hugging Face cache, and the hub cannot be reached (offline?); download it "
+                                "where there is network, or give its local folder"]
+
+
+def test_the_hub_is_unreachable_when_switched_off_or_when_its_host_does_not_answer(monkeypatch):
+    import socket
+
+    from huggingface_hub import constants
+
+    from probe.loading import hub_reachable
+
+    with socket.socket() as closed:  # a local port that nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    assert hub_reachable(timeout=1.0) is False
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+        assert hub_reachable(timeout=1.0) is True
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+        assert hub_reachable(timeout=1.0) is False
+
+
+def test_a_token_method_the_model_cannot_run_is_refused_before_its_weights_load(capsys, monkeypatch):
+    from probe import loading
+
+    def never(*args, **kwargs):
+        raise AssertionError("the weights were loaded before the token method was checked")
+
+    monkeypatch.setattr(loading, "load_model", never)
+    assert main(["eval", "tiny:llava", "--tasks", "digits", "--limit", "2", "--token-pruning", "fastv(k=99)"]) == 2
+    assert "fastv prunes before layer 99" in capsys.readouterr().err
