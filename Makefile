@@ -7,13 +7,18 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 LMMS_EVAL_SPEC ?= lmms-eval==0.7.3
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.probe-installed
+# The set-up is keyed by what pyproject.toml says, not by its date: a fresh clone that reuses a VENV with
+# the same dependencies only points the editable install at itself (SOURCE records which checkout it is).
+SETUP_KEY := $(shell $(PYTHON) -c "import hashlib; print(hashlib.sha256(open('pyproject.toml', 'rb').read()).hexdigest()[:16])")
+STAMP := $(VENV)/.probe-installed-$(SETUP_KEY)
+SOURCE := $(VENV)/.probe-source
 
 .PHONY: setup demo test lint bench gpu-suite offline-data hard-data reference-large results
 
 setup: $(STAMP)
+	@grep -qxF "$(CURDIR)" $(SOURCE) 2>/dev/null || { $(BIN)/python -m pip install -q --no-deps -e . && echo "$(CURDIR)" > $(SOURCE); }
 
-$(STAMP): pyproject.toml
+$(STAMP):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q -e ".[dev]"
@@ -27,6 +32,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps qwen-vl-utils==0.0.14
 	@$(MAKE) --no-print-directory offline-data
 	$(BIN)/python -m probe.evaluation.task_files
+	echo "$(CURDIR)" > $(SOURCE)
 	touch $(STAMP)
 
 # Fashion-MNIST and the fortune quotes come from Debian packages
@@ -43,7 +49,7 @@ offline-data:
 # The harder offline tasks (preset offline-hard: emoji_names, clipart_category, opencv_digits) read Debian's
 # fonts-noto-color-emoji, openclipart-png and opencv-doc (about 240 MB to download); then the task files are rebuilt.
 HARD_DATA := /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf /usr/share/openclipart/png/animals /usr/share/doc/opencv-doc/examples/data/digits.png
-hard-data: $(STAMP)
+hard-data: setup
 	@if ls $(HARD_DATA) >/dev/null 2>&1; then \
 		echo "harder tasks' data: present"; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -58,28 +64,28 @@ hard-data: $(STAMP)
 reference-large: hard-data
 	$(BIN)/python -m probe.reference.large install
 
-demo: $(STAMP)
+demo: setup
 	$(BIN)/probe eval reference --tasks offline --limit 40 --out runs/demo/dense.csv
 	$(BIN)/probe prune reference --method wanda --tokens text --sparsity 0.5 --nsamples 32 --out runs/demo/wanda-text-50
 	$(BIN)/probe eval runs/demo/wanda-text-50 --tasks offline --limit 40 --out runs/demo/wanda-text-50.csv --dense runs/demo/dense.csv
 
-test: $(STAMP)
+test: setup
 	$(BIN)/python -m pytest -q
 
-lint: $(STAMP)
+lint: setup
 	$(BIN)/ruff check .
 
-bench: $(STAMP)
+bench: setup
 	$(BIN)/python bench/bench_prune.py
 	$(BIN)/python bench/bench_grid.py
 
 # On a machine with a GPU: everything checked only on CUDA (tests marked cuda, bench_scale at 32 blocks, 2:4 kernels)
-gpu-suite: $(STAMP)
+gpu-suite: setup
 	PYTHON=$(BIN)/python bash bench/gpu_suite.sh
 
 # Our stored results on the reference model: dense scores, Table 1, Table 2, the ATV ablations, figures.
 # Regenerated from scratch (git keeps the stored ones): a grid does not resume a folder made with other settings.
-results: $(STAMP)
+results: setup
 	rm -rf results/grid/table1 results/grid/table2 results/grid/ablations results/grid/tokens
 	$(BIN)/python -m probe.reference.report
 	$(BIN)/probe grid configs/table1_offline.yaml --no-progress

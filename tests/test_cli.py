@@ -207,3 +207,33 @@ def test_probe_families_tabulates_what_each_family_supports(capsys):
     assert rows["llava_next"] == ["yes", "yes", "yes", "yes", "-", "yes"]
     assert rows["qwen2_vl"] == ["yes", "yes", "yes", "deep_positions=keep", "yes", "yes"]
     assert rows["qwen3_vl"][1:4] == ["-", "-", "-"] and rows["gemma3"][1:4] == ["-", "-", "-"]
+
+
+def test_a_fresh_clone_reusing_a_set_up_environment_does_not_set_it_up_again(tmp_path):
+    """The set-up stamp follows pyproject.toml's content, not its date: a new checkout with the same
+    dependencies only points the editable install at itself; other dependencies set the environment up."""
+    import hashlib
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    for name in ("Makefile", "pyproject.toml"):
+        shutil.copy(root / name, clone / name)  # newer than any stamp
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    key = hashlib.sha256((clone / "pyproject.toml").read_bytes()).hexdigest()[:16]
+    (venv / f".probe-installed-{key}").touch()
+    (venv / ".probe-source").write_text("/somewhere/else\n")
+
+    def planned() -> str:
+        done = subprocess.run(["make", "-n", "setup", f"VENV={venv}"], cwd=clone, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    steps = planned()
+    assert "-m venv" not in steps and "torch" not in steps and "pip install -q --no-deps -e ." in steps
+    (clone / "pyproject.toml").write_text((clone / "pyproject.toml").read_text() + "\n# another dependency\n")
+    assert "-m venv" in planned()
