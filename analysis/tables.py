@@ -700,7 +700,7 @@ def write_table(frame: pd.DataFrame, out: Path, name: str, note: str = "", digit
 
 def write_grid_table(results: pd.DataFrame, out: Path, grid: str, model: str | None = None,
                      name: str | None = None, items: pd.DataFrame | None = None, boots: int = BOOTS, seed: int = 0,
-                     adjust: str = "holm", per_draw: bool = True) -> str:
+                     adjust: str = "holm", per_draw: bool = True, records: dict | None = None) -> str:
     """The table of a finished grid (``table1`` or ``table2``) written into ``out`` as ``name``.md/.csv/.tex
     (``name`` defaults to the grid); a method grid with ATV selection-signal cells also gets
     ``<name>_signals`` in Table 3's layout, and one with per-item scores ``<name>_tasks_vs_wanda``
@@ -710,7 +710,8 @@ def write_grid_table(results: pd.DataFrame, out: Path, grid: str, model: str | N
     retentions next to the paper's go to ``<name>_vs_paper``. The per-item scores are ``items`` when given,
     else those kept in ``out`` (``items/``). Under the main table, where the cells' records differ in code
     revision, machine, package versions, dtype or device, a paragraph says how
-    (:func:`analysis.provenance.provenance_note`).
+    (:func:`analysis.provenance.provenance_note`; ``records``: the cells' run records, default those in
+    ``out/cells``).
     A grid scored by the proxy metric (``proxy.csv``) also gets ``<name>_proxy`` and, beside task scores,
     ``<name>_proxy_correlation`` (:mod:`analysis.proxy`)."""
     from analysis.provenance import load_records, provenance_note
@@ -725,7 +726,8 @@ def write_grid_table(results: pd.DataFrame, out: Path, grid: str, model: str | N
     markdown = ""
     if not results.empty:
         items = load_items(out) if items is None else items
-        note = provenance_note(load_records(out), set(results.cell) if "cell" in results else None)
+        records = load_records(out) if records is None else records
+        note = provenance_note(records, set(results.cell) if "cell" in results else None)
         markdown = _write_task_tables(results, out, grid, model, name, items, rows, note, boots, seed, adjust,
                                       per_draw)
     if proxy is not None:

@@ -863,12 +863,18 @@ def cmd_table(args: argparse.Namespace) -> int:
         name = f"{config.get('name') or config['grid']}_vs_{first.get('name') or first['grid']}"
         print(write_table(frame, args.grid, name))
     if args.average_with:
+        from analysis.provenance import load_records
+
         draws = [(load_grid(folder), _grid_items(folder, "joining draws"), _calibration_seed(folder))
                  for folder in (args.grid, *args.average_with)]
         joined, joined_items = join_draws(draws)
+        records = load_records(args.grid)  # the later grids' cells under their joined ids
+        for folder, (_, _, seed) in zip(args.average_with, draws[1:]):
+            records.update({f"{cell}@calib{seed}": record for cell, record in load_records(folder).items()
+                            if cell != "dense"})
         name = f"{config.get('name') or config['grid']}_mean_of_{len(draws)}_draws"
         print(write_grid_table(joined, args.grid, config["grid"], config.get("model"), name, joined_items,
-                               per_draw=False, **statistics))  # each draw's own table is its grid's
+                               per_draw=False, records=records, **statistics))  # each draw's own table is its grid's
     return 0
 
 

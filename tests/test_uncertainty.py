@@ -332,12 +332,22 @@ def test_table_cli_joins_draws(tmp_path, capsys):
     _grid_folder(tmp_path / "probe", {"dense": DENSE, "wanda": ATV}, "table1", grid="table1")
     assert main(["table", str(tmp_path / "first"), "--average-with", str(tmp_path / "probe")]) == 2
     assert "is not a table2 grid" in capsys.readouterr().err
+    import json
+
+    for folder, version in (("first", "5.25.0"), ("second", "5.23.0")):  # the rerun ran on other versions
+        (tmp_path / folder / "cells").mkdir()
+        for cell in ("dense", "wanda", "atv"):
+            record = {"settings": {}, "method": cell, "dtype": "float32", "device": "cpu",
+                      "versions": {"torch": "2.13.0", "transformers": version}, "code": {"version": "0.1.0"},
+                      "context": {"cell": cell, "machine": {"cpu": "Example", "cpu_capability": "AVX2"}}}
+            (tmp_path / folder / "cells" / f"{cell}.json").write_text(json.dumps(record))
     assert main(["table", str(tmp_path / "first"), "--average-with", str(tmp_path / "second"), "--adjust", "bh",
                  "--resamples", "500"]) == 0
     written = (tmp_path / "first" / "table2_mean_of_2_draws.md").read_text()
     assert written in capsys.readouterr().out
     assert "| 50% | wanda | 56.25 ± " in written and "| 2 [66.67, 91.67] |" in written
     assert "p-values adjusted by Benjamini-Hochberg" in written and "500 resamples" in written
+    assert "- transformers: 5.25.0 (atv, dense, wanda); 5.23.0 (atv@calib1, wanda@calib1)" in written
     assert (tmp_path / "first" / "table2_mean_of_2_draws_tasks_vs_wanda.md").is_file()
     for path in (tmp_path / "second" / "items").iterdir():
         path.unlink()
