@@ -765,9 +765,11 @@ def _prune_and_score(ctx: GridContext, cell: Cell, show_progress: bool, log_samp
                 **setting_columns(prune_config)}
     appended = False
     if "kl" in config.metrics and cell.cell_id not in finished_cells(out, ["kl"]):
-        appended = _score_proxy(ctx, cell, model, settings, show_progress)
-        record.context["weights_fingerprint"] = weights_fingerprint(model)
-        record.write(cell_path(out, cell.cell_id))
+        fingerprint = weights_fingerprint(model)  # beside the proxy: a cell pruned again can be checked
+        appended = _score_proxy(ctx, cell, model, {**settings, "weights_fingerprint": fingerprint}, show_progress)
+        if not cell_path(out, cell.cell_id).is_file():  # a cell scored earlier keeps the record of that run
+            record.context["weights_fingerprint"] = fingerprint
+            record.write(cell_path(out, cell.cell_id))
     if "tasks" in config.metrics and cell.cell_id not in finished_cells(out):
         appended = _score_tasks(ctx, cell, model, record, settings, show_progress, log_samples)
     return appended

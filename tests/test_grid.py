@@ -584,6 +584,7 @@ def test_the_proxy_metric_is_the_kl_from_the_dense_model_on_held_out_answers(tmp
 def test_a_grid_adds_the_proxy_metric_later_and_a_proxy_only_grid_scores_no_task(tmp_path, monkeypatch):
     config = small_config(tmp_path, pathways=["visual"], pools=["text"], tasks="digits")
     run_grid(config, show_progress=False)
+    first_records = {p.name: p.read_text() for p in (tmp_path / "grid" / "cells").glob("*.json")}
     scored = []
     real = grid_module.evaluate_with_items
     monkeypatch.setattr(grid_module, "evaluate_with_items",
@@ -591,7 +592,12 @@ def test_a_grid_adds_the_proxy_metric_later_and_a_proxy_only_grid_scores_no_task
     run_grid(small_config(tmp_path, pathways=["visual"], pools=["text"], tasks="digits", metrics=["tasks", "kl"],
                           proxy_samples=2), show_progress=False)
     assert scored == []  # the task scores were kept; only the proxy ran
-    assert set(pd.read_csv(tmp_path / "grid" / "proxy.csv").cell) == {"dense", "visual/text/0.5"}
+    proxy = pd.read_csv(tmp_path / "grid" / "proxy.csv")
+    assert set(proxy.cell) == {"dense", "visual/text/0.5"}
+    for cell in ("dense", "visual/text/0.5"):  # pruned again for the proxy: the same weights, the first record
+        record = json.loads(grid_module.cell_path(tmp_path / "grid", cell).read_text())
+        assert set(proxy[proxy.cell == cell].weights_fingerprint) == {record["context"]["weights_fingerprint"]}
+    assert {p.name: p.read_text() for p in (tmp_path / "grid" / "cells").glob("*.json")} == first_records
     with pytest.raises(GridConfigError, match="metrics may only be added"):
         run_grid(small_config(tmp_path, pathways=["visual"], pools=["text"], tasks="digits", metrics=["kl"],
                               proxy_samples=2), show_progress=False)
