@@ -732,8 +732,8 @@ def _describe_grid(config, args: argparse.Namespace) -> int:  # noqa: ANN001
     from probe.grid import cells, check_grid, finished_cells, select_cells
     from probe.grid_status import banner
 
-    planned = select_cells(cells(config), args.cells, set()) if args.cells else cells(config)
     done = finished_cells(Path(config.out), config.metrics)
+    planned = select_cells(cells(config), args.cells, done) if args.cells else cells(config)
     if args.dry_run:
         checked = check_grid(config, args.cells)
         print(banner(config.grid, config.model, config.out, [c.cell_id for c in planned], done,

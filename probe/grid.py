@@ -903,9 +903,9 @@ def run_grid(config: GridConfig, show_progress: bool = True, log_samples: bool =
     :class:`GridRunError` after every other cell had its turn.
     """
     plan = plan_grid(config, only)
-    planned = [c.cell_id for c in (select_cells(cells(config), only, set()) if only else cells(config))]
-    log.info(banner(config.grid, config.model, config.out, planned, finished_cells(plan.out, config.metrics),
-                    [c.cell_id for c in plan.todo]))
+    done = finished_cells(plan.out, config.metrics)
+    planned = [c.cell_id for c in (select_cells(cells(config), only, done) if only else cells(config))]
+    log.info(banner(config.grid, config.model, config.out, planned, done, [c.cell_id for c in plan.todo]))
     with driver_lock(plan.out):
         if plan.todo:
             executor = executor or InProcessExecutor()
