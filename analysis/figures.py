@@ -85,7 +85,7 @@ def _binomial_se(score: pd.Series, n: pd.Series | None) -> pd.Series:
 def _atv_setting(methods: pd.Series, name: str, default: float) -> pd.Series:
     """The value of one ATV setting in method specs such as ``atv(alpha=2)``; NaN for other methods and
     for ATV cells that change anything else (their point belongs to another ablation)."""
-    from probe.method_spec import parse_method_spec
+    from probe.pruning.method_spec import parse_method_spec
 
     values = []
     for spec in methods:

@@ -1,6 +1,6 @@
-"""The README's performance tables, written from ``results/bench/scale-cpu.json`` (``bench/bench_scale.py``).
+"""The benchmarks page's performance tables, written from ``results/bench/scale-cpu.json`` (``bench/bench_scale.py``).
 
-    python -m analysis.performance          # rewrite the block between the README's scale markers
+    python -m analysis.performance          # rewrite the block between the benchmarks page's scale markers
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 SCALE_JSON = ROOT / "results" / "bench" / "scale-cpu.json"
-README = ROOT / "README.md"
+PAGE = ROOT / "docs" / "benchmarks.md"
 MARKERS = ("<!-- scale:start -->", "<!-- scale:end -->")
 LABELS = {"wanda/dense": "Wanda / dense forward", "sparsegpt/wanda": "SparseGPT / Wanda", "atv/wanda": "ATV / Wanda",
           "tamp/wanda": "TAMP / Wanda"}
@@ -63,19 +63,19 @@ def scale_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def readme_block(text: str) -> str:
+def page_block(text: str) -> str:
     """The part of ``text`` between the scale markers."""
     return text.split(MARKERS[0], 1)[1].split(MARKERS[1], 1)[0].strip("\n")
 
 
-def write_readme(readme: Path = README, source: Path = SCALE_JSON) -> None:
-    """Rewrite the README's block between the scale markers from ``source``."""
-    text = readme.read_text()
+def write_page(page: Path = PAGE, source: Path = SCALE_JSON) -> None:
+    """Rewrite the page's block between the scale markers from ``source``."""
+    text = page.read_text()
     block = scale_markdown(json.loads(source.read_text()))
     head, rest = text.split(MARKERS[0], 1)
     tail = rest.split(MARKERS[1], 1)[1]
-    readme.write_text(f"{head}{MARKERS[0]}\n{block}\n{MARKERS[1]}{tail}")
+    page.write_text(f"{head}{MARKERS[0]}\n{block}\n{MARKERS[1]}{tail}")
 
 
 if __name__ == "__main__":
-    write_readme()
+    write_page()

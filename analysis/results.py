@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from probe.record import RecordError, read_selector_blocks
+from probe.core.record import RecordError, read_selector_blocks
 
 PAPER_DIR = Path(__file__).resolve().parent.parent / "results" / "paper"
 # hub ids of the paper's models -> the model names in results/paper/*.csv

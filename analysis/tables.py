@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.results import ResultsError
-from probe.uncertainty import BOOTS
+from probe.evaluation.uncertainty import BOOTS
 
 
 def retention(scores: pd.Series, dense: pd.Series) -> float:
@@ -197,7 +197,7 @@ def _cell_items(items: pd.DataFrame, cell: str, tasks: list[str], dense_order: d
 
 def _add_intervals(frame: pd.DataFrame, results: pd.DataFrame, rows: list[str], items: pd.DataFrame,
                    baseline: str | None, boots: int, seed: int) -> None:
-    from probe.uncertainty import bootstrap_retention, paired_difference
+    from probe.evaluation.uncertainty import bootstrap_retention, paired_difference
 
     tasks = [t for group, t in frame.columns if group == SCORES]
     dense_cell = results[results.pathway == "dense"].cell.iloc[0]
@@ -238,9 +238,9 @@ def retention_interval(cell: str | None, rows: pd.DataFrame, results: pd.DataFra
                        boots: int = BOOTS, seed: int = 0) -> tuple[float, float, float]:
     """One pruned cell's average retention (``rows``: its rows, one per task) with a 95% interval: a paired
     bootstrap over its and the dense cell's per-item scores where ``items`` holds them, else the delta
-    method from the tasks' standard errors (:func:`probe.uncertainty.delta_retention`; NaN bounds where
+    method from the tasks' standard errors (:func:`probe.evaluation.uncertainty.delta_retention`; NaN bounds where
     the results carry neither ``stderr`` nor ``n``)."""
-    from probe.uncertainty import bootstrap_retention, delta_retention
+    from probe.evaluation.uncertainty import bootstrap_retention, delta_retention
 
     dense = results[results.pathway == "dense"]
     dense_scores = dense.set_index("task")["score"]
@@ -270,7 +270,7 @@ TABLE1_PATHWAYS = ("dense", "text", "visual")  # Table 1's row order; pools foll
 def in_table1_order(results: pd.DataFrame) -> pd.DataFrame:
     """``results`` rows in Table 1's layout, whichever cells ran first: by sparsity, then pathway (text
     before visual), then pool (text, visual, mixed); names outside these keep their order, after them."""
-    from probe.names import MODALITY_POOLS
+    from probe.core.names import MODALITY_POOLS
 
     def rank(order: tuple[str, ...]):
         return lambda column: column.astype(str).map(lambda v: order.index(v) if v in order else len(order))
@@ -323,7 +323,7 @@ def task_differences(results: pd.DataFrame, items: pd.DataFrame, baseline: str =
     percentage points, with a paired bootstrap 95% interval over the same items and an exact paired
     p-value, adjusted over the table's comparisons (``<task> vs <baseline> (pp)``: ``diff``, ``low``,
     ``high``, ``p``, ``p_adj``). Rows whose cell or baseline lacks per-item scores are left out."""
-    from probe.uncertainty import paired_score_differences
+    from probe.evaluation.uncertainty import paired_score_differences
 
     results = _with_token_methods(results)
     tasks, order = _dense_item_order(results, items)
@@ -368,7 +368,7 @@ def pool_differences(results: pd.DataFrame, items: pd.DataFrame, pairs: tuple[tu
     exact paired p-values adjusted over the whole table (``diff``, ``low``, ``high``, ``p``, ``p_adj``).
     Against the dense model the retention difference is the retention minus 100. Comparisons whose cells
     lack per-item scores are left out; cells of several calibration draws compare as their mean."""
-    from probe.uncertainty import paired_difference, paired_score_differences
+    from probe.evaluation.uncertainty import paired_difference, paired_score_differences
 
     results = in_table1_order(results)
     tasks, order = _dense_item_order(results, items)
@@ -432,7 +432,7 @@ def rerun_differences(results: pd.DataFrame, items: pd.DataFrame, rerun_results:
     bootstrap 95% intervals and adjusted exact paired p-values (``diff``, ``low``, ``high``, ``p``,
     ``p_adj``). Both grids must hold the same dense cell (a rerun takes it with ``dense_from``), since
     retention is read against it."""
-    from probe.uncertainty import paired_difference, paired_score_differences
+    from probe.evaluation.uncertainty import paired_difference, paired_score_differences
 
     tasks, order = _dense_item_order(results, items)
     if _dense_item_order(rerun_results, rerun_items) != (tasks, order):
@@ -521,7 +521,7 @@ def table3(results: pd.DataFrame) -> pd.DataFrame:
     """The selection-signal ablation in Table 3's layout: a row per (signal, adaptive budget), from ATV
     cells such as ``atv``, ``atv(budget=fixed)``, ``atv(signal=random, budget=fixed)``,
     ``atv(signal=abs)``; cells that change other ATV settings are left out."""
-    from probe.method_spec import parse_method_spec
+    from probe.pruning.method_spec import parse_method_spec
 
     signals, adaptive = [], []
     for spec in results.method.astype(str):
@@ -575,7 +575,7 @@ def with_adjusted_p(frame: pd.DataFrame, adjust: str = "holm", boots: int = BOOT
     """``frame`` with, beside each comparison's p-value column ``(group, "p")``, the p-values adjusted over
     every comparison in the table, the table's family (``(group, "p_adj")``); ``frame.attrs["family"]``
     says how many comparisons, the adjustment, and the resamples and seed of intervals and tests."""
-    from probe.significance import adjust as adjusted
+    from probe.evaluation.significance import adjust as adjusted
 
     groups = [g for g in dict.fromkeys(g for g, _ in frame.columns) if (g, "p") in frame.columns]
     if not groups:
@@ -605,7 +605,7 @@ def family_note(frame: pd.DataFrame) -> str:
     how = {"holm": "adjusted by Holm's method over all of them (family-wise error)",
            "bh": "adjusted by Benjamini-Hochberg over all of them (false discovery rate)",
            "none": "not adjusted for the number of comparisons"}[adjust]
-    from probe.significance import EXACT_LIMIT
+    from probe.evaluation.significance import EXACT_LIMIT
 
     return (f"Family: {family['comparisons']} paired comparisons in this table, p-values {how}; "
             f"* marks p < {SIGNIFICANCE} after adjustment. Tests (two-sided, exact): McNemar on a task's 0/1 item "
@@ -687,7 +687,7 @@ def to_latex(frame: pd.DataFrame, digits: int = 2) -> str:
 def write_table(frame: pd.DataFrame, out: Path, name: str, note: str = "", digits: int = 2) -> str:
     """Write ``name``.md, .csv and .tex into ``out`` (``note``, a paragraph under the markdown table);
     returns the markdown."""
-    from probe.manifest import write_text_atomic
+    from probe.core.manifest import write_text_atomic
 
     markdown = to_markdown(frame, digits) + (f"\n{note}" if note else "")
     write_text_atomic(out / f"{name}.md", markdown)
@@ -741,7 +741,7 @@ def write_grid_table(results: pd.DataFrame, out: Path, grid: str, model: str | N
             ordered = in_table1_order(results) if grid == "table1" else _with_token_methods(results)
             retained = average_retention(retention_table(ordered, rows))
             correlation = correlation_markdown(proxy_correlation(retained, table, boots, seed))
-            from probe.manifest import write_text_atomic
+            from probe.core.manifest import write_text_atomic
 
             write_text_atomic(out / f"{name}_proxy_correlation.md", correlation)
             markdown += "\n" + correlation

@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from probe.grid import QUICK, GridConfig, cells, run_grid
+from probe.experiments.grid import QUICK, GridConfig, cells, run_grid
 
 GOALS_MINUTES = {"quick": 3.0, "default": 20.0}
 

@@ -13,7 +13,7 @@ import time
 
 from probe.data.offline import TASK_BUILDERS
 from probe.evaluation.wrapper import ProbeLVLM
-from probe.loading import load_model, parse_dtype
+from probe.models.loading import load_model, parse_dtype
 
 
 def main() -> None:

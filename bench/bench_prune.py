@@ -16,10 +16,10 @@ import time
 
 import torch
 
-from probe.calibrate import capture_items
+from probe.calibration.calibrate import capture_items
 from probe.data.calibration import CalibrationSpec, prepare
-from probe.engine import PruneConfig, prune
-from probe.loading import load_model, parse_dtype
+from probe.models.loading import load_model, parse_dtype
+from probe.pruning.engine import PruneConfig, prune
 
 
 def timed(fn) -> float:

@@ -2,9 +2,9 @@
 
 Builds ``llava-hf/llama3-llava-next-8b-hf``'s decoder (Llama-3-8B widths, random weights: time and memory do
 not depend on the values) with ``--blocks`` blocks, and calibration samples of the paper's shape (2,000-2,900
-visual and 100-300 text tokens, :mod:`probe.synthetic`). For each method, in a fresh process, at each of
+visual and 100-300 text tokens, :mod:`probe.calibration.synthetic`). For each method, in a fresh process, at each of
 ``--nsamples`` sample counts: pruning wall time, peak memory (resident set on the CPU, CUDA peak on a GPU)
-against the memory model's prediction (:mod:`probe.memory`), and the bytes of the captured activations.
+against the memory model's prediction (:mod:`probe.pruning.memory`), and the bytes of the captured activations.
 Then the ratio goals (ATV/Wanda <= 1.10, SparseGPT/Wanda <= 6, TAMP/Wanda <= 4, Wanda <= 2.3 dense
 forwards), and the full run (32 blocks, 128 samples) extrapolated:
 
@@ -34,19 +34,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
-from probe.capture import activation_bytes, run_block
-from probe.devices import machine_description
-from probe.engine import PruneConfig, prune
-from probe.memory import (
-    MethodNeeds,
-    PeakMemory,
-    StoragePlan,
-    model_shape,
-    predict,
-    resident_bytes,
-)
-from probe.mot import prune_pathway, to_mot
-from probe.synthetic import (
+from probe.calibration.capture import activation_bytes, run_block
+from probe.calibration.synthetic import (
     PAPER_BLOCKS,
     PAPER_SAMPLES,
     SampleShape,
@@ -57,6 +46,17 @@ from probe.synthetic import (
     paper_sample_shapes,
     synthetic_samples,
 )
+from probe.models.devices import machine_description
+from probe.pruning.engine import PruneConfig, prune
+from probe.pruning.memory import (
+    MethodNeeds,
+    PeakMemory,
+    StoragePlan,
+    model_shape,
+    predict,
+    resident_bytes,
+)
+from probe.pruning.mot import prune_pathway, to_mot
 
 METHODS = ("dense", "wanda", "sparsegpt", "atv", "tamp", "owl", "mot")
 GOALS = {"wanda/dense": 2.3, "sparsegpt/wanda": 6.0, "atv/wanda": 1.10, "tamp/wanda": 4.0}

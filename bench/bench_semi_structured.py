@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from probe.devices import machine_description
-from probe.sparsity.masks import nm_mask
+from probe.models.devices import machine_description
+from probe.pruning.sparsity.masks import nm_mask
 
 SHAPES = {"q_proj/o_proj": (4096, 4096), "k_proj/v_proj": (1024, 4096), "gate_proj/up_proj": (14336, 4096),
           "down_proj": (4096, 14336)}  # (out, in)
@@ -85,10 +85,10 @@ def linear_shapes(device: torch.device, dtype: torch.dtype, tokens: int, scale: 
 @torch.no_grad()
 def tiny_checkpoint(device: torch.device, dtype: torch.dtype) -> dict:
     """Prune a tiny model 2:4 with Wanda; check the pattern; on a GPU compare semi-structured logits."""
-    from probe.calibrate import capture_calibration
+    from probe.calibration.calibrate import capture_calibration
     from probe.data.calibration import CalibrationSpec
-    from probe.engine import PruneConfig, prune
-    from probe.loading import load_model
+    from probe.models.loading import load_model
+    from probe.pruning.engine import PruneConfig, prune
 
     loaded = load_model("tiny:llava_next")
     samples = capture_calibration(loaded, CalibrationSpec(nsamples=4), show_progress=False)

@@ -18,14 +18,14 @@ from pathlib import Path
 
 import torch
 
-from probe.activation_store import ActivationStorage
-from probe.calibrate import capture_calibration
+from probe.calibration.activation_store import ActivationStorage
+from probe.calibration.calibrate import capture_calibration
+from probe.core.record import linear_key
 from probe.data.calibration import CalibrationSpec
-from probe.devices import machine_description
-from probe.engine import PruneConfig, prune
-from probe.loading import load_model
-from probe.record import linear_key
-from probe.scorers.wanda import WandaScorer
+from probe.models.devices import machine_description
+from probe.models.loading import load_model
+from probe.pruning.engine import PruneConfig, prune
+from probe.pruning.scorers.wanda import WandaScorer
 
 
 def wanda_run(loaded, samples, storage: ActivationStorage | None, sparsity: float) -> list[dict]:

@@ -1,6 +1,6 @@
 """What token pruning and weight pruning buy at inference, measured side by side in one run on one model:
 prefill latency, per-token decode latency, KV-cache size, peak memory (CUDA only) and FLOPs counted by
-``torch.utils.flop_counter`` (:mod:`probe.flops`) for the language side (decoder and LM head; also as
+``torch.utils.flop_counter`` (:mod:`probe.evaluation.flops`) for the language side (decoder and LM head; also as
 sparse kernels would run it) and the vision tower separately, for the
 dense model, a token-pruned one, a weight-pruned one and the joint one (weights calibrated on the kept
 tokens). Ratios are against dense. Unstructured weight sparsity saves no time here: dense kernels multiply
@@ -18,14 +18,14 @@ import time
 
 import torch
 
-from probe.calibrate import capture_calibration
+from probe.calibration.calibrate import capture_calibration
 from probe.data.calibration import CalibrationSpec
 from probe.data.offline import digits_split_indices
-from probe.engine import PruneConfig, prune
+from probe.evaluation.flops import count_flops, image_request
 from probe.evaluation.wrapper import ProbeLVLM
-from probe.flops import count_flops, image_request
-from probe.loading import LoadedModel, load_model, parse_dtype
 from probe.models.compat import returned_cache
+from probe.models.loading import LoadedModel, load_model, parse_dtype
+from probe.pruning.engine import PruneConfig, prune
 from probe.token_pruning.base import make_pruner
 from probe.token_pruning.schedule import with_token_schedule
 

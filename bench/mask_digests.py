@@ -14,10 +14,10 @@ import json
 import sys
 from pathlib import Path
 
-from probe.calibrate import capture_items
+from probe.calibration.calibrate import capture_items
 from probe.data.calibration import CalibrationSpec, prepare
-from probe.engine import PruneConfig, prune
-from probe.loading import load_model
+from probe.models.loading import load_model
+from probe.pruning.engine import PruneConfig, prune
 
 RUNS: dict[str, dict] = {
     "magnitude-0.5": {"method": "magnitude"},

@@ -8,14 +8,16 @@ from pathlib import Path
 
 import torch
 
-from probe.activation_store import ActivationStorage
-from probe.calibrate import capture_items
+from probe.calibration.activation_store import ActivationStorage
+from probe.calibration.calibrate import capture_items
+from probe.core.manifest import check_free_space, check_output_dir, write_dir_atomic
+from probe.core.record import RunRecord
 from probe.data.calibration import CalibrationItem, CalibrationSpec, prepare, select
-from probe.devices import check_device, machine_description
-from probe.engine import PruneConfig, PruneReport, achieved_sparsity, prune
-from probe.loading import ModelSkeleton, load_model, load_skeleton, parse_dtype
-from probe.manifest import check_free_space, check_output_dir, write_dir_atomic
-from probe.memory import (
+from probe.models.compat import copy_left_out_processor_files, save_processor
+from probe.models.devices import check_device, machine_description
+from probe.models.loading import ModelSkeleton, load_model, load_skeleton, parse_dtype
+from probe.pruning.engine import PruneConfig, PruneReport, achieved_sparsity, prune
+from probe.pruning.memory import (
     MemoryEstimate,
     MemoryPlanError,
     MethodNeeds,
@@ -25,14 +27,12 @@ from probe.memory import (
     host_available,
     model_shape,
 )
-from probe.models.compat import copy_left_out_processor_files, save_processor
-from probe.record import RunRecord
+from probe.pruning.tokens.base import TokenSelectorError
 from probe.token_pruning.base import make_pruner
 from probe.token_pruning.comp_style import CompStyleSettings
 from probe.token_pruning.comp_style import comp_style as run_comp_style
 from probe.token_pruning.runtime import TokenPruningRuntime
 from probe.token_pruning.schedule import with_token_schedule
-from probe.tokens.base import TokenSelectorError
 
 
 def prune_checkpoint(
@@ -54,11 +54,11 @@ def prune_checkpoint(
 ) -> RunRecord:
     """Load ``model`` (hub id, folder, ``reference`` or ``tiny:FAMILY``), prune it as ``config`` says with
     samples drawn by ``calibration`` (default: 128 bundled samples), and write a Hugging Face checkpoint
-    with ``manifest.json`` (the :class:`~probe.record.RunRecord`) to ``out``, atomically.
+    with ``manifest.json`` (the :class:`~probe.core.record.RunRecord`) to ``out``, atomically.
 
     Every check (output folder, devices, calibration data, memory) runs before the weights load. With
     ``offload`` (True or ``"on"``) the model stays on the CPU and each block runs on ``run_device`` (default
-    ``cuda``). The memory model (:mod:`probe.memory`) predicts the run's peak from the model's shapes and
+    ``cuda``). The memory model (:mod:`probe.pruning.memory`) predicts the run's peak from the model's shapes and
     the calibration lengths; a run predicted not to fit is refused (unless ``memory_check`` is False), and
     ``offload="auto"`` takes the first plan that fits (offload, bfloat16 activations, disk spill).
     ``activation_dtype`` and ``spill_activations`` say how hidden states are kept between blocks.
@@ -150,7 +150,8 @@ def prune_checkpoint(
 def plan_memory(skeleton: ModelSkeleton, items: list[CalibrationItem], config: PruneConfig, plan: StoragePlan,
                 auto: bool) -> tuple[StoragePlan, MemoryEstimate]:
     """The storage plan of a run and its predicted peak, from the model's shapes and the calibration lengths;
-    raises :class:`~probe.memory.MemoryPlanError` where nothing fits (see :func:`probe.memory.choose_plan`)."""
+    raises :class:`~probe.pruning.memory.MemoryPlanError` where nothing fits (see
+    :func:`probe.pruning.memory.choose_plan`)."""
     shape = model_shape(skeleton.model, skeleton.adapter)
     lengths = [item.meta["n_tokens"] for item in items]
     visual = [item.meta["n_visual"] for item in items]

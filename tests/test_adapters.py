@@ -4,9 +4,9 @@ import pytest
 import torch
 from conftest import FAMILIES, random_image, user_turn
 
-from probe.capture import capture, replay
+from probe.calibration.capture import capture, replay
 from probe.models import InvalidInputsError, UnknownModelFamilyError, get_adapter, supported_families
-from probe.tiny import tiny_lvlm
+from probe.models.tiny import tiny_lvlm
 
 CASES = [(40, 56, "what color is the cat"), (64, 30, "how many dog are there in the picture on the left"),
          (24, 24, "describe this image")]
@@ -88,7 +88,7 @@ def test_llava_next_requires_image_sizes():
 
 
 def test_max_pixels_caps_qwen_visual_tokens_and_is_refused_elsewhere():
-    from probe.loading import load_model
+    from probe.models.loading import load_model
 
     counts = []
     for cap in (None, 16 * 16):

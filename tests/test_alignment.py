@@ -3,9 +3,9 @@
 import pytest
 import torch
 
+from probe.models.tiny import word_tokenizer
 from probe.reference.alignment import align_projector, alignment_loss, answer_embeddings
 from probe.reference.build import ReferenceModelError
-from probe.tiny import word_tokenizer
 
 
 def test_answer_embeddings_average_the_answer_tokens_rows():

@@ -9,7 +9,7 @@ import pytest
 from analysis import figures
 from analysis.results import ResultsError, load_atv_blocks, load_paper
 from analysis.tables import side_by_side
-from probe.record import RecordError
+from probe.core.record import RecordError
 
 
 def method_results(specs_and_scores):
@@ -75,7 +75,7 @@ def test_iou_drift_and_tsne_figures(tmp_path):
     assert random_line.get_xdata()[0] == pytest.approx(0.25 / 0.75)  # s^2 / (2s - s^2) at s = 0.5
     import torch
 
-    from probe.sparsity.masks import mask_iou
+    from probe.pruning.sparsity.masks import mask_iou
 
     generator = torch.Generator().manual_seed(0)
     masks = [torch.rand(400, 400, generator=generator) < 0.5 for _ in range(2)]
@@ -171,14 +171,14 @@ def test_analysis_reads_results_without_the_grid_runner():
     import sys
 
     code = ("import sys, analysis.results, analysis.tables, analysis.figures\n"
-            "print(sorted(m for m in ('probe.grid', 'probe.engine', 'torch') if m in sys.modules))")
+            "print(sorted(m for m in ('probe.experiments.grid', 'probe.pruning.engine', 'torch') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]"
 
 
 def test_the_flops_figure_names_every_cell_with_its_retention_interval(tmp_path):
-    from probe.uncertainty import bootstrap_retention
+    from probe.evaluation.uncertainty import bootstrap_retention
 
     rng = np.random.default_rng(0)
     answers = {"dense": {"a": rng.integers(0, 2, 30) | 1, "b": rng.integers(0, 2, 30) | 1}}

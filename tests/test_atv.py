@@ -8,14 +8,14 @@ import math
 import pytest
 import torch
 
-from probe.calibrate import capture_calibration
-from probe.capture import run_block
+from probe.calibration.calibrate import capture_calibration
+from probe.calibration.capture import run_block
 from probe.data.calibration import CalibrationSpec
-from probe.engine import PruneConfig, PruneConfigError, prune
-from probe.loading import load_model
-from probe.sparsity.selection import budget_bound, token_drift, visual_budget
-from probe.tokens.atv import AtvSettings, AtvTokens
-from probe.tokens.base import TokenSelectorError
+from probe.models.loading import load_model
+from probe.pruning.engine import PruneConfig, PruneConfigError, prune
+from probe.pruning.sparsity.selection import budget_bound, token_drift, visual_budget
+from probe.pruning.tokens.atv import AtvSettings, AtvTokens
+from probe.pruning.tokens.base import TokenSelectorError
 
 
 def atv_config(atv: AtvSettings | None = None, **settings) -> PruneConfig:
@@ -194,7 +194,12 @@ def test_cli_atv_writes_per_block_records(tmp_path):
 
 
 def test_selection_helpers_against_plain_loops():
-    from probe.sparsity.selection import attention_from_text, max_min_diversity_order, mean_cosine_distance, split_total
+    from probe.pruning.sparsity.selection import (
+        attention_from_text,
+        max_min_diversity_order,
+        mean_cosine_distance,
+        split_total,
+    )
 
     assert split_total(10, [1, 1, 2], [10, 10, 10]) == [3, 2, 5]  # 2.5, 2.5, 5: the first .5 goes first
     assert split_total(10, [1, 1, 2], [10, 10, 1]) == [5, 4, 1]
@@ -221,7 +226,7 @@ def test_selection_helpers_against_plain_loops():
 def test_recorded_attention_is_the_blocks_own(base):
     """The probabilities kept for ABS/TAMP equal softmax(q k^T / sqrt(d) + causal) computed by hand, and
     the eager replay gives the same block output as the model's own attention."""
-    from probe.attention import eager_call, recording_attention
+    from probe.calibration.attention import eager_call, recording_attention
 
     loaded, samples = base
     layer, sample = loaded.adapter.decoder_layers(loaded.model)[0], samples[0]
@@ -293,7 +298,7 @@ def test_atv_pool_feeds_sparsegpt(base):
 def test_shipped_grid_configs_are_valid():
     from pathlib import Path
 
-    from probe.grid import GridConfig, cells
+    from probe.experiments.grid import GridConfig, cells
 
     configs = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
     assert len(configs) >= 5

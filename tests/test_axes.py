@@ -8,20 +8,20 @@ import math
 import pytest
 import torch
 
-from probe.allocation.owl import outlier_ratio, owl_sparsities
-from probe.allocation.tamp import proportional_keep
-from probe.calibrate import capture_calibration
-from probe.capture import run_block
+from probe.calibration.calibrate import capture_calibration
+from probe.calibration.capture import run_block
+from probe.core.record import RunRecord
+from probe.core.settings import SettingsError
 from probe.data.calibration import CalibrationSpec
-from probe.engine import PruneConfig, PruneConfigError, prune
 from probe.errors import ProbeError
-from probe.loading import load_model
-from probe.method_spec import MethodSpecError, method_entry
-from probe.record import RunRecord
-from probe.scorers.ria import ria_scores
-from probe.scorers.wanda import variant_mask
-from probe.settings import SettingsError
-from probe.sparsity.amia import modality_similarities
+from probe.models.loading import load_model
+from probe.pruning.allocation.owl import outlier_ratio, owl_sparsities
+from probe.pruning.allocation.tamp import proportional_keep
+from probe.pruning.engine import PruneConfig, PruneConfigError, prune
+from probe.pruning.method_spec import MethodSpecError, method_entry
+from probe.pruning.scorers.ria import ria_scores
+from probe.pruning.scorers.wanda import variant_mask
+from probe.pruning.sparsity.amia import modality_similarities
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from probe import manifest
 from probe.cli import main
+from probe.core import manifest
 from probe.errors import ProbeError
 
 OUT = "--out"
@@ -40,8 +40,8 @@ def test_devices_this_machine_lacks(tmp_path, capsys):
 def test_half_precision_on_a_cpu_that_emulates_it_is_warned_about(tmp_path, monkeypatch, caplog):
     import torch
 
-    from probe import devices
-    from probe.loading import load_model
+    from probe.models import devices
+    from probe.models.loading import load_model
 
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n\nprocessor\t: 1\nflags\t\t: fpu sse2 avx2 fma\n")
@@ -58,7 +58,7 @@ def test_half_precision_on_a_cpu_that_emulates_it_is_warned_about(tmp_path, monk
     assert devices.slow_dtype_warning("cpu", torch.bfloat16, None) is None
 
     monkeypatch.setattr(devices, "cpu_flags", lambda: avx2)
-    with caplog.at_level("WARNING", logger="probe.devices"):
+    with caplog.at_level("WARNING", logger="probe.models.devices"):
         load_model("tiny:llava", dtype=torch.bfloat16)
         load_model("tiny:llava")
     assert [r.getMessage().split(" on ")[0] for r in caplog.records] == ["bfloat16"]
@@ -222,9 +222,9 @@ def test_interrupted_prune_writes_nothing_and_says_so(tmp_path, capsys, monkeypa
 
 
 def test_interrupted_grid_keeps_finished_cells_and_says_how_to_resume(tmp_path, capsys, monkeypatch):
-    from probe import grid as grid_module
+    from probe.experiments.grid import cell as grid_cell
 
-    real = grid_module.evaluate_with_items
+    real = grid_cell.evaluate_with_items
     calls = []
 
     def dies_in_second_cell(*args, **kwargs):
@@ -233,7 +233,7 @@ def test_interrupted_grid_keeps_finished_cells_and_says_how_to_resume(tmp_path, 
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(grid_module, "evaluate_with_items", dies_in_second_cell)
+    monkeypatch.setattr(grid_cell, "evaluate_with_items", dies_in_second_cell)
     config = tmp_path / "g.yaml"
     config.write_text("model: tiny:llava\ntasks: digits\nlimit: 2\nnsamples: 2\nsparsities: [0.5]\n"
                       "pathways: [text]\npools: [text]\n")
@@ -323,7 +323,7 @@ def test_names_too_long_for_the_file_system(tmp_path, capsys, monkeypatch):
 
 
 def _tiny_checkpoint(folder: Path) -> Path:
-    from probe.loading import load_model
+    from probe.models.loading import load_model
 
     loaded = load_model("tiny:llava")
     loaded.model.save_pretrained(folder)
@@ -571,7 +571,7 @@ def test_a_hub_id_offline_fails_at_once_in_one_line(tmp_path, capsys, monkeypatc
 
     import transformers
 
-    from probe import loading
+    from probe.models import loading
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.setattr(loading, "hub_reachable", lambda timeout=3.0: False)
@@ -596,7 +596,7 @@ def test_the_hub_is_unreachable_when_switched_off_or_when_its_host_does_not_answ
 
     from huggingface_hub import constants
 
-    from probe.loading import hub_reachable
+    from probe.models.loading import hub_reachable
 
     with socket.socket() as closed:  # a local port that nothing listens on
         closed.bind(("127.0.0.1", 0))
@@ -613,7 +613,7 @@ def test_the_hub_is_unreachable_when_switched_off_or_when_its_host_does_not_answ
 
 
 def test_a_token_method_the_model_cannot_run_is_refused_before_its_weights_load(capsys, monkeypatch):
-    from probe import loading
+    from probe.models import loading
 
     def never(*args, **kwargs):
         raise AssertionError("the weights were loaded before the token method was checked")

@@ -1,4 +1,5 @@
-"""The scale benchmark's arithmetic (fits, operation counts), its stored output and the README table made from it."""
+"""The scale benchmark's arithmetic (fits, operation counts), its stored output and the benchmarks page's table
+made from it."""
 
 from __future__ import annotations
 
@@ -41,10 +42,10 @@ def test_operation_counter_counts_matrix_products_by_dtype():
 
 
 def test_the_readme_performance_tables_are_the_stored_scale_results():
-    from analysis.performance import MARKERS, README, SCALE_JSON, readme_block, scale_markdown
+    from analysis.performance import MARKERS, PAGE, SCALE_JSON, page_block, scale_markdown
 
     report = json.loads(SCALE_JSON.read_text())
-    assert readme_block(README.read_text()) == scale_markdown(report)
+    assert page_block(PAGE.read_text()) == scale_markdown(report)
     assert report["shape"] == "llava-hf/llama3-llava-next-8b-hf decoder widths" and len(report["nsamples"]) == 2
     assert {"wanda", "sparsegpt", "atv", "tamp", "dense"} <= {r["method"] for r in report["runs"]}
-    assert MARKERS[0] in README.read_text()
+    assert MARKERS[0] in PAGE.read_text()

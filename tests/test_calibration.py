@@ -18,7 +18,7 @@ from probe.data.calibration import (
     validate,
 )
 from probe.models import get_adapter
-from probe.tiny import tiny_lvlm
+from probe.models.tiny import tiny_lvlm
 
 
 def write_set(tmp_path, records, images=("a.png", "b.png", "c.png")):

@@ -90,7 +90,7 @@ def test_prune_keeps_the_source_video_processor_config_it_could_not_load(tmp_pat
     """Without torchvision the video processor is left out of the loaded processor; the pruned
     checkpoint still carries the source's config file, byte for byte, when the source has one."""
     from probe.models.compat import save_processor
-    from probe.tiny import tiny_lvlm
+    from probe.models.tiny import tiny_lvlm
 
     source = tmp_path / "source"
     tiny = tiny_lvlm("qwen2_vl")
@@ -125,7 +125,7 @@ def test_quick_and_default_grids_never_write_into_stored_results(tmp_path, monke
     assert [p.stem for p in samples] == ["dense", "text_text_0_5"]
     assert all(len(p.read_text().splitlines()) == 5 for p in samples)
 
-    from probe.grid import GridConfig
+    from probe.experiments.grid import GridConfig
 
     assert GridConfig().out == "runs/grid/table1" and GridConfig(grid="table2").out == "runs/grid/table2"
 
@@ -133,7 +133,7 @@ def test_quick_and_default_grids_never_write_into_stored_results(tmp_path, monke
 def test_progress_in_a_log_file_is_a_line_per_tenth_of_the_work():
     import io
 
-    from probe.progress import LogLines, progress_bar
+    from probe.core.progress import LogLines, progress_bar
 
     with progress_bar("scoring", 25) as bar:  # under pytest the output is not a terminal
         assert isinstance(bar, LogLines)
@@ -175,7 +175,7 @@ def test_prune_summarises_the_sparsity_of_all_pruned_weights_and_says_when_the_m
     weights (checked here on the written weights) and names the unweighted mean over matrices apart."""
     import re
 
-    from probe.loading import load_model
+    from probe.models.loading import load_model
 
     out = tmp_path / "ck"
     assert main(["prune", "tiny:llava_next", "--method", "tamp-full", "--sparsity", "0.5", "--nsamples", "3",

@@ -11,10 +11,10 @@ import torch
 import transformers as tf
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
-from probe.coverage import cover
+from probe.contract.coverage import cover
 from probe.models import supported_families
 from probe.models.shrink import _representative, _scale_rope_sections, tiny_config, token_ids
-from probe.tiny import WORDS, word_tokenizer
+from probe.models.tiny import WORDS, word_tokenizer
 
 TABLE = Path(__file__).resolve().parent.parent / "results" / "coverage.csv"
 STORED = pd.read_csv(TABLE, keep_default_na=False)
@@ -75,10 +75,10 @@ def test_word_tokenizer_places_words_around_low_special_ids():
 
 
 def test_the_readme_lists_exactly_the_architectures_the_table_marks_supported():
-    from probe.coverage import README, README_MARKERS
+    from probe.contract.coverage import SUPPORTED_MARKERS, SUPPORTED_PAGE
 
-    text = README.read_text()
-    block = text.split(README_MARKERS[0], 1)[1].split(README_MARKERS[1], 1)[0]
+    text = SUPPORTED_PAGE.read_text()
+    block = text.split(SUPPORTED_MARKERS[0], 1)[1].split(SUPPORTED_MARKERS[1], 1)[0]
     listed = set(re.findall(r"`([\w.-]+)`", block))
     assert listed == set(SUPPORTED)
     assert f"{len(SUPPORTED)} of {len(STORED)}" in block
@@ -86,9 +86,9 @@ def test_the_readme_lists_exactly_the_architectures_the_table_marks_supported():
 
 @pytest.mark.parametrize("architecture", ["qwen2_vl", "llava"])  # patches with a grid; pixels of one side
 def test_inputs_built_without_a_processor_match_the_architectures_own(architecture):
-    from probe.check import check_image, run_contract
-    from probe.coverage import tiny_from_config
-    from probe.loading import LoadedModel
+    from probe.contract.check import check_image, run_contract
+    from probe.contract.coverage import tiny_from_config
+    from probe.models.loading import LoadedModel
     from probe.models.shrink import direct_processor
 
     loaded = tiny_from_config(tiny_config(architecture), architecture)  # with its own processor

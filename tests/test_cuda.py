@@ -15,13 +15,13 @@ import pytest
 import torch
 from conftest import bench_module
 
-from probe.calibrate import capture_calibration
+from probe.calibration.calibrate import capture_calibration
 from probe.data.calibration import CalibrationSpec
-from probe.engine import PruneConfig, prune
-from probe.loading import LoadedModel, load_model
-from probe.memory import MethodNeeds, PeakMemory, StoragePlan, model_shape, predict
 from probe.models import tiny_families
-from probe.scorers.wanda import WandaScorer
+from probe.models.loading import LoadedModel, load_model
+from probe.pruning.engine import PruneConfig, prune
+from probe.pruning.memory import MethodNeeds, PeakMemory, StoragePlan, model_shape, predict
+from probe.pruning.scorers.wanda import WandaScorer
 
 pytestmark = pytest.mark.cuda
 

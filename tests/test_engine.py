@@ -5,13 +5,13 @@ import copy
 import pytest
 import torch
 
-from probe.calibrate import capture_calibration
-from probe.capture import run_block
+from probe.calibration.calibrate import capture_calibration
+from probe.calibration.capture import run_block
+from probe.core.registry import UnknownEntryError
 from probe.data.calibration import CalibrationSpec
-from probe.engine import PruneConfig, PruneConfigError, prune
-from probe.loading import load_model
-from probe.registry import UnknownEntryError
-from probe.tokens.base import TokenSelectorError
+from probe.models.loading import load_model
+from probe.pruning.engine import PruneConfig, PruneConfigError, prune
+from probe.pruning.tokens.base import TokenSelectorError
 
 SPEC = CalibrationSpec(source="bundled", nsamples=3, seed=0)
 
@@ -151,7 +151,7 @@ def test_empty_pool_and_bad_settings_fail_before_work(base):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_models_prune_with_fp32_statistics(dtype, monkeypatch):
-    from probe.sparsity import stats as stats_module
+    from probe.pruning.sparsity import stats as stats_module
 
     seen = []
     original_add = stats_module.InputStats.add

@@ -18,7 +18,7 @@ from probe.evaluation import harness
 from probe.evaluation.harness import HubUnavailableError, UnknownTaskError, evaluate, resolve_tasks, tidy_results
 from probe.evaluation.task_files import built_tasks, ensure_task_files
 from probe.evaluation.wrapper import ProbeLVLM, UnsupportedRequestError
-from probe.loading import load_model
+from probe.models.loading import load_model
 
 
 @pytest.fixture(scope="module")
@@ -383,7 +383,7 @@ def test_option_scoring_equals_a_token_by_token_loop(family, reduction, rng_imag
 def test_bfloat16_models_take_float32_processor_outputs(family, rng_image):
     """Processors give float32 pixel values; a bfloat16 model (whose vision tower may not cast them
     itself, e.g. FastVLM's convolutions) is served them in its own dtype, in evaluation and capture."""
-    from probe.capture import capture
+    from probe.calibration.capture import capture
 
     loaded = load_model(f"tiny:{family}", dtype=torch.bfloat16)
     wrapper = ProbeLVLM(loaded=loaded, show_progress=False)

@@ -8,11 +8,11 @@ import time
 import pandas as pd
 import pytest
 
-from probe import executors
 from probe.cli import main
 from probe.errors import ProbeError
-from probe.executors import ExecutorError, RayExecutor, Resources, SlurmExecutor
-from probe.grid import GridConfig, GridRunError, append_cell_rows, cells, plan_grid, run_grid
+from probe.experiments import executors
+from probe.experiments.executors import ExecutorError, RayExecutor, Resources, SlurmExecutor
+from probe.experiments.grid import GridConfig, GridRunError, append_cell_rows, cells, plan_grid, run_grid
 
 BASE = dict(model="tiny:llava", tasks="digits", pathways=["text"], pools=["text", "visual"], limit=3, nsamples=3,
             sparsities=[0.5])
@@ -102,7 +102,7 @@ def test_concurrent_writers_lose_nothing_and_duplicate_nothing(tmp_path):
 
 
 def test_failed_cells_are_retried_then_reported_with_their_logs(tmp_path, ray_instance):
-    from probe.loading import load_model
+    from probe.models.loading import load_model
 
     broken = tmp_path / "broken"  # a model folder whose weights only fail once a job loads them
     tiny = load_model("tiny:llava")

@@ -10,13 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from probe.capture import capture
-from probe.check import check_image
-from probe.coverage import tiny_loaded
-from probe.engine import PruneConfig, prune
+from probe.calibration.capture import capture
+from probe.contract.check import check_image
+from probe.contract.coverage import tiny_loaded
 from probe.models.experts import ExpertLinear, ExpertsError, check_experts, split_experts
 from probe.models.generic import GenericAdapter, NoAttentionError, UnsupportedArchitectureError, block_kinds
-from probe.mot import prune_pathway, to_mot, weight_sharing_copy
+from probe.pruning.engine import PruneConfig, prune
+from probe.pruning.mot import prune_pathway, to_mot, weight_sharing_copy
 
 
 def image_inputs(loaded):
@@ -172,7 +172,7 @@ def test_a_hybrid_stack_keeps_each_kind_of_block_and_refuses_attention_methods_b
 def test_blocks_of_one_kind_with_different_linears_are_refused():
     import transformers as tf
 
-    from probe.tiny import text_config
+    from probe.models.tiny import text_config
 
     layers = tf.LlamaForCausalLM(text_config(tf.LlamaConfig, 128)).model.layers
     assert list(block_kinds("llama", layers).values()) == [[0, 1, 2]]

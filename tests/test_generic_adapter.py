@@ -10,15 +10,15 @@ import torch
 import transformers as tf
 from conftest import FAMILIES, random_image, user_turn
 
-from probe.calibrate import capture_calibration
-from probe.capture import capture, replay
+from probe.calibration.calibrate import capture_calibration
+from probe.calibration.capture import capture, replay
 from probe.data.calibration import CalibrationSpec
-from probe.engine import PruneConfig, prune
-from probe.loading import LoadedModel, load_model
 from probe.models import UnknownModelFamilyError, check_family, generic_families, get_adapter
 from probe.models.generic import GenericAdapter, UnsupportedArchitectureError, discover
-from probe.mot import to_mot
-from probe.tiny import text_config
+from probe.models.loading import LoadedModel, load_model
+from probe.models.tiny import text_config
+from probe.pruning.engine import PruneConfig, prune
+from probe.pruning.mot import to_mot
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -57,7 +57,7 @@ def test_masks_with_the_generic_adapter_equal_the_family_adapters_bit_for_bit(fa
 
 def tiny_vipllava() -> LoadedModel:
     """A tiny VipLlava (``vipllava``: no family file names it), with LLaVA's processor."""
-    from probe.tiny import CHAT_TEMPLATE, word_tokenizer
+    from probe.models.tiny import CHAT_TEMPLATE, word_tokenizer
 
     vocab, image = 128, 120
     vision = tf.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -190,7 +190,7 @@ def test_probe_check_config_builds_a_small_model_of_that_exact_config(tmp_path, 
 
 
 def test_the_check_names_the_lmms_eval_stock_wrappers_that_load_a_model():
-    from probe.check import run_contract
+    from probe.contract.check import run_contract
     from probe.evaluation.stock_wrappers import stock_wrappers
 
     llava, qwen = load_model("tiny:llava"), load_model("tiny:qwen2_vl")

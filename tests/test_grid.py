@@ -12,9 +12,11 @@ import pandas as pd
 import pytest
 
 from analysis.tables import retention, table1, table2, to_latex, to_markdown
-from probe import grid as grid_module
-from probe.grid import GridConfig, GridConfigError, cells, run_grid
-from probe.task_checkpoint import (
+from probe.experiments import grid as grid_module
+from probe.experiments.grid import GridConfig, GridConfigError, cells, run_grid
+from probe.experiments.grid import cell as grid_cell
+from probe.experiments.grid import plan as grid_plan
+from probe.experiments.task_checkpoint import (
     WeightsChangedError,
     describe_weight_change,
     largest_sum_change,
@@ -41,7 +43,7 @@ def test_grid_runs_every_cell_once_and_resumes(tmp_path, monkeypatch):
     assert set(iou.pathway) == {"text", "visual"} and iou.iou.between(0, 1).all() and (iou.iou < 1).any()
 
     calls = []
-    monkeypatch.setattr(grid_module, "evaluate_with_items", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(grid_cell, "evaluate_with_items", lambda *a, **k: calls.append(1))
     again = run_grid(config, show_progress=False)
     assert calls == [] and again.equals(results)
 
@@ -51,10 +53,10 @@ def test_mot_cells_leave_the_shared_model_alone_and_free_their_copy_before_the_n
 
     import torch
 
-    from probe.mot import RoutedLinear
+    from probe.pruning.mot import RoutedLinear
 
     alive_at_start, bases = [], []
-    to_mot, sharing_copy = grid_module.to_mot, grid_module.weight_sharing_copy
+    to_mot, sharing_copy = grid_cell.to_mot, grid_cell.weight_sharing_copy
 
     def counting_to_mot(*args, **kwargs):
         alive_at_start.append(sum(isinstance(o, RoutedLinear) for o in gc.get_objects()))
@@ -65,8 +67,8 @@ def test_mot_cells_leave_the_shared_model_alone_and_free_their_copy_before_the_n
             bases.append((model, {k: v.clone() for k, v in model.state_dict().items()}))
         return sharing_copy(model)
 
-    monkeypatch.setattr(grid_module, "to_mot", counting_to_mot)
-    monkeypatch.setattr(grid_module, "weight_sharing_copy", recording_copy)
+    monkeypatch.setattr(grid_cell, "to_mot", counting_to_mot)
+    monkeypatch.setattr(grid_cell, "weight_sharing_copy", recording_copy)
     gc.collect()
     gc.disable()  # an automatic collection must not hide a copy left in a reference cycle
     try:
@@ -89,7 +91,7 @@ def test_sensitivity_cells_run_one_sparsity_column_at_a_time(tmp_path):
 def _kill_on_evaluation(monkeypatch, number: int) -> list[list[str]]:
     """Make the grid's ``number``-th evaluation call (one per cell and task) raise KeyboardInterrupt; returns
     the list that records every call's tasks."""
-    real = grid_module.evaluate_with_items
+    real = grid_cell.evaluate_with_items
     calls = []
 
     def evaluate(loaded, tasks, *args, **kwargs):
@@ -98,7 +100,7 @@ def _kill_on_evaluation(monkeypatch, number: int) -> list[list[str]]:
             raise KeyboardInterrupt
         return real(loaded, tasks, *args, **kwargs)
 
-    monkeypatch.setattr(grid_module, "evaluate_with_items", evaluate)
+    monkeypatch.setattr(grid_cell, "evaluate_with_items", evaluate)
     return calls
 
 
@@ -199,7 +201,8 @@ def test_a_second_driver_on_the_same_folder_is_refused_with_the_holder_named(tmp
     config = small_config(tmp_path, pathways=["visual"], pools=["text"], tasks="digits")
     run_grid(config, show_progress=False, only=["dense"])
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; from probe.grid import driver_lock\n"
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
+         "from probe.experiments.grid import driver_lock\n"
          "with driver_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(120)",
          str(tmp_path / "grid")], stdout=subprocess.PIPE, text=True)
     try:
@@ -282,7 +285,7 @@ def test_a_weight_change_is_described_by_zero_counts_and_sums():
 def test_named_cells_run_first_in_the_order_named_and_a_later_run_does_the_rest(tmp_path, monkeypatch):
     config = small_config(tmp_path, grid="table2", tasks="digits", settings=["0.5"],
                           methods=["magnitude", "wanda", "atv", "atv(budget=fixed)"])
-    monkeypatch.setattr(grid_module, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
+    monkeypatch.setattr(grid_plan, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
     for only, match in ((["wanda/60%"], r"no cell 'wanda/60%'.*dense, magnitude/50%, wanda/50%"),
                         (["atv(budget=fixed)/50%"], r"'atv/50%': name that cell too")):
         with pytest.raises(GridConfigError, match=match):  # refused before the model loads
@@ -446,8 +449,8 @@ def test_calib_seed_prunes_again_on_another_draw_with_the_same_dense_cell_and_ev
                          out=str(tmp_path / "first"))
     run_grid(first, show_progress=False)
     seeds = []
-    real = grid_module.evaluate_with_items
-    monkeypatch.setattr(grid_module, "evaluate_with_items",
+    real = grid_cell.evaluate_with_items
+    monkeypatch.setattr(grid_cell, "evaluate_with_items",
                         lambda *args, **kwargs: seeds.append(kwargs["seed"]) or real(*args, **kwargs))
     second = small_config(tmp_path, grid="table2", methods=["wanda"], settings=["0.5"], tasks="digits",
                           calib_seed=1, dense_from=str(tmp_path / "first"), out=str(tmp_path / "second"))
@@ -477,8 +480,8 @@ def test_calib_seeds_prune_each_cell_once_per_draw_against_one_dense_cell(tmp_pa
     from probe.data.calibration import CalibrationSpec, load_samples
 
     scored = []
-    real = grid_module.evaluate_with_items
-    monkeypatch.setattr(grid_module, "evaluate_with_items",
+    real = grid_cell.evaluate_with_items
+    monkeypatch.setattr(grid_cell, "evaluate_with_items",
                         lambda *args, **kwargs: scored.append(1) or real(*args, **kwargs))
     config = small_config(tmp_path, grid="table2", methods=["magnitude", "wanda"], settings=["0.5"], tasks="digits",
                           calib_seeds=[0, 2])
@@ -537,12 +540,12 @@ def test_the_proxy_metric_is_the_kl_from_the_dense_model_on_held_out_answers(tmp
     on the same weights (pruned again outside the grid), the dense cell's KL is 0."""
     import torch.nn.functional as F
 
-    from probe.calibrate import capture_calibration
+    from probe.calibration.calibrate import capture_calibration
     from probe.data.calibration import select
     from probe.data.heldout import heldout_image_samples, heldout_text_samples
-    from probe.engine import prune
     from probe.evaluation.divergence import proxy_items
-    from probe.loading import load_model
+    from probe.models.loading import load_model
+    from probe.pruning.engine import prune
 
     config = small_config(tmp_path, grid="table2", methods=["wanda"], settings=["0.5"], tasks="digits",
                           metrics=["tasks", "kl"], proxy_samples=2)
@@ -586,8 +589,8 @@ def test_a_grid_adds_the_proxy_metric_later_and_a_proxy_only_grid_scores_no_task
     run_grid(config, show_progress=False)
     first_records = {p.name: p.read_text() for p in (tmp_path / "grid" / "cells").glob("*.json")}
     scored = []
-    real = grid_module.evaluate_with_items
-    monkeypatch.setattr(grid_module, "evaluate_with_items",
+    real = grid_cell.evaluate_with_items
+    monkeypatch.setattr(grid_cell, "evaluate_with_items",
                         lambda *args, **kwargs: scored.append(1) or real(*args, **kwargs))
     run_grid(small_config(tmp_path, pathways=["visual"], pools=["text"], tasks="digits", metrics=["tasks", "kl"],
                           proxy_samples=2), show_progress=False)
@@ -626,7 +629,7 @@ def test_token_methods_are_a_grid_axis(tmp_path):
     fastv = "fastv(k=1, ratio=0.5)"
     import json
 
-    from probe.grid import cell_path
+    from probe.experiments.grid import cell_path
 
     records = [json.loads(line) for line in
                cell_path(tmp_path / "grid", f"dense/-/{fastv}", "samples", ".tokens.jsonl").read_text().splitlines()]
@@ -665,7 +668,7 @@ def test_token_methods_are_a_grid_axis(tmp_path):
 def test_cell_records_name_the_machine_and_the_scored_weights(tmp_path):
     import torch
 
-    from probe.loading import load_model
+    from probe.models.loading import load_model
 
     config = small_config(tmp_path, grid="table2", tasks="digits", settings=["0.5"], methods=["magnitude"])
     run_grid(config, show_progress=False)
@@ -688,7 +691,7 @@ def test_cell_records_name_the_machine_and_the_scored_weights(tmp_path):
 def test_the_machine_is_named_from_the_cpu_description(tmp_path):
     import platform
 
-    from probe.devices import machine_description
+    from probe.models.devices import machine_description
 
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nmodel name\t: Example CPU 9000\nflags\t\t: avx2\n\n"

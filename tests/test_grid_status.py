@@ -5,7 +5,7 @@ import logging
 
 import pytest
 
-from probe.grid_status import CellClock, banner, duration
+from probe.experiments.grid.status import CellClock, banner, duration
 
 
 def test_durations_read_as_hours_minutes_and_seconds():
@@ -60,7 +60,7 @@ def test_a_grid_run_prints_its_banner_and_a_line_per_cell(tmp_path, capsys, capl
     out = tmp_path / "grid"
     with caplog.at_level(logging.INFO, logger="probe"):
         assert main(["grid", str(config), "--out", str(out), "--no-progress"]) == 0
-    lines = [r.getMessage() for r in caplog.records if r.name.startswith("probe.grid")]
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("probe.experiments.grid")]
     assert lines[0] == f"probe grid table1 on tiny:llava: 2 cells, 0 done, 2 to do, writing to {out}"
     assert lines[-2].startswith("[1/2] dense finished in ") and "1 to do, about" in lines[-2]
     assert lines[-1].startswith("[2/2] text/text/0.5 finished in ") and lines[-1].endswith("the grid is done")

@@ -151,7 +151,7 @@ def test_multiple_choice_task_file_scores_the_most_likely_option(tmp_path, monke
     from probe.evaluation.harness import evaluate_with_items
     from probe.evaluation.task_files import build_task_files
     from probe.evaluation.wrapper import ProbeLVLM
-    from probe.loading import load_model
+    from probe.models.loading import load_model
 
     monkeypatch.setattr(opencv_digits, "SHEET", _digit_sheet(tmp_path / "digits.png"))
     folder = tmp_path / "tasks"

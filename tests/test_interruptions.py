@@ -11,9 +11,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from probe import grid as grid_module
-from probe import manifest
 from probe.cli import main
+from probe.core import manifest
+from probe.experiments.grid import cell as grid_cell
+from probe.experiments.grid import plan as grid_plan
 
 OUT = "--out"
 GRID = "model: tiny:llava\ntasks: digits,quote_completion\nlimit: 2\nnsamples: 2\nsparsities: [0.5]\n" \
@@ -36,8 +37,9 @@ class _CollectedWhileInterrupted:
 
 
 def _swallowed_on_call(monkeypatch, name: str, number: int) -> list[int]:
-    """Wrap ``probe.grid.<name>``: its ``number``-th call first receives a swallowed Ctrl-C, then runs."""
-    real = getattr(grid_module, name)
+    """Wrap ``<name>`` where the grid calls it: its ``number``-th call first receives a swallowed Ctrl-C, then runs."""
+    module = grid_plan if name == "capture_calibration" else grid_cell
+    real = getattr(module, name)
     calls = []
 
     def wrapped(*args, **kwargs):
@@ -46,7 +48,7 @@ def _swallowed_on_call(monkeypatch, name: str, number: int) -> list[int]:
             _CollectedWhileInterrupted()  # collected at once
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(grid_module, name, wrapped)
+    monkeypatch.setattr(module, name, wrapped)
     return calls
 
 
@@ -81,7 +83,7 @@ def test_a_swallowed_ctrl_c_still_stops_the_grid(tmp_path, capsys, monkeypatch, 
 
 
 def test_sigint_outside_a_grid_is_left_to_python(tmp_path):
-    from probe.interrupts import interruptible, raise_if_interrupted
+    from probe.core.interrupts import interruptible, raise_if_interrupted
 
     before = signal.getsignal(signal.SIGINT)
     with interruptible():
@@ -97,7 +99,7 @@ def test_sigint_outside_a_grid_is_left_to_python(tmp_path):
 WRITER = """
 import sys, time
 from pathlib import Path
-from probe.manifest import write_dir_atomic
+from probe.core.manifest import write_dir_atomic
 
 def fill(folder):
     (folder / "model.safetensors").write_bytes(b"x" * 1000)

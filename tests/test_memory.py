@@ -10,11 +10,13 @@ import pytest
 import torch
 from conftest import bench_module
 
-from probe.activation_store import ActivationStorage, ActivationStorageError
 from probe.api import prune_checkpoint
+from probe.calibration.activation_store import ActivationStorage, ActivationStorageError
 from probe.data.calibration import CalibrationSpec
-from probe.engine import PruneConfig
-from probe.memory import (
+from probe.models.compat import save_processor
+from probe.models.tiny import tiny_lvlm
+from probe.pruning.engine import PruneConfig
+from probe.pruning.memory import (
     BlockShape,
     MemoryPlanError,
     MethodNeeds,
@@ -24,8 +26,6 @@ from probe.memory import (
     model_shape,
     predict,
 )
-from probe.models.compat import save_processor
-from probe.tiny import tiny_lvlm
 
 # One block by hand: hidden 8, MLP 32, q/k/v/o 8x8, gate/up 8->32, down 32->8
 LINEARS = {"q": (8, 8), "k": (8, 8), "v": (8, 8), "o": (8, 8), "gate": (8, 32), "up": (8, 32), "down": (32, 8)}
@@ -55,7 +55,7 @@ def test_model_shape_read_on_the_meta_device_equals_the_loaded_model():
 @pytest.mark.parametrize("architecture", ["mistral3", "glm4v"])
 def test_model_shape_on_the_meta_device_holds_for_the_generic_adapter(architecture):
     """Structure found by the generic adapter on meta tensors equals the structure found on the loaded model."""
-    from probe.coverage import tiny_from_config
+    from probe.contract.coverage import tiny_from_config
     from probe.models import get_adapter
     from probe.models.shrink import tiny_config
 
@@ -148,7 +148,7 @@ def test_a_run_predicted_not_to_fit_is_refused_before_the_weights_load(tiny_fold
 
 def test_offload_auto_records_the_plan_it_took(tiny_folder, tmp_path, monkeypatch):
     import probe.api
-    from probe.loading import load_skeleton
+    from probe.models.loading import load_skeleton
 
     skeleton = load_skeleton(str(tiny_folder))
     from probe.data.calibration import prepare, select
@@ -179,8 +179,8 @@ def _masks_and_norms(loaded, samples, storage):
 
 @pytest.fixture(scope="module")
 def tiny_samples():
-    from probe.calibrate import capture_calibration
-    from probe.loading import load_model
+    from probe.calibration.calibrate import capture_calibration
+    from probe.models.loading import load_model
 
     loaded = load_model("tiny:qwen2_vl")
     return loaded, capture_calibration(loaded, CalibrationSpec(nsamples=3), show_progress=False)
@@ -237,9 +237,9 @@ def test_activation_storage_settings_are_checked(tmp_path):
 MEASURE = r"""
 import json, sys, torch
 from transformers import LlamaConfig
-from probe.engine import PruneConfig, prune
-from probe.memory import MethodNeeds, PeakMemory, StoragePlan, model_shape, predict, resident_bytes
-from probe.synthetic import SampleShape, language_side, synthetic_samples
+from probe.pruning.engine import PruneConfig, prune
+from probe.pruning.memory import MethodNeeds, PeakMemory, StoragePlan, model_shape, predict, resident_bytes
+from probe.calibration.synthetic import SampleShape, language_side, synthetic_samples
 
 method = sys.argv[1]
 warm, warm_adapter = language_side(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,

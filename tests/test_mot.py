@@ -4,13 +4,13 @@ import pytest
 import torch
 from conftest import FAMILIES, random_image, user_turn
 
-from probe.calibrate import capture_calibration
+from probe.calibration.calibrate import capture_calibration
 from probe.data.calibration import CalibrationSpec
-from probe.engine import PruneConfig
-from probe.loading import LoadedModel
 from probe.models import get_adapter
-from probe.mot import MoTError, RoutedLinear, prune_pathway, to_mot, weight_sharing_copy
-from probe.tiny import tiny_lvlm
+from probe.models.loading import LoadedModel
+from probe.models.tiny import tiny_lvlm
+from probe.pruning.engine import PruneConfig
+from probe.pruning.mot import MoTError, RoutedLinear, prune_pathway, to_mot, weight_sharing_copy
 
 
 def inputs_for(tiny, adapter, with_image=True, question="what color is the cat"):

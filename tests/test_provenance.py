@@ -5,8 +5,8 @@ import json
 import subprocess
 
 from analysis.provenance import load_records, provenance_note
-from probe.manifest import code_revision
-from probe.record import RunRecord
+from probe.core.manifest import code_revision
+from probe.core.record import RunRecord
 
 
 def _record(cell: str, transformers: str = "5.25.0", commit: str | None = "a" * 40, dtype: str = "float32",
@@ -68,7 +68,7 @@ def test_records_written_before_the_code_revision_existed_claim_none():
 
 
 def test_a_process_names_the_code_it_started_from(monkeypatch):
-    from probe import manifest
+    from probe.core import manifest
 
     monkeypatch.setattr(manifest, "_STARTED_FROM", {})
     first = manifest.process_code_revision()

@@ -127,7 +127,7 @@ def test_the_proxy_table_takes_the_mean_over_draws_and_correlates_with_retention
 
 def test_the_answer_tokens_are_those_of_the_reference_answer():
     from probe.evaluation.divergence import proxy_items
-    from probe.loading import load_model
+    from probe.models.loading import load_model
 
     loaded = load_model("reference")
     images, texts = heldout_image_samples(CalibrationSpec(), 2), heldout_text_samples(2)
@@ -143,7 +143,7 @@ def test_the_answer_tokens_are_those_of_the_reference_answer():
 @pytest.mark.parametrize("family", tiny_families())
 def test_every_family_renders_held_out_conversations_with_their_answers_apart(family):
     from probe.evaluation.divergence import dense_answers, proxy_items
-    from probe.loading import load_model
+    from probe.models.loading import load_model
 
     loaded = load_model(f"tiny:{family}")
     items = proxy_items(loaded.adapter, loaded.processor, heldout_image_samples(CalibrationSpec(), 1),

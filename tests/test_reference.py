@@ -11,9 +11,9 @@ from transformers import (
 
 from probe.data.offline import digits, fashion_mnist_available
 from probe.evaluation.harness import evaluate
-from probe.loading import LoadedModel
 from probe.models import get_adapter
 from probe.models.compat import save_processor
+from probe.models.loading import LoadedModel
 from probe.reference import build_reference
 from probe.reference.build import GGUF_FILE, smollm2_dir
 
@@ -85,8 +85,8 @@ def test_save_load_round_trip_gives_identical_logits(reference, tmp_path):
 
 
 def test_assembled_model_is_rebuilt_when_the_projector_changes(tmp_path, monkeypatch):
+    from probe.models.tiny import tiny_lvlm
     from probe.reference import build
-    from probe.tiny import tiny_lvlm
 
     builds = []
 
@@ -163,8 +163,8 @@ def test_cache_of_an_older_build_is_rebuilt(tmp_path, monkeypatch):
     config) is assembled again, not reused."""
     import json
 
+    from probe.models.tiny import tiny_lvlm
     from probe.reference import build
-    from probe.tiny import tiny_lvlm
 
     builds = []
 

@@ -11,10 +11,10 @@ import torch
 from transformers import FastVlmForConditionalGeneration, Qwen2Config, Qwen2ForCausalLM
 
 from probe.data.offline import digits
+from probe.models.tiny import word_tokenizer
 from probe.reference import build, large
 from probe.reference.build import ReferenceModelError
 from probe.reference.large import GGUFChecksumError, SplitFile, join_pieces
-from probe.tiny import word_tokenizer
 
 
 def _wheels(folder, pieces: list[bytes]) -> SplitFile:
@@ -95,7 +95,7 @@ def test_large_reference_builds_loads_and_prunes_through_the_cli(stand_in, tmp_p
     from safetensors.torch import save_file
 
     from probe.cli import main
-    from probe.loading import load_model
+    from probe.models.loading import load_model
 
     with pytest.raises(ReferenceModelError, match="--model reference-large"):
         load_model("reference-large")  # no projector trained yet

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from probe.significance import (
+from probe.evaluation.significance import (
     EXACT_LIMIT,
     SignificanceError,
     adjust,

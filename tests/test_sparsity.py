@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from probe.sparsity import InputStats, magnitude_mask, nm_mask, parse_pattern, rowwise_mask, sparsegpt_prune
-from probe.sparsity.masks import Pattern, SparsityError, check_sparsity
-from probe.sparsity.stats import wanda_scores
+from probe.pruning.sparsity import InputStats, magnitude_mask, nm_mask, parse_pattern, rowwise_mask, sparsegpt_prune
+from probe.pruning.sparsity.masks import Pattern, SparsityError, check_sparsity
+from probe.pruning.sparsity.stats import wanda_scores
 
 
 def test_stats_accumulate_in_fp32_over_chunks():
@@ -134,7 +134,7 @@ def test_sparsegpt_reconstructs_better_than_wanda():
 
 
 def test_mask_iou_against_set_arithmetic():
-    from probe.sparsity import mask_iou
+    from probe.pruning.sparsity import mask_iou
 
     a = torch.rand(7, 9) < 0.5
     b = torch.rand(7, 9) < 0.5

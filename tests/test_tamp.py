@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 
-from probe.calibrate import capture_calibration
-from probe.capture import run_block
+from probe.calibration.calibrate import capture_calibration
+from probe.calibration.capture import run_block
 from probe.data.calibration import CalibrationSpec
-from probe.engine import PruneConfig, PruneConfigError, prune
-from probe.loading import load_model
-from probe.sparsity.amia import amia_select
+from probe.models.loading import load_model
+from probe.pruning.engine import PruneConfig, PruneConfigError, prune
+from probe.pruning.sparsity.amia import amia_select
 
 
 def literal_amia(outputs, visual, score):
@@ -70,7 +70,7 @@ def test_engine_feeds_each_linear_its_own_picks():
     model = copy.deepcopy(loaded.model)
     prune(model, loaded.adapter, copy.deepcopy(samples), PruneConfig(method="tamp", sparsity=0.5), show_progress=False)
 
-    from probe.attention import eager_call, recording_attention
+    from probe.calibration.attention import eager_call, recording_attention
 
     layer = loaded.adapter.decoder_layers(loaded.model)[0]
     for name in ("self_attn.k_proj", "mlp.down_proj"):

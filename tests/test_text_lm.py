@@ -11,13 +11,13 @@ import pytest
 import torch
 import transformers as tf
 
-from probe.calibrate import capture_calibration
+from probe.calibration.calibrate import capture_calibration
 from probe.data.calibration import CalibrationSpec, prepare, select
-from probe.engine import PruneConfig, prune
 from probe.evaluation.perplexity import PerplexityError, perplexity, text_windows
-from probe.loading import load_model
 from probe.models.generic import GenericAdapter
-from probe.tiny import WORDS, text_config, word_tokenizer
+from probe.models.loading import load_model
+from probe.models.tiny import WORDS, text_config, word_tokenizer
+from probe.pruning.engine import PruneConfig, prune
 
 HELD_OUT = " ".join(WORDS[(7 * i) % len(WORDS)] for i in range(400))
 

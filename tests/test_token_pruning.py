@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from probe.capture import BlockCall, capture, run_block
-from probe.engine import PruneConfig, prune
+from probe.calibration.capture import BlockCall, capture, run_block
 from probe.errors import ProbeError
 from probe.evaluation.wrapper import ProbeLVLM
-from probe.loading import load_model
+from probe.models.loading import load_model
+from probe.pruning.engine import PruneConfig, prune
 from probe.token_pruning.base import make_pruner
 from probe.token_pruning.runtime import UNSUPPORTED, TokenPruningRuntime
 from probe.token_pruning.schedule import with_token_schedule
@@ -175,7 +175,7 @@ def test_random_control_is_seeded():
 
 def test_kept_selector_follows_the_alive_tokens(tmp_path):
     loaded = load_model("tiny:llava")
-    from probe.calibrate import capture_calibration
+    from probe.calibration.calibrate import capture_calibration
     from probe.data.calibration import CalibrationSpec
 
     samples = capture_calibration(loaded, CalibrationSpec(nsamples=2), show_progress=False)
@@ -226,7 +226,7 @@ def test_unsupported_token_pruning_is_one_clear_error(spec, family, match):
 
 
 def test_mot_probe_refuses_token_pruning():
-    from probe.mot import to_mot
+    from probe.pruning.mot import to_mot
 
     loaded = load_model("tiny:llava")
     to_mot(loaded.model, loaded.adapter)
@@ -235,7 +235,7 @@ def test_mot_probe_refuses_token_pruning():
 
 
 def comp_inputs(count=2):
-    from probe.calibrate import capture_items
+    from probe.calibration.calibrate import capture_items
     from probe.data.calibration import CalibrationSpec, prepare
 
     loaded = load_model("tiny:llava")
@@ -298,7 +298,7 @@ def test_cli_comp_style_writes_its_stages(tmp_path):
 def manual_vitcop(loaded, inputs, settings):
     """ViTCoP's decoder stages by hand on tiny llava: keys from k_proj of the layer's normed input, the
     maths functions for the choices, merges, cuts and (compact) renumbered positions written out."""
-    from probe.sparsity.vitcop import (
+    from probe.pruning.sparsity.vitcop import (
         cluster_plan,
         deep_keep,
         grid_positions,
@@ -402,7 +402,7 @@ def test_vitcop_without_pruning_is_the_dense_model(attention):
 def test_key_saliency_is_the_same_before_and_after_rope():
     """The head-mean key norm from k_proj's output equals the one from the cache's rotated keys."""
     from probe.models.compat import returned_cache
-    from probe.sparsity.vitcop import key_saliency
+    from probe.pruning.sparsity.vitcop import key_saliency
 
     loaded, inputs = request("qwen2_vl")
     layer = loaded.adapter.decoder_layers(loaded.model)[0]
@@ -439,7 +439,7 @@ def test_cls_attention_from_projections_equals_eager_probabilities():
 def test_vitcop_with_its_vision_stage_equals_a_hand_built_forward():
     """Stage I on tiny llava: the most CLS-attended patches (from the eager attention probabilities), their
     features in place of fewer placeholders, clusters from the feature layer's keys; then Stages II-III."""
-    from probe.sparsity.vitcop import grid_positions, vic_labels
+    from probe.pruning.sparsity.vitcop import grid_positions, vic_labels
     from probe.token_pruning.vitcop import stage_one_layer
 
     loaded, inputs = request("llava")
@@ -481,7 +481,7 @@ def test_vitcop_with_its_vision_stage_equals_a_hand_built_forward():
 
 
 def test_weighted_statistics_equal_a_plain_sum():
-    from probe.sparsity.stats import InputStats
+    from probe.pruning.sparsity.stats import InputStats
 
     torch.manual_seed(2)
     x, w = torch.randn(7, 3), torch.rand(7)
@@ -499,7 +499,7 @@ def test_weighted_statistics_equal_a_plain_sum():
 
 @torch.no_grad()
 def test_kept_selector_weights_tokens_by_the_methods_saliency():
-    from probe.calibrate import capture_calibration
+    from probe.calibration.calibrate import capture_calibration
     from probe.data.calibration import CalibrationSpec
 
     loaded = load_model("tiny:llava")
@@ -511,7 +511,7 @@ def test_kept_selector_weights_tokens_by_the_methods_saliency():
     sample = samples[0]
     hidden = sample.hidden
     layer0 = loaded.adapter.decoder_layers(eager)[0]
-    from probe.attention import eager_call, recording_attention
+    from probe.calibration.attention import eager_call, recording_attention
 
     with recording_attention(loaded.adapter.attention_module(layer0)) as record:
         run_block(layer0, hidden, eager_call(sample.calls[0], sample.seq_len, hidden.dtype, hidden.device))
@@ -532,7 +532,7 @@ def test_kept_selector_weights_tokens_by_the_methods_saliency():
         results[weighted] = list(model.state_dict().values())
     assert all(torch.equal(a, b) for a, b in zip(results[False], results[True]))
     # with FastV's, the statistics of block 1 receive exactly the alive tokens' weights
-    from probe.sparsity import stats as stats_module
+    from probe.pruning.sparsity import stats as stats_module
 
     passed = []
     original = stats_module.InputStats.add
@@ -617,7 +617,7 @@ def test_vitcop_labels_of_several_images_are_offset_as_released():
     unlabelled tokens form a pseudo-cluster of their own (label 12 - 1 = 11), and no cluster spans images."""
     from types import SimpleNamespace
 
-    from probe.sparsity.vitcop import grid_positions, vic_labels
+    from probe.pruning.sparsity.vitcop import grid_positions, vic_labels
     from probe.token_pruning.vitcop import cls_saliency
 
     pruner = _stage_one_pruner(cluster_pct=0.1, dc=0.5)
@@ -647,7 +647,7 @@ def test_vitcop_labels_of_several_images_are_offset_as_released():
 def test_vitcop_unlabelled_own_applies_after_its_vision_stage():
     """With Stage I's labels holding unlabelled tokens, ``unlabelled=own`` gives each its own cluster
     (before, Stage II took the vision stage's labels as they were and the option did nothing)."""
-    from probe.sparsity.vitcop import cluster_plan, key_saliency
+    from probe.pruning.sparsity.vitcop import cluster_plan, key_saliency
     from probe.token_pruning.base import KEYS, StageView
 
     labels = torch.tensor([0, 0, 0, 1, 1, -1, -1, -1, -1, 2, 2, 2, 11, 12, 12, 12, 13, 13, 11, 11, 11, 14, 14, 14])

@@ -16,7 +16,7 @@ from analysis.tables import (
     to_markdown,
     write_grid_table,
 )
-from probe.uncertainty import (
+from probe.evaluation.uncertainty import (
     BOOTS,
     ItemsError,
     bootstrap_retention,
@@ -106,7 +106,7 @@ def test_table2_shows_errors_intervals_and_differences_to_wanda():
     line = next(line for line in markdown.splitlines() if "| atv |" in line)
     assert f"62.50 ± {100 * standard_error(ATV['a']):.2f}" in line
     # one comparison in the table (atv against wanda), so the adjusted p-value is the exact one
-    from probe.significance import retention_test
+    from probe.evaluation.significance import retention_test
 
     p = retention_test(ATV, WANDA, DENSE)
     assert atv[("vs wanda (pp)", "p")] == pytest.approx(p) and atv[("vs wanda (pp)", "p_adj")] == pytest.approx(p)
@@ -116,7 +116,7 @@ def test_table2_shows_errors_intervals_and_differences_to_wanda():
 
 
 def test_delta_method_interval_by_hand():
-    from probe.uncertainty import delta_retention
+    from probe.evaluation.uncertainty import delta_retention
 
     # task 1: 0.4 / 0.8 = 0.5, var = (0.05 / 0.8)^2 + (0.4 * 0.04 / 0.64)^2; task 2: 0.3 / 0.5 = 0.6
     interval = delta_retention([0.4, 0.3], [0.05, 0.1], [0.8, 0.5], [0.04, 0.0])

@@ -7,8 +7,8 @@ import torch
 from conftest import random_image, user_turn
 
 from probe.models import get_adapter
-from probe.tiny import tiny_lvlm
-from probe.vision_cache import VisionFeatureCache
+from probe.models.tiny import tiny_lvlm
+from probe.models.vision_cache import VisionFeatureCache
 
 
 @pytest.mark.parametrize("family", ["llava_next", "qwen2_vl", "gemma3", "idefics3"])
@@ -38,10 +38,10 @@ def test_cached_features_give_identical_logits_and_skip_the_tower(family):
 
 
 def test_evaluation_and_capture_share_a_cache():
-    from probe.calibrate import capture_calibration
+    from probe.calibration.calibrate import capture_calibration
     from probe.data.calibration import CalibrationSpec
     from probe.evaluation.harness import evaluate
-    from probe.loading import LoadedModel, load_model
+    from probe.models.loading import LoadedModel, load_model
 
     loaded = load_model("tiny:llava")
     cache = VisionFeatureCache()

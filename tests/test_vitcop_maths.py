@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from probe.sparsity.vitcop import (
+from probe.pruning.sparsity.vitcop import (
     cluster_plan,
     deep_keep,
     grid_positions,

@@ -25,10 +25,10 @@ import pandas as pd
 import torch
 from torch import nn
 
+from probe.core.progress import progress_bar
 from probe.data.calibration import to_messages, validate
 from probe.data.samples import CalibrationError, ConversationSample
 from probe.errors import ProbeError
-from probe.progress import progress_bar
 
 GROUPS = ("image", "text")  # answers that follow an image; text-only conversations
 PROXY_METRICS = ("kl", "nll")

@@ -17,13 +17,13 @@ from urllib.parse import urlparse
 
 import pandas as pd
 
+from probe.core.manifest import write_text_atomic
+from probe.core.progress import quiet_libraries
 from probe.errors import ProbeError
 from probe.evaluation.task_files import OFFLINE_TASKS, TASK_PRESETS, built_tasks, ensure_task_files
-from probe.loading import LoadedModel
-from probe.manifest import write_text_atomic
-from probe.progress import quiet_libraries
-from probe.uncertainty import standard_error
-from probe.vision_cache import VisionFeatureCache
+from probe.evaluation.uncertainty import standard_error
+from probe.models.loading import LoadedModel
+from probe.models.vision_cache import VisionFeatureCache
 
 PRESETS = {
     "paper9": ["gqa", "mmbench_en_dev", "mme", "mmmu_val", "ok_vqa_val2014", "pope", "scienceqa_img",
@@ -65,7 +65,7 @@ def resolve_tasks(spec: str, tasks_dir: Path | None = None) -> list[str]:
             built = [t for t in built_tasks(ensure_task_files(tasks_dir)) if t in TASK_PRESETS[part]]
             if not built:
                 raise UnknownTaskError(f"none of the tasks of preset {part!r} ({', '.join(TASK_PRESETS[part])}) can "
-                                       "be built here: their source packages are missing (see the README's set-up)")
+                                       "be built here: their source packages are missing (see docs/getting-started.md)")
             names += built
         else:
             names += PRESETS.get(part, [part])
@@ -78,7 +78,7 @@ def resolve_tasks(spec: str, tasks_dir: Path | None = None) -> list[str]:
         if missing:
             raise UnknownTaskError(
                 f"offline task(s) {', '.join(missing)} cannot be built here (their source package is missing; "
-                f"see the README's set-up); available: {', '.join(available)}"
+                f"see docs/getting-started.md); available: {', '.join(available)}"
             )
     names = list(dict.fromkeys(names))
     check_hub_tasks(names)

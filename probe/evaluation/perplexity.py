@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from probe.core.progress import progress_bar
 from probe.errors import ProbeError
-from probe.progress import progress_bar
 
 
 class PerplexityError(ProbeError):

@@ -21,6 +21,7 @@ from typing import Any
 
 from PIL import Image
 
+from probe.core.progress import quiet_libraries
 from probe.data.offline import (
     DEBIAN_SOURCES,
     TASK_BUILDERS,
@@ -29,7 +30,6 @@ from probe.data.offline import (
     fortunes_available,
     quote_completion,
 )
-from probe.progress import quiet_libraries
 
 TASK_YAMLS = Path(__file__).parent / "tasks"
 VISUAL_TASKS = tuple(TASK_BUILDERS)
@@ -185,7 +185,7 @@ def main() -> None:
     print(f"offline tasks written to {folder}: {', '.join(written)}")
     for task in OFFLINE_TASKS:
         if task not in written:
-            print(f"  {task}: left out, its source package is not installed (see the README's set-up)")
+            print(f"  {task}: left out, its source package is not installed (see docs/getting-started.md)")
 
 
 if __name__ == "__main__":

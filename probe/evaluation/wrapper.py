@@ -1,7 +1,7 @@
 """An lmms-eval model class for any model the adapters support, pruned or dense, MoT probe included.
 
 Registered with lmms-eval as ``probe``: ``lmms-eval --model probe --model_args pretrained=DIR`` loads
-through :func:`probe.loading.load_model`; in Python, pass a model already in memory
+through :func:`probe.models.loading.load_model`; in Python, pass a model already in memory
 (``ProbeLVLM(loaded=LoadedModel(...))``), which is how pruned models and MoT probes are scored
 without a round trip to disk.
 
@@ -34,12 +34,12 @@ from lmms_eval.api.model import lmms
 from lmms_eval.api.registry import register_model
 from PIL import Image
 
-from probe.capture import move
+from probe.calibration.capture import move
+from probe.core.progress import progress_bar
 from probe.errors import ProbeError
-from probe.loading import LoadedModel, load_model, parse_dtype
 from probe.models.compat import cache_keyword, returned_cache
-from probe.progress import progress_bar
-from probe.vision_cache import VisionFeatureCache
+from probe.models.loading import LoadedModel, load_model, parse_dtype
+from probe.models.vision_cache import VisionFeatureCache
 
 IMAGE_PLACEHOLDER = "<image>"
 LOGLIKELIHOOD_REDUCTIONS = ("sum", "mean")

@@ -104,7 +104,7 @@ class Adapter:
         return model.model if hasattr(model, "model") else model
 
     def tiny_model(self, family: str) -> Any:
-        """A tiny randomly initialised model of ``family`` (a :class:`probe.tiny.TinyLVLM`) for tests and
+        """A tiny randomly initialised model of ``family`` (a :class:`probe.models.tiny.TinyLVLM`) for tests and
         demos; a family that has one overrides this beside its adapter."""
         check_tiny_family(family)
         raise UnknownModelFamilyError(f"the {family!r} adapter builds no tiny model")

@@ -25,7 +25,7 @@ from PIL import Image
 from torch import nn
 from transformers import BatchFeature
 
-from probe.tiny import CHAT_TEMPLATE
+from probe.models.tiny import CHAT_TEMPLATE
 
 HANDLED = {"self", "pixel_values", "image_sizes", "image_grid_thw", "kwargs", "vision_feature_layer",
            "vision_feature_select_strategy"}

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from probe.models.base import Adapter, register
 
 if TYPE_CHECKING:
-    from probe.tiny import TinyLVLM
+    from probe.models.tiny import TinyLVLM
 
 
 @register
@@ -19,7 +19,7 @@ class FastVlmAdapter(Adapter):
         """A tiny randomly initialised model of this family with a working processor."""
         import transformers as tf
 
-        from probe.tiny import CHAT_TEMPLATE, TinyLVLM, text_config, word_tokenizer
+        from probe.models.tiny import CHAT_TEMPLATE, TinyLVLM, text_config, word_tokenizer
 
         V, IMG = 128, 120
         # a two-stage EfficientNet: 32x32 pixels -> stem /2 -> stage /2 -> an 8x8 map of 40 channels = 64 tokens

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from probe.models.base import Adapter, register
 
 if TYPE_CHECKING:
-    from probe.tiny import TinyLVLM
+    from probe.models.tiny import TinyLVLM
 
 
 @register
@@ -22,7 +22,7 @@ class Gemma3Adapter(Adapter):
         """A tiny randomly initialised model of this family with a working processor."""
         import transformers as tf
 
-        from probe.tiny import CHAT_TEMPLATE, TEXT_BASE, TinyLVLM, word_tokenizer
+        from probe.models.tiny import CHAT_TEMPLATE, TEXT_BASE, TinyLVLM, word_tokenizer
 
         V, BOI, EOI, IMG = 128, 120, 121, 122
         vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,

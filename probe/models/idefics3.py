@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from probe.models.base import Adapter, register
 
 if TYPE_CHECKING:
-    from probe.tiny import TinyLVLM
+    from probe.models.tiny import TinyLVLM
 
 
 @register
@@ -19,7 +19,7 @@ class Idefics3Adapter(Adapter):
         """A tiny randomly initialised model of ``family`` with a working processor."""
         import transformers as tf
 
-        from probe.tiny import CHAT_TEMPLATE, TEXT_BASE, TinyLVLM, word_tokenizer
+        from probe.models.tiny import CHAT_TEMPLATE, TEXT_BASE, TinyLVLM, word_tokenizer
 
         kind = family
         V, IMG, FAKE, GLOB, EOU = 128, 120, 121, 122, 123

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from probe.models.base import Adapter, register
 
 if TYPE_CHECKING:
-    from probe.tiny import TinyLVLM
+    from probe.models.tiny import TinyLVLM
 
 
 @register
@@ -20,7 +20,7 @@ class InternVLAdapter(Adapter):
         import transformers as tf
 
         from probe.models.compat import processor_type_checks_tolerate_none
-        from probe.tiny import CHAT_TEMPLATE, TEXT_BASE, TinyLVLM, word_tokenizer
+        from probe.models.tiny import CHAT_TEMPLATE, TEXT_BASE, TinyLVLM, word_tokenizer
 
         V, CTX, START, END, VID = 128, 120, 121, 122, 123
         vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from probe.models.base import Adapter, register
 
 if TYPE_CHECKING:
-    from probe.tiny import TinyLVLM
+    from probe.models.tiny import TinyLVLM
 
 
 @register
@@ -18,7 +18,7 @@ class LlavaAdapter(Adapter):
         """A tiny randomly initialised model of this family with a working processor."""
         import transformers as tf
 
-        from probe.tiny import CHAT_TEMPLATE, TinyLVLM, text_config, word_tokenizer
+        from probe.models.tiny import CHAT_TEMPLATE, TinyLVLM, text_config, word_tokenizer
 
         V, IMG = 128, 120
         vision = tf.CLIPVisionConfig(

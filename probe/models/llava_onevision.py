@@ -8,7 +8,7 @@ from probe.models.base import register
 from probe.models.llava_next import LlavaNextAdapter
 
 if TYPE_CHECKING:
-    from probe.tiny import TinyLVLM
+    from probe.models.tiny import TinyLVLM
 
 
 @register
@@ -20,7 +20,7 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
         import transformers as tf
 
         from probe.models.compat import processor_type_checks_tolerate_none
-        from probe.tiny import CHAT_TEMPLATE, TinyLVLM, text_config, word_tokenizer
+        from probe.models.tiny import CHAT_TEMPLATE, TinyLVLM, text_config, word_tokenizer
 
         V, IMG, VID = 128, 120, 121
         vision = tf.SiglipVisionConfig(

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from probe.models.base import Adapter, InvalidInputsError, register
 
 if TYPE_CHECKING:
-    from probe.tiny import TinyLVLM
+    from probe.models.tiny import TinyLVLM
 
 
 @register
@@ -28,7 +28,7 @@ class Qwen2VLAdapter(Adapter):
         import transformers as tf
 
         from probe.models.compat import processor_type_checks_tolerate_none
-        from probe.tiny import CHAT_TEMPLATE, TEXT_BASE, TinyLVLM, word_tokenizer
+        from probe.models.tiny import CHAT_TEMPLATE, TEXT_BASE, TinyLVLM, word_tokenizer
 
         kind = family
         V = 160

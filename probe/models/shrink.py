@@ -5,7 +5,7 @@ depth and head count, in the config and each of its sub-configs, keeping what ti
 (indices of special layers mapped into the shorter stack, per-layer type lists cut to it, rotary
 sections scaled to the smaller head). :func:`tiny_processor` assembles the architecture's own
 processor around a word-level tokenizer whose special tokens sit at the ids the config names. Families
-with a file of their own keep their hand-made tiny models (:func:`probe.tiny.tiny_lvlm`).
+with a file of their own keep their hand-made tiny models (:func:`probe.models.tiny.tiny_lvlm`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 import transformers as tf
 from transformers import CONFIG_MAPPING
 
-from probe.tiny import CHAT_TEMPLATE, WORDS, word_tokenizer
+from probe.models.tiny import CHAT_TEMPLATE, WORDS, word_tokenizer
 
 LAYERS = 4  # blocks of every stack: room for one of each kind in a stack that alternates
 WIDTHS = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2,

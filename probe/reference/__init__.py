@@ -1,7 +1,7 @@
 """The offline reference LVLMs (SmolLM2-135M-Instruct or Qwen2.5-Coder-1.5B-Instruct + EfficientNet-Lite0
 + a trained projector), built from stock transformers classes only."""
 
-from probe.names import REFERENCE_MODELS
+from probe.core.names import REFERENCE_MODELS
 from probe.reference.build import (
     SMALL,
     ReferenceModelError,
@@ -13,7 +13,7 @@ from probe.reference.build import (
 
 
 def reference_spec(name: str) -> ReferenceSpec:
-    """The spec of the reference called ``name`` (one of :data:`probe.names.REFERENCE_MODELS`)."""
+    """The spec of the reference called ``name`` (one of :data:`probe.core.names.REFERENCE_MODELS`)."""
     if name == SMALL.name:
         return SMALL
     from probe.reference.large import LARGE

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from probe.progress import progress_bar
+from probe.core.progress import progress_bar
 from probe.reference.build import ReferenceModelError
 
 

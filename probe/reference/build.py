@@ -227,9 +227,9 @@ def load_reference(
     the folder is empty or holds a model of another build (another build version, projector or GGUF file)."""
     from transformers import AutoProcessor
 
-    from probe.loading import ModelLoadError, check_model_folder
-    from probe.manifest import write_dir_atomic, write_json_atomic
+    from probe.core.manifest import write_dir_atomic, write_json_atomic
     from probe.models.compat import save_processor
+    from probe.models.loading import ModelLoadError, check_model_folder
 
     folder = folder or spec.default_dir()
     if not reference_available(spec):

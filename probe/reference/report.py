@@ -17,10 +17,10 @@ import pandas as pd
 import torch
 from transformers import AutoModelForCausalLM
 
+from probe.core.manifest import package_versions, write_json_atomic, write_text_atomic
+from probe.core.names import REFERENCE_MODELS
 from probe.evaluation.harness import evaluate, primary_rows, resolve_tasks
-from probe.loading import LoadedModel, load_model, parse_dtype
-from probe.manifest import package_versions, write_json_atomic, write_text_atomic
-from probe.names import REFERENCE_MODELS
+from probe.models.loading import LoadedModel, load_model, parse_dtype
 from probe.reference import reference_spec
 from probe.reference.build import GGUF_FILE, projector_digest, smollm2_dir
 

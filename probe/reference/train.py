@@ -27,12 +27,12 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save as safetensors_bytes
 
+from probe.core.manifest import write_bytes_atomic
+from probe.core.names import REFERENCE_MODELS
+from probe.core.progress import progress_bar
 from probe.data.offline import TASK_BUILDERS, VQAItem
 from probe.evaluation.task_files import task_data_available
-from probe.loading import parse_dtype
-from probe.manifest import write_bytes_atomic
-from probe.names import REFERENCE_MODELS
-from probe.progress import progress_bar
+from probe.models.loading import parse_dtype
 from probe.reference import reference_spec
 from probe.reference.alignment import align_projector, answer_embeddings
 from probe.reference.build import ReferenceModelError, ReferenceSpec, build_reference
@@ -213,7 +213,7 @@ def training_items(spec: ReferenceSpec) -> list[VQAItem]:
     tasks = [t for t in spec.training_tasks if task_data_available(t)]
     if not tasks:
         raise ReferenceModelError(f"none of {spec.name}'s training tasks ({', '.join(spec.training_tasks)}) can be "
-                                  "built here: their source packages are missing (see the README's set-up)")
+                                  "built here: their source packages are missing (see docs/getting-started.md)")
     return [item for task in tasks for item in TASK_BUILDERS[task]("train")]
 
 

@@ -8,8 +8,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from probe.core.settings import NoSettings
 from probe.errors import ProbeError
-from probe.settings import NoSettings
 
 ATTENTION = "attention"  # the head-mean attention the last query gives every token (computed eagerly)
 KEYS = "keys"  # the key projections of every token (tokens, kv heads, head_dim)
@@ -97,9 +97,9 @@ def make_pruner(spec: str | TokenPruner | None) -> TokenPruner | None:
     for none."""
     if spec is None or isinstance(spec, TokenPruner):
         return spec
-    from probe.method_spec import parse_method_spec
-    from probe.registry import TOKEN_PRUNER_PRESETS, TOKEN_PRUNERS, UnknownEntryError, load_entry
-    from probe.settings import build_settings
+    from probe.core.registry import TOKEN_PRUNER_PRESETS, TOKEN_PRUNERS, UnknownEntryError, load_entry
+    from probe.core.settings import build_settings
+    from probe.pruning.method_spec import parse_method_spec
 
     if not spec.strip():
         raise UnknownEntryError("the token-pruning method is empty; name one (e.g. fastv) or none")

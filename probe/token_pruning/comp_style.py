@@ -22,10 +22,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from probe.capture import CapturedSample
-from probe.engine import PruneConfig, prune
+from probe.calibration.capture import CapturedSample
 from probe.errors import ProbeError
-from probe.loading import LoadedModel
+from probe.models.loading import LoadedModel
+from probe.pruning.engine import PruneConfig, prune
 from probe.token_pruning.base import TokenPruner, make_pruner
 from probe.token_pruning.runtime import TokenPruningRuntime
 from probe.token_pruning.schedule import with_token_schedule

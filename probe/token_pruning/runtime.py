@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from probe.attention import additive_mask, recording_attention
+from probe.calibration.attention import additive_mask, recording_attention
 from probe.models.base import Adapter
 from probe.token_pruning.base import ATTENTION, KEYS, StageView, TokenPruner, TokenPruningError
 

@@ -9,13 +9,10 @@ import dataclasses
 import torch
 from torch import nn
 
-from probe.capture import CapturedSample, run_block
+from probe.calibration.capture import SCHEDULE_KEY, WEIGHTS_KEY, CapturedSample, run_block
 from probe.models.base import Adapter
 from probe.token_pruning.base import TokenPruner, TokenPruningError
 from probe.token_pruning.runtime import TokenPruningRuntime
-
-SCHEDULE_KEY = "alive"  # in CapturedSample.meta: per decoder layer, a bool mask (seq,) of the alive positions
-WEIGHTS_KEY = "alive_weights"  # per decoder layer, the method's saliency of the alive positions (0 elsewhere)
 
 
 @torch.no_grad()

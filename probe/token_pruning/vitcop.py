@@ -3,7 +3,7 @@
 - Stage I, in the vision tower (a CLIP tower with a CLS token, ``stage_one="auto"``): the attention the
   CLS query gives every patch at the feature layer (summed over heads) keeps the ``int(vision_keep * N)``
   most attended patches in raster order, so the decoder sees only them (the request's image placeholders
-  are cut to as many); the clusters (density-peak clustering, :func:`probe.sparsity.vitcop.vic_labels`)
+  are cut to as many); the clusters (density-peak clustering, :func:`probe.pruning.sparsity.vitcop.vic_labels`)
   come from that layer's keys of the kept patches on the patch grid, as upstream (LLaVA-1.5). On
   LLaVA-NeXT, an extension without an upstream reference, every crop's patches are ranked by their crop's
   CLS attention across the whole packed image, row-end tokens always stay and form a cluster of their own,
@@ -12,11 +12,11 @@
   when their count is a square, else one row.
 - Stage II, before layer ``shallow``: the key-norm saliency of layer ``shallow - 1`` (smaller is more
   important); each cluster keeps its quota of most salient tokens and merges the rest into one token at
-  the group's upper-median position (:func:`probe.sparsity.vitcop.cluster_plan`), leaving ``R`` visual tokens.
+  the group's upper-median position (:func:`probe.pruning.sparsity.vitcop.cluster_plan`), leaving ``R`` visual tokens.
 - Stage III, before layer ``deep``: the ``D`` most salient of them (saliency of layer ``deep - 1``) stay.
 
 Budgets come from ``rho``, the average share of the image's tokens kept per layer
-(:func:`probe.sparsity.vitcop.vitcop_budgets`; without Stage I, ``vision_keep = 1``). Defaults reproduce
+(:func:`probe.pruning.sparsity.vitcop.vitcop_budgets`; without Stage I, ``vision_keep = 1``). Defaults reproduce
 the released code; its bugs are fixed by options: ``deep_positions="keep"`` (upstream renumbers positions
 after Stage III, ``compact``), ``merge="mean"`` (upstream adds the representative to the group's mean,
 doubling the norm), ``repair="exact"`` (upstream corrects the quotas in one pass), ``unlabelled="own"``
@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from probe.models.base import Adapter
-from probe.sparsity.vitcop import (
+from probe.pruning.sparsity.vitcop import (
     Budgets,
     cluster_plan,
     deep_keep,

@@ -1,0 +1,1 @@
+"""From calibration samples to captured decoder-block inputs, replayed one block at a time."""

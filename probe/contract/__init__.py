@@ -1,0 +1,1 @@
+"""The family contract: ``probe check`` on one model and the coverage table over transformers' architectures."""

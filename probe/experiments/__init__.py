@@ -1,0 +1,1 @@
+"""Experiment grids: cells, plans, resumable runs, cluster executors and per-task checkpoints."""

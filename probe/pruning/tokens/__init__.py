@@ -1,0 +1,2 @@
+"""Token selectors, one file each (see :mod:`probe.pruning.tokens.base` for the protocols and
+:data:`probe.core.registry.TOKEN_SELECTORS` for the names)."""

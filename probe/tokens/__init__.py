@@ -1,2 +1,0 @@
-"""Token selectors, one file each (see :mod:`probe.tokens.base` for the protocols and
-:data:`probe.registry.TOKEN_SELECTORS` for the names)."""
