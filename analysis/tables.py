@@ -378,23 +378,23 @@ def pool_differences(results: pd.DataFrame, items: pd.DataFrame, pairs: tuple[tu
     pruned = results[results.pathway != "dense"].assign(label=lambda f: _setting_labels(f))
     scored = {key: _runs(items, _draw_order(group), tasks, order)
               for key, group in pruned.groupby(["label", "pathway", "pool"], sort=False)}
-    comparisons = []  # (row key, run, baseline)
+    comparisons = []  # (row key, run, baseline, whether the baseline is the dense run)
     for label in dict.fromkeys(key[0] for key in scored):
         pathways = dict.fromkeys(key[1] for key in scored if key[0] == label)
         for pathway in pathways:
             pools = {key[2]: values for key, values in scored.items() if key[:2] == (label, pathway)}
-            comparisons += [((label, pathway, f"{pool} - dense"), values, dense_scores)
+            comparisons += [((label, pathway, f"{pool} - dense"), values, dense_scores, True)
                             for pool, values in pools.items()]
-            comparisons += [((label, pathway, f"{a} - {b}"), pools.get(a), pools.get(b)) for a, b in pairs]
+            comparisons += [((label, pathway, f"{a} - {b}"), pools.get(a), pools.get(b), False) for a, b in pairs]
         for a, b in pathway_pairs:
             for pool in dict.fromkeys(key[2] for key in scored if key[0] == label):
                 comparisons.append(((label, f"{a} - {b}", pool), scored.get((label, a, pool)),
-                                    scored.get((label, b, pool))))
+                                    scored.get((label, b, pool)), False))
     entries = {}
-    for key, run, baseline in comparisons:
+    for key, run, baseline, against_dense in comparisons:
         if run is None or baseline is None:
             continue
-        overall = paired_difference(run, baseline, dense_scores, boots, seed)
+        overall = paired_difference(run, baseline, dense_scores, boots, seed, against_dense=against_dense)
         per_task = paired_score_differences(run, baseline, boots, seed)
         entries[key] = [v for interval in (overall, *(per_task[t] for t in tasks))
                         for v in _difference_values(interval)]

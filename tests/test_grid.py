@@ -535,21 +535,27 @@ def _plain_answer_log_probs(model, item):
     return torch.log_softmax(logits, dim=-1)[item.start - 1:item.end - 1]
 
 
-def test_the_proxy_metric_is_the_kl_from_the_dense_model_on_held_out_answers(tmp_path):
+def test_the_proxy_metric_is_the_kl_from_the_dense_model_on_held_out_answers(tmp_path, monkeypatch):
     """metrics: [tasks, kl] scores every cell by both; the pruned cell's KL and NLL equal a plain computation
-    on the same weights (pruned again outside the grid), the dense cell's KL is 0."""
+    on the same weights (pruned again outside the grid), the dense cell's KL is 0 and comes from the dense
+    answers kept for the comparison (no second forward pass)."""
     import torch.nn.functional as F
 
     from probe.calibration.calibrate import capture_calibration
     from probe.data.calibration import select
     from probe.data.heldout import heldout_image_samples, heldout_text_samples
+    from probe.evaluation import divergence
     from probe.evaluation.divergence import proxy_items
     from probe.models.loading import load_model
     from probe.pruning.engine import prune
 
     config = small_config(tmp_path, grid="table2", methods=["wanda"], settings=["0.5"], tasks="digits",
                           metrics=["tasks", "kl"], proxy_samples=2)
+    forwards = []
+    real = divergence.answer_log_probs
+    monkeypatch.setattr(divergence, "answer_log_probs", lambda model, item: forwards.append(1) or real(model, item))
     run_grid(config, show_progress=False)
+    assert len(forwards) == 2 * 4  # 4 held-out samples: the dense answers, then the pruned cell
     proxy = pd.read_csv(tmp_path / "grid" / "proxy.csv")
     assert set(proxy.cell) == {"dense", "wanda/50%"} and set(pd.read_csv(tmp_path / "grid" / "results.csv").cell) == {
         "dense", "wanda/50%"}

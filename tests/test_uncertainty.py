@@ -77,6 +77,21 @@ def test_paired_difference_equals_a_plain_loop():
         paired_difference({"a": ATV["a"][:4], "b": ATV["b"]}, WANDA, DENSE)
 
 
+def test_a_difference_against_the_dense_run_is_tested_as_one_when_the_caller_says_so():
+    from probe.evaluation.significance import retention_test
+
+    # answers lost and gained in both tasks, so the two tests weigh the items differently
+    dense = {"a": np.array([1, 0, 1, 1, 1, 1, 1, 0.]), "b": np.array([1, 0, 0, 0, 1, 0, 0, 1.])}
+    run = {"a": np.array([0, 1, 0, 0, 0, 1, 0, 1.]), "b": np.array([0, 0, 0, 0, 1, 1, 0, 1.])}
+    dense_copy = {task: values.copy() for task, values in dense.items()}  # equal values, another object
+    marked = paired_difference(run, dense_copy, dense, boots=500, seed=1, against_dense=True)
+    unmarked = paired_difference(run, dense_copy, dense, boots=500, seed=1)
+    assert marked.p == pytest.approx(retention_test(run, dense, dense, against_dense=True))
+    assert unmarked.p == pytest.approx(retention_test(run, dense, dense))
+    assert marked.p != pytest.approx(unmarked.p)
+    assert (marked.estimate, marked.low, marked.high) == (unmarked.estimate, unmarked.low, unmarked.high)
+
+
 def _grid(runs: dict[str, dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
     rows, items = [], []
     for cell, scores in runs.items():

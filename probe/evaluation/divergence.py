@@ -112,12 +112,20 @@ def proxy_scores(model: nn.Module, items: Sequence[ProxyItem], dense: Sequence[t
     rows = []
     with progress_bar("proxy", len(items), show_progress) as bar:
         for item, reference in zip(items, dense):
-            logp = answer_log_probs(model, item)
-            rows.append({"sample_id": item.sample_id, "group": item.group, "tokens": item.end - item.start,
-                         "kl": float(token_kl(reference, logp).mean()),
-                         "nll": float(token_nll(logp, item.targets).mean())})
+            rows.append(_sample_row(item, reference, answer_log_probs(model, item)))
             bar.advance()
     return pd.DataFrame(rows)
+
+
+def dense_proxy_scores(items: Sequence[ProxyItem], dense: Sequence[torch.Tensor]) -> pd.DataFrame:
+    """:func:`proxy_scores` of the dense model itself, from its kept answers (no forward pass): a KL of 0
+    and the reference answers' NLL."""
+    return pd.DataFrame([_sample_row(item, reference, reference) for item, reference in zip(items, dense)])
+
+
+def _sample_row(item: ProxyItem, reference: torch.Tensor, logp: torch.Tensor) -> dict:
+    return {"sample_id": item.sample_id, "group": item.group, "tokens": item.end - item.start,
+            "kl": float(token_kl(reference, logp).mean()), "nll": float(token_nll(logp, item.targets).mean())}
 
 
 def summarize(per_sample: pd.DataFrame) -> pd.DataFrame:

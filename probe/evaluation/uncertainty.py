@@ -144,12 +144,13 @@ def bootstrap_retention(pruned: Runs, dense: Items, boots: int = BOOTS, seed: in
 
 
 def paired_difference(method: Runs, baseline: Runs, dense: Items, boots: int = BOOTS, seed: int = 0,
-                      level: float = 0.95) -> Interval:
+                      level: float = 0.95, against_dense: bool = False) -> Interval:
     """Average retention of ``method`` minus that of ``baseline`` (percentage points), all three scored on
     the same items, with a paired percentile bootstrap interval (the same resampled items for all; with
     calibration draws, the same resampled draws for both runs, paired by draw) and the exact paired
-    p-value of :func:`probe.evaluation.significance.retention_test` on the draws' mean answers (``baseline`` may be
-    ``dense`` itself: a pruned run against the dense model)."""
+    p-value of :func:`probe.evaluation.significance.retention_test` on the draws' mean answers. With
+    ``against_dense``, ``baseline`` is the dense run itself (a pruned run against the dense model), which the
+    test's weights must know."""
     from probe.evaluation.significance import retention_test
 
     tasks, draws = _check(dense, method, baseline)
@@ -160,7 +161,7 @@ def paired_difference(method: Runs, baseline: Runs, dense: Items, boots: int = B
     resampled_dense = _resampled_means(dense, tasks, indices)
     samples = (_retention(_resampled_draw_means(ours, tasks, indices, chosen), resampled_dense)
                - _retention(_resampled_draw_means(theirs, tasks, indices, chosen), resampled_dense))
-    p = retention_test(_mean_items(ours, tasks), _mean_items(theirs, tasks), dense, against_dense=baseline is dense,
+    p = retention_test(_mean_items(ours, tasks), _mean_items(theirs, tasks), dense, against_dense=against_dense,
                        resamples=boots, seed=seed)
     return _interval(float(point), samples, level, p)
 

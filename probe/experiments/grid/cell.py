@@ -101,10 +101,13 @@ def _score_proxy(ctx: GridContext, cell: Cell, model: torch.nn.Module, settings:
                  show_progress: bool) -> bool:
     """The proxy metric of the cell's model on the grid's held-out conversations: per sample into
     ``proxy/<cell>.csv``, per group and metric into ``proxy.csv``."""
-    from probe.evaluation.divergence import proxy_scores, summarize
+    from probe.evaluation.divergence import dense_proxy_scores, proxy_scores, summarize
 
     items, dense = ctx.proxy(show_progress)
-    per_sample = proxy_scores(model, items, dense, show_progress)
+    if cell.pathway == "dense" and cell.token_pruning == "none":  # the model the kept answers came from
+        per_sample = dense_proxy_scores(items, dense)
+    else:
+        per_sample = proxy_scores(model, items, dense, show_progress)
     write_text_atomic(cell_path(ctx.out, cell.cell_id, "proxy", ".csv"),
                       per_sample.assign(cell=cell.cell_id).to_csv(index=False))
     rows = [{**settings, **row} for row in summarize(per_sample).to_dict("records")]
