@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.results import load_grid, load_items
+from analysis.tables import cell_items, dense_item_order
 from probe.errors import ProbeError
 from probe.evaluation.uncertainty import BOOTS, Interval, bootstrap_retention, paired_difference
 
@@ -43,16 +44,6 @@ class PathwayFinding:
     difference: Interval  # visual-pathway retention minus text-pathway retention (points), with its p-value
 
 
-def _cell_items(items: pd.DataFrame, cell: str, order: dict[str, list]) -> dict[str, np.ndarray]:
-    out = {}
-    for task, ids in order.items():
-        scores = items[(items.cell == cell) & (items.task == task)].set_index("doc_id")["value"]
-        if set(scores.index) != set(ids):
-            raise FindingError(f"cell {cell} was scored on other items of {task} than the dense cell")
-        out[task] = scores.loc[ids].to_numpy(dtype=float)
-    return out
-
-
 def pathway_finding(results: pd.DataFrame, items: pd.DataFrame, boots: int = BOOTS, seed: int = 0
                     ) -> PathwayFinding:
     """The finding from a grid's results and per-item scores."""
@@ -63,12 +54,12 @@ def pathway_finding(results: pd.DataFrame, items: pd.DataFrame, boots: int = BOO
         raise FindingError("the grid must hold the dense cell and both pathways at one pool and sparsity; "
                            f"it holds {sorted(set(results.cell))}")
     pool, sparsity = settings.iloc[0]
-    tasks = list(dense.task)
-    dense_cell = dense.cell.iloc[0]
-    order = {t: sorted(items[(items.cell == dense_cell) & (items.task == t)].doc_id) for t in tasks}
-    runs = {"dense": _cell_items(items, dense_cell, order)}
-    for pathway in PATHWAYS:
-        runs[pathway] = _cell_items(items, pruned[pruned.pathway == pathway].cell.iloc[0], order)
+    tasks, order = dense_item_order(results, items)
+    cells = {"dense": dense.cell.iloc[0], **{p: pruned[pruned.pathway == p].cell.iloc[0] for p in PATHWAYS}}
+    runs = {name: cell_items(items, cell, tasks, order) for name, cell in cells.items()}
+    missing = [cells[name] for name, run in runs.items() if run is None]
+    if missing:
+        raise FindingError(f"cells {missing} were not scored on the dense cell's items (items/)")
     scores = {name: {t: 100 * float(np.mean(run[t])) for t in tasks} for name, run in runs.items()}
     retention = {p: bootstrap_retention(runs[p], runs["dense"], boots=boots, seed=seed) for p in PATHWAYS}
     difference = paired_difference(runs["visual"], runs["text"], runs["dense"], boots=boots, seed=seed)

@@ -176,15 +176,15 @@ def _rows_of(key: tuple, results: pd.DataFrame, rows: list[str]) -> pd.Index:
 
 def _runs(items: pd.DataFrame, cells: list[str], tasks: list[str], dense_order: dict[str, list]
           ) -> dict | list[dict] | None:
-    """A row's per-item scores: one cell's (:func:`_cell_items`), or a list with each calibration draw's;
+    """A row's per-item scores: one cell's (:func:`cell_items`), or a list with each calibration draw's;
     None if any is missing."""
-    runs = [_cell_items(items, cell, tasks, dense_order) for cell in cells]
+    runs = [cell_items(items, cell, tasks, dense_order) for cell in cells]
     if not runs or any(run is None for run in runs):
         return None
     return runs[0] if len(runs) == 1 else runs
 
 
-def _cell_items(items: pd.DataFrame, cell: str, tasks: list[str], dense_order: dict[str, list]) -> dict | None:
+def cell_items(items: pd.DataFrame, cell: str, tasks: list[str], dense_order: dict[str, list]) -> dict | None:
     """A cell's per-item scores as {task: array} in the dense cell's item order (None if any is missing)."""
     out = {}
     for t in tasks:
@@ -203,7 +203,7 @@ def _add_intervals(frame: pd.DataFrame, results: pd.DataFrame, rows: list[str], 
     dense_cell = results[results.pathway == "dense"].cell.iloc[0]
     dense_raw = items[items.cell == dense_cell]
     order = {t: sorted(dense_raw[dense_raw.task == t].doc_id) for t in tasks}
-    dense = _cell_items(items, dense_cell, tasks, order)
+    dense = cell_items(items, dense_cell, tasks, order)
     if dense is None:
         return
     per_row = {}
@@ -247,8 +247,8 @@ def retention_interval(cell: str | None, rows: pd.DataFrame, results: pd.DataFra
     ours = rows.set_index("task")
     point = retention(ours["score"], dense_scores)
     if items is not None and not items.empty and cell is not None and "cell" in results:
-        tasks, order = _dense_item_order(results, items)
-        dense_items, run = _dense_items(results, items, tasks, order), _cell_items(items, cell, tasks, order)
+        tasks, order = dense_item_order(results, items)
+        dense_items, run = _dense_items(results, items, tasks, order), cell_items(items, cell, tasks, order)
         if dense_items is not None and run is not None:
             interval = bootstrap_retention(run, dense_items, boots, seed)
             return point, interval.low, interval.high
@@ -307,7 +307,7 @@ def _with_token_methods(results: pd.DataFrame) -> pd.DataFrame:
                                   for m, t in zip(results.method.astype(str), tokens)])
 
 
-def _dense_item_order(results: pd.DataFrame, items: pd.DataFrame) -> tuple[list[str], dict[str, list]]:
+def dense_item_order(results: pd.DataFrame, items: pd.DataFrame) -> tuple[list[str], dict[str, list]]:
     """The dense cell's tasks and, per task, its items' ids in order: every cell's items are aligned to it."""
     dense = results[results.pathway == "dense"]
     if dense.empty:
@@ -326,7 +326,7 @@ def task_differences(results: pd.DataFrame, items: pd.DataFrame, baseline: str =
     from probe.evaluation.uncertainty import paired_score_differences
 
     results = _with_token_methods(results)
-    tasks, order = _dense_item_order(results, items)
+    tasks, order = dense_item_order(results, items)
     pruned = results[results.pathway != "dense"].assign(label=lambda f: _setting_labels(f))
     cells_of = {key: _draw_order(group) for key, group in pruned.groupby(["label", "method"], sort=False)}
     entries = {}
@@ -371,8 +371,8 @@ def pool_differences(results: pd.DataFrame, items: pd.DataFrame, pairs: tuple[tu
     from probe.evaluation.uncertainty import paired_difference, paired_score_differences
 
     results = in_table1_order(results)
-    tasks, order = _dense_item_order(results, items)
-    dense_scores = _cell_items(items, results[results.pathway == "dense"].cell.iloc[0], tasks, order)
+    tasks, order = dense_item_order(results, items)
+    dense_scores = cell_items(items, results[results.pathway == "dense"].cell.iloc[0], tasks, order)
     if dense_scores is None:
         raise ResultsError("the dense cell lacks per-item scores for some task")
     pruned = results[results.pathway != "dense"].assign(label=lambda f: _setting_labels(f))
@@ -410,7 +410,7 @@ CHANGED = "items answered differently"
 def _dense_items(results: pd.DataFrame, items: pd.DataFrame, tasks: list[str], order: dict[str, list]
                  ) -> dict | None:
     """The dense cell's per-item scores as {task: array} in ``order`` (None if any is missing)."""
-    return _cell_items(items, results[results.pathway == "dense"].cell.iloc[0], tasks, order)
+    return cell_items(items, results[results.pathway == "dense"].cell.iloc[0], tasks, order)
 
 
 def _dense_differences(dense: dict | None, other_results: pd.DataFrame, other_items: pd.DataFrame,
@@ -434,8 +434,8 @@ def rerun_differences(results: pd.DataFrame, items: pd.DataFrame, rerun_results:
     retention is read against it."""
     from probe.evaluation.uncertainty import paired_difference, paired_score_differences
 
-    tasks, order = _dense_item_order(results, items)
-    if _dense_item_order(rerun_results, rerun_items) != (tasks, order):
+    tasks, order = dense_item_order(results, items)
+    if dense_item_order(rerun_results, rerun_items) != (tasks, order):
         raise ResultsError("the two grids score other tasks or items; a rerun is compared on the same ones")
     dense = _dense_items(results, items, tasks, order)
     differing = _dense_differences(dense, rerun_results, rerun_items, tasks, order)
@@ -446,7 +446,7 @@ def rerun_differences(results: pd.DataFrame, items: pd.DataFrame, rerun_results:
                            "that takes the first grid's dense cell (dense_from)")
     entries = {}
     for cell in dict.fromkeys(results[results.pathway != "dense"].cell):
-        first, second = _cell_items(items, cell, tasks, order), _cell_items(rerun_items, cell, tasks, order)
+        first, second = cell_items(items, cell, tasks, order), cell_items(rerun_items, cell, tasks, order)
         if first is None or second is None:
             continue
         overall = paired_difference(second, first, dense, boots, seed)
@@ -471,10 +471,10 @@ def join_draws(draws: list[tuple[pd.DataFrame, pd.DataFrame, int]]) -> tuple[pd.
     if len(draws) < 2:
         raise ResultsError(f"joining draws needs at least two grids, got {len(draws)}")
     (results, items, _), others = draws[0], draws[1:]
-    tasks, order = _dense_item_order(results, items)
+    tasks, order = dense_item_order(results, items)
     dense = _dense_items(results, items, tasks, order)
     for number, (other_results, other_items, _) in enumerate(others, start=2):
-        if _dense_item_order(other_results, other_items) != (tasks, order):
+        if dense_item_order(other_results, other_items) != (tasks, order):
             raise ResultsError(f"draw {number} scores other tasks or items than the first; draws are joined "
                                "on the same ones")
         differing = _dense_differences(dense, other_results, other_items, tasks, order)

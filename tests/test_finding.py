@@ -75,3 +75,10 @@ def test_a_grid_without_both_pathways_is_refused():
     results, items = _grid(answers)
     with pytest.raises(FindingError, match="both pathways"):
         pathway_finding(results, items, boots=100)
+
+
+def test_a_cell_scored_on_other_items_than_dense_is_refused():
+    results, items = _grid(_answers(20, 5, 18))
+    items = items[~((items.cell == "visual/mixed/0.5") & (items.doc_id == 0))]
+    with pytest.raises(FindingError, match="visual/mixed/0.5"):
+        pathway_finding(results, items, boots=100)
