@@ -1,6 +1,8 @@
-"""The benchmarks page's performance tables, written from ``results/bench/scale-cpu.json`` (``bench/bench_scale.py``).
+"""The performance tables of the benchmarks page and the README, written from stored benchmark output:
+``results/bench/scale-cpu.json`` (``bench/bench_scale.py``) and ``results/bench/eval-batching-cpu.json``
+(``bench/bench_eval.py``).
 
-    python -m analysis.performance          # rewrite the block between the benchmarks page's scale markers
+    python -m analysis.performance          # rewrite the blocks between the pages' markers
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SCALE_JSON = ROOT / "results" / "bench" / "scale-cpu.json"
 PAGE = ROOT / "docs" / "benchmarks.md"
 MARKERS = ("<!-- scale:start -->", "<!-- scale:end -->")
+EVAL_JSON = ROOT / "results" / "bench" / "eval-batching-cpu.json"
+EVAL_MARKERS = ("<!-- eval-batching:start -->", "<!-- eval-batching:end -->")
+EVAL_PAGES = (ROOT / "README.md", PAGE)
 LABELS = {"wanda/dense": "Wanda / dense forward", "sparsegpt/wanda": "SparseGPT / Wanda", "atv/wanda": "ATV / Wanda",
           "tamp/wanda": "TAMP / Wanda"}
 PAPER_RATIOS = {"sparsegpt/wanda": 9.04, "atv/wanda": 1.35, "tamp/wanda": 19.25}
@@ -63,19 +68,51 @@ def scale_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def page_block(text: str) -> str:
-    """The part of ``text`` between the scale markers."""
-    return text.split(MARKERS[0], 1)[1].split(MARKERS[1], 1)[0].strip("\n")
+def eval_batching_markdown(report: dict[str, Any]) -> str:
+    """Items per second at each batch size against batch 1, per model and task, and whether every run's
+    scores equal batch 1's."""
+    sizes = list(dict.fromkeys(str(r["batch_size"]) for r in report["runs"]))
+    machine = report["machine"]
+    lines = [f"Measured by `bench/bench_eval.py` in one run: {report['limit']} items per task, {report['dtype']}, "
+             f"{machine.get('cpu')} ({machine.get('torch_threads')} threads), the median of {report['repeats']} "
+             "rounds over the batch sizes. Items per second at batch 1, then each batch size's items per second "
+             "over batch 1's. Multiple-choice options already run as one batch per item at batch 1.", "",
+             "| model | task | batch 1 (items/s) | " + " | ".join(f"batch {s}" for s in sizes[1:])
+             + " | scores equal to batch 1 |", "|---|---|---|" + "---|" * len(sizes)]
+    pairs = list(dict.fromkeys((r["model"], r["task"]) for r in report["runs"]))
+    for model, task in pairs:
+        runs = {str(r["batch_size"]): r for r in report["runs"] if (r["model"], r["task"]) == (model, task)}
+        cells = [f"{runs[s]['ratio_to_batch_1']:.2f}x" if s in runs else "" for s in sizes[1:]]
+        equal = "yes" if all(r["equal_to_batch_1"] for r in runs.values()) else "no"
+        lines.append(f"| {model} | {task} | {runs['1']['items_per_second']:.2f} | " + " | ".join(cells)
+                     + f" | {equal} |")
+    return "\n".join(lines)
+
+
+def page_block(text: str, markers: tuple[str, str] = MARKERS) -> str:
+    """The part of ``text`` between ``markers``."""
+    return text.split(markers[0], 1)[1].split(markers[1], 1)[0].strip("\n")
+
+
+def _replace_block(page: Path, markers: tuple[str, str], block: str) -> None:
+    text = page.read_text()
+    head, rest = text.split(markers[0], 1)
+    tail = rest.split(markers[1], 1)[1]
+    page.write_text(f"{head}{markers[0]}\n{block}\n{markers[1]}{tail}")
 
 
 def write_page(page: Path = PAGE, source: Path = SCALE_JSON) -> None:
     """Rewrite the page's block between the scale markers from ``source``."""
-    text = page.read_text()
-    block = scale_markdown(json.loads(source.read_text()))
-    head, rest = text.split(MARKERS[0], 1)
-    tail = rest.split(MARKERS[1], 1)[1]
-    page.write_text(f"{head}{MARKERS[0]}\n{block}\n{MARKERS[1]}{tail}")
+    _replace_block(page, MARKERS, scale_markdown(json.loads(source.read_text())))
+
+
+def write_eval_batching(pages: tuple[Path, ...] = EVAL_PAGES, source: Path = EVAL_JSON) -> None:
+    """Rewrite the batched-scoring block of each page from ``source``."""
+    block = eval_batching_markdown(json.loads(source.read_text()))
+    for page in pages:
+        _replace_block(page, EVAL_MARKERS, block)
 
 
 if __name__ == "__main__":
     write_page()
+    write_eval_batching()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from conftest import bench_module
@@ -49,3 +50,34 @@ def test_the_readme_performance_tables_are_the_stored_scale_results():
     assert report["shape"] == "llava-hf/llama3-llava-next-8b-hf decoder widths" and len(report["nsamples"]) == 2
     assert {"wanda", "sparsegpt", "atv", "tamp", "dense"} <= {r["method"] for r in report["runs"]}
     assert MARKERS[0] in PAGE.read_text()
+
+
+def test_the_batched_scoring_tables_are_the_stored_benchmark():
+    """The README's and the benchmarks page's batched-scoring tables are the stored bench_eval output, whose
+    every run scored what batch 1 scored; the ratios are recomputed from its items per second."""
+    from analysis.performance import EVAL_JSON, EVAL_MARKERS, EVAL_PAGES, eval_batching_markdown, page_block
+
+    report = json.loads(EVAL_JSON.read_text())
+    for page in EVAL_PAGES:
+        assert page_block(page.read_text(), EVAL_MARKERS) == eval_batching_markdown(report)
+    assert all(run["equal_to_batch_1"] for run in report["runs"])
+    assert {str(r["batch_size"]) for r in report["runs"]} == {"1", "4", "16", "auto"}
+    for run in report["runs"]:
+        first = next(r for r in report["runs"] if (r["model"], r["task"], r["batch_size"]) ==
+                     (run["model"], run["task"], 1))
+        assert run["ratio_to_batch_1"] == pytest.approx(run["items_per_second"] / first["items_per_second"])
+
+
+def test_the_eval_benchmark_finds_a_changed_score():
+    bench = bench_module("bench_eval")
+    items = pd.DataFrame({"task": ["t", "t"], "metric": ["acc", "acc"], "doc_id": [0, 1], "value": [1.0, 0.0]})
+    answers = {("t", 0): "two", ("t", 1): [[1.25, False], [2.5, True]]}
+    assert bench.same_scores((items, answers), (items.iloc[::-1], dict(answers))) == []
+    near = {("t", 0): "two", ("t", 1): [[1.25 + 5e-5, False], [2.5, True]]}
+    assert bench.same_scores((items, answers), (items, near)) == []
+    far = {("t", 0): "two", ("t", 1): [[1.25 + 5e-3, False], [2.5, True]]}
+    assert bench.same_scores((items, answers), (items, far)) == ["option log-likelihoods of ('t', 1) differ"]
+    other = {("t", 0): "three", ("t", 1): answers[("t", 1)]}
+    assert bench.same_scores((items, answers), (items, other)) == ["answer of ('t', 0) differs"]
+    flipped = items.assign(value=[0.0, 0.0])
+    assert bench.same_scores((items, answers), (flipped, answers)) == ["per-item scores differ"]

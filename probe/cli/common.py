@@ -16,6 +16,16 @@ class RunInterrupted(ProbeError):
     """Ctrl-C during a run; the message says what was kept and how to go on."""
 
 
+def batch_size_arg(text: str) -> int | str:
+    """An argparse type: a positive integer or ``auto``."""
+    from probe.evaluation.batching import BatchSizeError, parse_batch_size
+
+    try:
+        return parse_batch_size(text)
+    except BatchSizeError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def positive_int(text: str) -> int:
     """An argparse type: an integer of at least 1."""
     try:

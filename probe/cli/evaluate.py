@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from probe.cli.common import RunInterrupted, add_command, add_model_args, positive_int, refuse_offload
+from probe.cli.common import (
+    RunInterrupted,
+    add_command,
+    add_model_args,
+    batch_size_arg,
+    positive_int,
+    refuse_offload,
+)
 from probe.errors import ProbeError
 
 
@@ -53,6 +60,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "'fastv(k=2, ratio=0.5)'), random (the control; 'random(k=2, ratio=0.5, seed=0)'), vitcop "
                         "(its decoder stages; presets vitcop-1/3, vitcop-2/9, vitcop-1/9) or none (None: the "
                         "checkpoint's own, if it was pruned with one)")
+    p.add_argument("--batch-size", type=batch_size_arg, default=1, metavar="N|auto",
+                   help="requests scored at once: generation pads prompts on the left, options run padded on the "
+                        "right; greedy answers and log-likelihoods equal batch 1's. auto: the largest that fits "
+                        "on the GPU (from 64, halved on out-of-memory), 8 on the CPU. Token pruning runs at 1")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=cmd_eval)
 
@@ -129,7 +140,13 @@ def _eval(args: argparse.Namespace) -> int:
     from analysis.results import ResultsError, load_scores
     from analysis.tables import retention_against
     from probe.core.manifest import check_output_file, write_text_atomic
-    from probe.evaluation.harness import evaluate, primary_rows, resolve_tasks
+    from probe.evaluation.harness import (
+        data_parallel_device,
+        data_parallel_rank,
+        evaluate,
+        primary_rows,
+        resolve_tasks,
+    )
     from probe.models.devices import check_device
     from probe.models.loading import load_model, model_config, parse_dtype
     from probe.token_pruning.base import make_pruner
@@ -143,7 +160,8 @@ def _eval(args: argparse.Namespace) -> int:
             raise ProbeError(f"{flag} is a setting of --metric kl")
     if args.out is not None:
         check_output_file(args.out)
-    check_device(args.device)
+    if args.device != "auto":  # auto: the weights spread over the GPUs (device_map="auto")
+        check_device(args.device)
     tasks = resolve_tasks(args.tasks)  # every task checked before the model loads
     pruner = make_pruner(args.token_pruning)
     found = model_config(args.model) if pruner is not None else None
@@ -161,9 +179,14 @@ def _eval(args: argparse.Namespace) -> int:
     if args.log_samples:
         samples_out = args.out.with_suffix(".samples.jsonl") if args.out else Path("runs/eval/samples.jsonl")
         check_output_file(samples_out)
-    loaded = load_model(args.model, dtype=parse_dtype(args.dtype), device=args.device, max_pixels=args.max_pixels)
+    rank, _ = data_parallel_rank()
+    device = data_parallel_device(args.device)
+    loaded = load_model(args.model, dtype=parse_dtype(args.dtype), device=device, max_pixels=args.max_pixels)
     table = evaluate(loaded, tasks, args.limit, show_progress=not args.no_progress, seed=args.seed,
-                     loglikelihood=args.loglikelihood, samples_out=samples_out, token_pruning=args.token_pruning)
+                     loglikelihood=args.loglikelihood, samples_out=samples_out if rank == 0 else None,
+                     token_pruning=args.token_pruning, batch_size=args.batch_size)
+    if rank > 0:  # under torchrun, rank 0 gathers the scores and writes them
+        return 0
     print(table.to_string(index=False))
     if args.out:
         write_text_atomic(args.out, table.to_csv(index=False))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from probe.cli.common import RunInterrupted, add_command, positive_int
+from probe.cli.common import RunInterrupted, add_command, batch_size_arg, positive_int
 from probe.core.names import (
     EXECUTORS,
     GRIDS,
@@ -49,6 +49,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                "(0.5,2:4)")
     settings.add_argument("--calib-seeds", type=_seed_list, default=None, metavar="SEED[,SEED...]",
                           help="calibration draws: every cell that uses calibration pruned once per seed")
+    settings.add_argument("--batch-size", type=batch_size_arg, default=None, metavar="N|auto",
+                          help="requests each cell scores at once (as probe eval --batch-size; None: the config's, "
+                               "else 1)")
     settings.add_argument("--metrics", type=_name_list, default=None, metavar="METRIC[,METRIC...]",
                           help="tasks (the task metrics) and/or kl (the proxy metric)")
     cluster = p.add_argument_group("cells as cluster jobs (--executor slurm or ray; the config's cluster: mapping "
@@ -83,7 +86,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
         out = Path("runs") / "grid" / f"{args.config.stem if args.config else args.grid or 'table1'}-quick"
     overrides = {"out": str(out) if out else None, "grid": args.grid, **(QUICK if args.quick else {})}
     given = {"model": args.model, "tasks": args.tasks, "limit": args.limit, "nsamples": args.nsamples,
-             "calib_seeds": args.calib_seeds, "metrics": args.metrics}
+             "calib_seeds": args.calib_seeds, "metrics": args.metrics, "batch_size": args.batch_size}
     overrides.update({name: value for name, value in given.items() if value is not None})
     if args.sparsity is not None:
         grid = args.grid or (_yaml_grid(args.config) if args.config else "table1")

@@ -161,6 +161,7 @@ def _prune(args: argparse.Namespace) -> int:
     from probe.api import prune_checkpoint
     from probe.core.manifest import check_output_dir
     from probe.data.calibration import CalibrationSpec
+    from probe.evaluation.vllm_route import vllm_problems
 
     check_output_dir(args.out, marker="manifest.json")
     config = prune_config_from_args(args)
@@ -180,4 +181,7 @@ def _prune(args: argparse.Namespace) -> int:
                               comp_style=comp_style, activation_dtype=args.activation_dtype,
                               spill_activations=args.spill_activations, memory_check=not args.no_memory_check)
     print(f"wrote {args.out} ({record.method}, {record.sparsity_summary()}, {record.timings['prune']:.1f} s)")
+    problems = vllm_problems(args.out)
+    print("lmms-eval's vllm model serves it as is" if not problems else
+          f"lmms-eval's vllm model: {'; '.join(problems)} (score it with the probe model)")
     return 0

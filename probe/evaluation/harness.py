@@ -49,6 +49,10 @@ class CacheFolderError(ProbeError):
     """A cache folder the evaluation writes (the datasets cache) that cannot be written."""
 
 
+class DataParallelError(ProbeError):
+    """A data-parallel launch that lacks what its processes need to find each other."""
+
+
 class HubUnavailableError(ProbeError):
     """A hub task requested where the Hugging Face hub cannot be reached."""
 
@@ -185,6 +189,36 @@ def primary_scores(table: pd.DataFrame) -> pd.Series:
     return primary_rows(table).set_index("task")["score"]
 
 
+def data_parallel_rank() -> tuple[int, int]:
+    """(this process's rank, the number of processes) of a ``torchrun`` launch; (0, 1) otherwise."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def data_parallel_device(device: str) -> str:
+    """The device this process serves on: under ``torchrun`` with ``cuda``, the GPU of its local rank."""
+    if device == "cuda" and data_parallel_rank()[1] > 1:
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    return device
+
+
+def start_data_parallel(device: str) -> None:
+    """Join the ``torchrun`` launch's process group before any scoring (NCCL between GPUs, gloo on the
+    CPU); nothing for a single process or a group already joined."""
+    import torch.distributed as dist
+
+    if data_parallel_rank()[1] == 1 or dist.is_initialized():
+        return
+    missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v)]
+    if missing:
+        raise DataParallelError(f"WORLD_SIZE is set but {', '.join(missing)} is not: launch with torchrun "
+                                "(torchrun --nproc-per-node N -m probe.cli eval ...)")
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.set_device(torch.device(device))
+    dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+
+
 def evaluate(loaded: LoadedModel, tasks: list[str], limit: int | None = None, **kwargs: Any) -> pd.DataFrame:
     """Score a model in memory on ``tasks`` through lmms-eval; a tidy table (task, metric, score, stderr,
     n). Keyword arguments as :func:`evaluate_with_items`."""
@@ -202,6 +236,7 @@ def evaluate_with_items(
     loglikelihood: str = "sum",
     samples_out: Path | None = None,
     token_pruning: str | None = None,
+    batch_size: int | str = 1,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Score a model in memory on ``tasks`` through lmms-eval: the tidy table (task, metric, score, stderr,
     n) and every item's score (task, metric, doc_id, value), from which intervals are drawn.
@@ -213,7 +248,11 @@ def evaluate_with_items(
     ``fastv(k=2, ratio=0.5)``) drops visual tokens at inference; the table then says which method ran and
     how many visual tokens were alive per layer on average (``visual_tokens``); with ``samples_out``, every
     request's record (visual tokens alive at each layer, each stage's choice) goes to ``<name>.tokens.jsonl``
-    beside it.
+    beside it. ``batch_size`` (an int or ``auto``) scores that many requests at once
+    (:mod:`probe.evaluation.batching`); greedy answers and log-likelihoods equal batch one's.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1, a process group initialised) each process scores its share of
+    the requests and rank 0 returns the gathered tables; the other ranks return empty ones.
     """
     from lmms_eval.evaluator import simple_evaluate
     from lmms_eval.tasks import TaskManager
@@ -227,12 +266,17 @@ def evaluate_with_items(
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         raise UnknownTaskError(f"unknown task(s) {', '.join(unknown)} (neither offline nor an lmms-eval task)")
+    rank, world = data_parallel_rank()
+    start_data_parallel(str(next(loaded.model.parameters()).device))
     model = ProbeLVLM(loaded=loaded, vision_cache=vision_cache, show_progress=show_progress,
-                      loglikelihood=loglikelihood, token_pruning=token_pruning)
-    with quiet_libraries(not show_progress):
+                      loglikelihood=loglikelihood, token_pruning=token_pruning, batch_size=batch_size)
+    with quiet_libraries(not show_progress or rank > 0):
         results = simple_evaluate(model=model, tasks=tasks, limit=limit, task_manager=manager, log_samples=True,
                                   verbosity="WARNING", random_seed=seed, numpy_random_seed=seed,
-                                  torch_random_seed=seed, fewshot_random_seed=seed, bootstrap_iters=0)
+                                  torch_random_seed=seed, fewshot_random_seed=seed, bootstrap_iters=0,
+                                  distributed_executor_backend="torchrun" if world > 1 else "accelerate")
+    if results is None:  # a rank other than 0: its scores went to rank 0
+        return pd.DataFrame(columns=SCORE_COLUMNS), pd.DataFrame(columns=ITEM_COLUMNS)
     if samples_out is not None:
         write_text_atomic(samples_out, "".join(json.dumps(row) + "\n" for row in sample_rows(results)))
         if model.token_runtime is not None:  # per request: visual tokens alive at every layer, each stage

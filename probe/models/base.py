@@ -8,7 +8,8 @@ small file under ``probe/models/`` that subclasses :class:`Adapter` and calls :f
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -153,12 +154,55 @@ class Adapter:
         self.check_inputs(inputs)
         return inputs
 
+    def build_batch_inputs(
+        self,
+        processor: Any,
+        conversations: Sequence[Sequence[Message]],
+        images: Sequence[Sequence[Image.Image]],
+        add_generation_prompt: bool = False,
+        answers: Sequence[str] | None = None,
+        padding_side: str = "left",
+    ) -> dict[str, torch.Tensor]:
+        """Model inputs for several conversations at once, each with its own images, padded on
+        ``padding_side`` (left for generation, right for scoring); each of ``answers`` is appended to its
+        rendered prompt. A tokenizer without a pad token pads with its end-of-sequence token."""
+        conversations = [self.conversation(m, i) for m, i in zip(conversations, images, strict=True)]
+        prompts = [self.render_prompt(processor, m, add_generation_prompt) for m in conversations]
+        if answers is not None:
+            prompts = [p + a for p, a in zip(prompts, answers, strict=True)]
+        kwargs = dict(text=prompts, return_tensors="pt", padding=True, padding_side=padding_side,
+                      **self.processor_kwargs())
+        if any(images):
+            kwargs["images"] = [list(i) for i in images]
+        tokenizer = getattr(processor, "tokenizer", processor)
+        with padding_token(tokenizer):
+            inputs = dict(processor(**kwargs))
+        self.check_inputs(inputs)
+        return inputs
+
+    def conversation(self, messages: Sequence[Message], images: Sequence[Image.Image]) -> Sequence[Message]:
+        """The messages as the family's chat template takes them (a text-only model leaves image places out)."""
+        return messages
+
     def check_inputs(self, inputs: dict[str, torch.Tensor]) -> None:
         """Raise :class:`InvalidInputsError` if the inputs lack something the family needs."""
 
     def set_max_pixels(self, processor: Any, max_pixels: int) -> None:
         """Cap the image resolution of native-resolution families (calibration must match evaluation)."""
         raise InvalidInputsError(f"max_pixels does not apply to the {self.model_types[0]!r} family")
+
+
+@contextlib.contextmanager
+def padding_token(tokenizer: Any) -> Iterator[None]:
+    """Within the block, a tokenizer without a pad token pads with its end-of-sequence token."""
+    if getattr(tokenizer, "pad_token", None) is not None or getattr(tokenizer, "eos_token", None) is None:
+        yield
+        return
+    tokenizer.pad_token = tokenizer.eos_token
+    try:
+        yield
+    finally:
+        tokenizer.pad_token = None
 
 
 _REGISTRY: dict[str, Adapter] = {}

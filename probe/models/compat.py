@@ -121,3 +121,13 @@ def cache_keyword(model: torch.nn.Module) -> str:
 def returned_cache(output):  # noqa: ANN001, ANN201
     """The KV cache a forward with ``use_cache=True`` returned, under either name."""
     return output["cache" if "cache" in output else "past_key_values"]
+
+
+def forget_rope_deltas(model: torch.nn.Module) -> None:
+    """Clear the M-RoPE position offsets a Qwen-VL model keeps from its last forward. A forward that
+    continues from a cache adds them to its positions, and a text-only prefill does not renew them, so
+    without this a text request scored from a cache after an image request is shifted by the image's
+    offset."""
+    for module in model.modules():
+        if getattr(module, "rope_deltas", None) is not None:
+            module.rope_deltas = None

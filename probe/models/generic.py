@@ -135,12 +135,15 @@ class GenericAdapter(Adapter):
 
     def build_inputs(self, processor: Any, messages: Sequence[Message], images: Sequence[Image.Image],
                      add_generation_prompt: bool = False) -> dict[str, torch.Tensor]:
-        if self.text_only:  # every token is text: a conversation's image places are left out
-            if images:
-                raise InvalidInputsError(f"{self.model_types[0]} is a text-only language model; it takes no images")
-            messages = [{**m, "content": [c for c in m["content"] if c.get("type") == "text"]}
-                        if isinstance(m["content"], list) else m for m in messages]
-        return super().build_inputs(processor, messages, images, add_generation_prompt)
+        return super().build_inputs(processor, self.conversation(messages, images), images, add_generation_prompt)
+
+    def conversation(self, messages: Sequence[Message], images: Sequence[Image.Image]) -> Sequence[Message]:
+        if not self.text_only:
+            return messages
+        if images:  # every token is text: a conversation's image places are left out
+            raise InvalidInputsError(f"{self.model_types[0]} is a text-only language model; it takes no images")
+        return [{**m, "content": [c for c in m["content"] if c.get("type") == "text"]}
+                if isinstance(m["content"], list) else m for m in messages]
 
     def language_model(self, model: nn.Module) -> nn.Module:
         return language_model_of(model)

@@ -19,6 +19,7 @@ from probe.models.compat import load_processor
 from probe.models.devices import check_device, warn_if_slow_dtype
 
 TINY_PREFIX = "tiny:"
+AUTO_DEVICE = "auto"  # device_map="auto": weights spread over the visible GPUs, then the CPU
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
 
@@ -58,8 +59,19 @@ def load_model(
 
     The family is checked against the registry from the config before any weights are read.
     ``max_pixels`` caps the image resolution of Qwen-VL families; use the same value for
-    calibration and evaluation.
+    calibration and evaluation. ``device="auto"`` spreads a folder's or hub model's weights over the
+    visible GPUs, then the CPU (transformers' ``device_map="auto"``), for scoring a model larger than one
+    GPU; the toolkit's own models go to the first GPU, else the CPU.
     """
+    if device == AUTO_DEVICE:
+        if ref in REFERENCE_MODELS or ref.startswith(TINY_PREFIX):
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        else:
+            warn_if_slow_dtype("cuda" if torch.cuda.is_available() else "cpu", dtype)
+            loaded = _load(ref, dtype, AUTO_DEVICE)
+            if max_pixels is not None:
+                loaded.adapter.set_max_pixels(loaded.processor, max_pixels)
+            return loaded
     check_device(device)
     warn_if_slow_dtype(device, dtype)
     loaded = _load(ref, dtype, device)
@@ -241,10 +253,15 @@ def _load(ref: str, dtype: torch.dtype, device: str) -> LoadedModel:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         processor = AutoTokenizer.from_pretrained(ref)
-        model = AutoModelForCausalLM.from_pretrained(ref, dtype=dtype)
-        model.to(device).eval()
+        model = _placed(AutoModelForCausalLM, ref, dtype, device)
         return LoadedModel(model, processor, get_adapter(model), ref)
     processor = load_processor(ref)
-    model = AutoModelForImageTextToText.from_pretrained(ref, dtype=dtype)
-    model.to(device).eval()
+    model = _placed(AutoModelForImageTextToText, ref, dtype, device)
     return LoadedModel(model, processor, get_adapter(model), ref)
+
+
+def _placed(auto_class: Any, ref: str, dtype: torch.dtype, device: str) -> torch.nn.Module:
+    """``ref``'s weights on ``device``, or spread by transformers' ``device_map="auto"`` (``device="auto"``)."""
+    if device == AUTO_DEVICE:
+        return auto_class.from_pretrained(ref, dtype=dtype, device_map="auto").eval()
+    return auto_class.from_pretrained(ref, dtype=dtype).to(device).eval()

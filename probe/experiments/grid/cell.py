@@ -150,7 +150,7 @@ def _evaluate_cell(ctx: GridContext, cell: Cell, model: torch.nn.Module, show_pr
             scores, items = evaluate_with_items(
                 loaded, [task], config.limit, show_progress=show_progress,
                 vision_cache=ctx.cache if cell.token_pruning == "none" else None, seed=config.seed,
-                loglikelihood=config.loglikelihood,
+                loglikelihood=config.loglikelihood, batch_size=config.batch_size,
                 samples_out=checkpoint.samples_path(task) if log_samples else None,
                 token_pruning=None if cell.token_pruning == "none" else cell.token_pruning)
             checkpoint.save(task, scores, items)

@@ -15,6 +15,7 @@ from pydantic import TypeAdapter, ValidationError
 from probe.core.names import GRIDS, MODALITY_POOLS
 from probe.data.calibration import CalibrationSpec
 from probe.errors import ProbeError
+from probe.evaluation.batching import BatchSizeError, parse_batch_size
 from probe.models.loading import DTYPES
 from probe.pruning.engine import PruneConfig
 from probe.pruning.method_spec import MethodEntry, method_entry
@@ -26,7 +27,8 @@ QUICK = {"nsamples": 8, "limit": 5, "sparsities": [0.5], "settings": ["0.5"]}
 IOU_POOLS = ("text", "visual")  # Fig. 1b compares the masks of these two pools
 CELL_LISTS = {"table1": ("sparsities", "pathways", "pools"),  # the settings whose entries make a grid's cells
               "table2": ("methods", "settings", "token_methods")}
-RUN_ONLY = ("out", "cluster", "dense_from")  # settings that say where and how a grid runs, not what it computes
+# settings that say where and how a grid runs, not what it computes
+RUN_ONLY = ("out", "cluster", "dense_from", "batch_size")
 RESUME_VERSIONS = ("torch", "transformers", "lmms-eval", "probe-lvlm")  # a grid resumes only on the same versions
 METRICS = ("tasks", "kl")
 PROXY_FILE = "proxy.csv"  # per cell, group and metric: the proxy metric's summary (per sample: proxy/<cell>.csv)
@@ -98,6 +100,8 @@ class GridConfig:
     device: str = "cpu"
     max_pixels: int | None = None
     loglikelihood: str = "sum"  # how multiple-choice options are scored: sum or mean over their tokens
+    # requests scored at once (an int or auto); scores equal batch 1's, so a grid may resume with another
+    batch_size: int | str = 1
     name: str = ""  # the tables' file name (default: the grid, table1 or table2)
     dense_from: str | None = None  # another grid's folder whose dense cell this grid takes (same DENSE_KEYS)
     cluster: dict[str, Any] = field(default_factory=dict)  # cluster jobs' resources (executors.Resources)
@@ -109,6 +113,10 @@ class GridConfig:
             raise GridConfigError(f"unknown grid {self.grid!r}; choose from {', '.join(GRIDS)}")
         if not self.out:
             self.out = f"runs/grid/{self.grid}"
+        try:
+            self.batch_size = parse_batch_size(self.batch_size)
+        except BatchSizeError as exc:
+            raise GridConfigError(str(exc)) from None
         if self.loglikelihood not in ("sum", "mean"):
             raise GridConfigError(f"loglikelihood must be sum or mean, got {self.loglikelihood!r}")
         if self.limit is not None and self.limit < 1:
