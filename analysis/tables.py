@@ -19,6 +19,7 @@ each with, per setting (50%, 60%, 2:4, ...), the task scores in % and the averag
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -357,6 +358,21 @@ PATHWAY_PAIRS = (("visual", "text"),)
 RETENTION_DIFFERENCE = "avg retention (pp)"
 
 
+def table1_runs(results: pd.DataFrame, items: pd.DataFrame) -> tuple[list[str], dict, dict[tuple, Any]]:
+    """A Table 1 grid's per-item scores: (tasks, the dense cell's ``{task: scores}``, and per (setting label,
+    pathway, pool) the row's scores: one cell's, or a list with each calibration draw's; None where some
+    are missing), every cell in the dense cell's item order."""
+    results = in_table1_order(results)
+    tasks, order = dense_item_order(results, items)
+    dense_scores = cell_items(items, results[results.pathway == "dense"].cell.iloc[0], tasks, order)
+    if dense_scores is None:
+        raise ResultsError("the dense cell lacks per-item scores for some task")
+    pruned = results[results.pathway != "dense"].assign(label=lambda f: _setting_labels(f))
+    scored = {key: _runs(items, _draw_order(group), tasks, order)
+              for key, group in pruned.groupby(["label", "pathway", "pool"], sort=False)}
+    return tasks, dense_scores, scored
+
+
 def pool_differences(results: pd.DataFrame, items: pd.DataFrame, pairs: tuple[tuple[str, str], ...] = POOL_PAIRS,
                      pathway_pairs: tuple[tuple[str, str], ...] = PATHWAY_PAIRS, boots: int = BOOTS,
                      seed: int = 0, adjust: str = "holm") -> pd.DataFrame:
@@ -370,14 +386,7 @@ def pool_differences(results: pd.DataFrame, items: pd.DataFrame, pairs: tuple[tu
     lack per-item scores are left out; cells of several calibration draws compare as their mean."""
     from probe.evaluation.uncertainty import paired_difference, paired_score_differences
 
-    results = in_table1_order(results)
-    tasks, order = dense_item_order(results, items)
-    dense_scores = cell_items(items, results[results.pathway == "dense"].cell.iloc[0], tasks, order)
-    if dense_scores is None:
-        raise ResultsError("the dense cell lacks per-item scores for some task")
-    pruned = results[results.pathway != "dense"].assign(label=lambda f: _setting_labels(f))
-    scored = {key: _runs(items, _draw_order(group), tasks, order)
-              for key, group in pruned.groupby(["label", "pathway", "pool"], sort=False)}
+    tasks, dense_scores, scored = table1_runs(results, items)
     comparisons = []  # (row key, run, baseline, whether the baseline is the dense run)
     for label in dict.fromkeys(key[0] for key in scored):
         pathways = dict.fromkeys(key[1] for key in scored if key[0] == label)
@@ -705,7 +714,8 @@ def write_grid_table(results: pd.DataFrame, out: Path, grid: str, model: str | N
     (``name`` defaults to the grid); a method grid with ATV selection-signal cells also gets
     ``<name>_signals`` in Table 3's layout, and one with per-item scores ``<name>_tasks_vs_wanda``
     (:func:`task_differences`); a Table 1 grid with per-item scores gets ``<name>_pools``
-    (:func:`pool_differences`). A grid of several calibration draws also gets each draw's own table,
+    (:func:`pool_differences`) and ``<name>_findings.md``, the paper's Findings A and B on the image and the
+    text tasks (:mod:`analysis.pathway_findings`). A grid of several calibration draws also gets each draw's own table,
     ``<name>_calib<seed>`` (unless ``per_draw`` is False). When the paper reports ``model``, the average
     retentions next to the paper's go to ``<name>_vs_paper``. The per-item scores are ``items`` when given,
     else those kept in ``out`` (``items/``). Under the main table, where the cells' records differ in code
@@ -760,6 +770,13 @@ def _write_task_tables(results: pd.DataFrame, out: Path, grid: str, model: str |
             differences = pool_differences(results, items, boots=boots, seed=seed, adjust=adjust)
             if not differences.empty:
                 markdown += "\n" + write_table(differences, out, f"{name}_pools")
+            from analysis.pathway_findings import findings_markdown, pathway_findings
+            from probe.core.manifest import write_text_atomic
+
+            findings = findings_markdown(pathway_findings(results, items, boots, seed, adjust), adjust, boots, seed)
+            if findings:
+                write_text_atomic(out / f"{name}_findings.md", findings)
+                markdown += "\n" + findings
     else:
         markdown = write_table(table2(results, items, boots=boots, seed=seed, adjust=adjust), out, name, note)
         if has_items:

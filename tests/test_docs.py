@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from probe.cli import build_parser
 from probe.cli.markdown import cli_markdown
 
@@ -68,3 +70,21 @@ def test_the_readme_is_short_and_starts_with_the_two_commands():
     assert len(lines) <= 150
     text = "\n".join(lines[:60])
     assert "make demo" in text and "make test" in text
+
+
+def test_include_blocks_copy_their_files_and_every_page_is_up_to_date(tmp_path):
+    from analysis.includes import IncludeError, pages_with_includes, rendered
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "table.md").write_text("| a |\n|---|\n| 1 |\n")
+    page = tmp_path / "README.md"
+    page.write_text("Intro.\n\n<!-- include: data/table.md -->\nstale, typed by hand\n<!-- end include -->\n\nEnd.\n")
+    assert rendered(page) == ("Intro.\n\n<!-- include: data/table.md -->\n| a |\n|---|\n| 1 |\n<!-- end include -->"
+                              "\n\nEnd.\n")
+    page.write_text("<!-- include: data/missing.md -->\n<!-- end include -->\n")
+    with pytest.raises(IncludeError, match="missing.md, which does not exist"):
+        rendered(page)
+    pages = pages_with_includes()
+    assert any(p.name == "README.md" and p.parent.name == "reference-large" for p in pages)
+    stale = [str(p) for p in pages if rendered(p) != p.read_text()]
+    assert not stale, f"run python -m analysis.includes: {stale}"

@@ -82,3 +82,89 @@ def test_a_cell_scored_on_other_items_than_dense_is_refused():
     items = items[~((items.cell == "visual/mixed/0.5") & (items.doc_id == 0))]
     with pytest.raises(FindingError, match="visual/mixed/0.5"):
         pathway_finding(results, items, boots=100)
+
+
+def _pool_grid(answers: dict[tuple[str, str], dict[str, list[int]]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A Table 1 grid whose (pathway, pool) cells gave ``answers`` ({task: 0/1 per item})."""
+    results, items = [], []
+    for (pathway, pool), tasks in answers.items():
+        cell = "dense" if pathway == "dense" else f"{pathway}/{pool}/0.5"
+        for task, values in tasks.items():
+            results.append({"cell": cell, "pathway": pathway, "pool": pool, "sparsity": 0.0 if cell == "dense" else 0.5,
+                            "task": task, "metric": "acc", "score": float(np.mean(values)), "n": len(values)})
+            items += [{"cell": cell, "task": task, "doc_id": i, "value": v} for i, v in enumerate(values)]
+    return pd.DataFrame(results), pd.DataFrame(items)
+
+
+def _right(count: int, n: int = 40) -> list[int]:
+    return [1] * count + [0] * (n - count)
+
+
+def test_findings_a_and_b_are_restated_per_task_group_with_holm_over_all_comparisons():
+    from analysis.pathway_findings import pathway_findings, sentence
+    from probe.evaluation.significance import retention_test
+
+    image, text = "clipart_category", "quote_completion"  # an image task and the text-only one
+    dense = {image: _right(30), text: _right(32)}
+    answers = {("dense", "-"): dense,
+               ("text", "text"): {image: _right(27), text: _right(30)},
+               ("text", "visual"): {image: _right(26), text: _right(12)},
+               ("visual", "text"): {image: _right(8), text: dense[text]},  # text-only: the visual pathway is idle
+               ("visual", "visual"): {image: _right(29), text: dense[text]}}
+    results, items = _pool_grid(answers)
+    found = pathway_findings(results, items, boots=2000)
+    keys = [(c.finding, c.label, c.group) for c in found]
+    assert keys == [("A", "text pathway: text − visual pool", "image tasks"),  # text − mixed: no mixed cell
+                    ("A", "text pathway: text − visual pool", "text tasks"),
+                    ("B", "visual − text pathway: text pool", "image tasks"),
+                    ("B", "visual − text pathway: text pool", "text tasks"),
+                    ("B", "visual − text pathway: visual pool", "image tasks"),
+                    ("B", "visual − text pathway: visual pool", "text tasks")]
+    by_key = {(c.finding, c.label, c.group): c for c in found}
+    # differences by hand: retention over a group's one task is score / dense score, in points
+    run_base = {("A", "text pathway: text − visual pool"): (("text", "text"), ("text", "visual")),
+                ("B", "visual − text pathway: text pool"): (("visual", "text"), ("text", "text")),
+                ("B", "visual − text pathway: visual pool"): (("visual", "visual"), ("text", "visual"))}
+    raw = []
+    for (finding, label), (run, base) in run_base.items():
+        for group, task in (("image tasks", image), ("text tasks", text)):
+            expected = 100 * (np.mean(answers[run][task]) - np.mean(answers[base][task])) / np.mean(dense[task])
+            comparison = by_key[(finding, label, group)]
+            assert comparison.difference.estimate == pytest.approx(expected)
+            assert comparison.tasks == (task,) and comparison.draws == 1
+            p = retention_test({task: np.array(answers[run][task], float)},
+                               {task: np.array(answers[base][task], float)},
+                               {task: np.array(dense[task], float)}, resamples=2000)
+            assert comparison.difference.p == pytest.approx(p)
+            raw.append(((finding, label, group), p))
+    # Holm by hand: the k-th smallest of m p-values times (m - k + 1), made monotone, capped at 1
+    ordered = sorted(raw, key=lambda r: r[1])
+    running, holm = 0.0, {}
+    for k, (key, p) in enumerate(ordered):
+        running = max(running, min(1.0, (len(ordered) - k) * p))
+        holm[key] = running
+    for key, c in by_key.items():
+        assert c.p_adjusted == pytest.approx(holm[key])
+        expected = "inside the noise" if holm[key] >= 0.05 else "holds" if c.difference.estimate > 0 else "reversed"
+        assert c.verdict == expected
+    # the text pathway's visual-pool statistics cost the quotes 18 of 32 items: Finding A holds there
+    assert by_key[("A", "text pathway: text − visual pool", "text tasks")].verdict == "holds"
+    # the visual pathway pruned with text tokens loses clip art: the opposite of Finding B on the image tasks
+    assert by_key[("B", "visual − text pathway: text pool", "image tasks")].verdict == "reversed"
+    idle = by_key[("B", "visual − text pathway: visual pool", "text tasks")]
+    assert "cannot change a text-only task" in sentence(idle) and idle.difference.estimate == pytest.approx(
+        100 * 20 / 32)
+
+
+def test_probe_table_writes_the_findings_beside_a_table1_grid(tmp_path):
+    from analysis.tables import write_grid_table
+
+    image, text = "clipart_category", "quote_completion"
+    answers = {("dense", "-"): {image: _right(30), text: _right(32)},
+               ("text", "visual"): {image: _right(25), text: _right(20)},
+               ("visual", "visual"): {image: _right(28), text: _right(32)}}
+    results, items = _pool_grid(answers)
+    markdown = write_grid_table(results, tmp_path, "table1", items=items, boots=500, records={})
+    written = (tmp_path / "table1_findings.md").read_text()
+    assert written in markdown and "visual − text pathway: visual pool" in written
+    assert "Family: 2 comparisons" in written  # Finding A needs the text pool's cell; B has one pool, two groups
