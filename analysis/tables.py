@@ -93,9 +93,9 @@ def retention_table(results: pd.DataFrame, rows: list[str], items: pd.DataFrame 
     cell), ``task``, ``score``, the ``rows`` keys and ``setting`` (or ``sparsity``), and ``stderr`` or
     ``n`` for the standard errors. With per-item scores (``items``: cell, task, doc_id, value), the
     retention gets a paired bootstrap 95% interval (``low``, ``high``), and with ``baseline`` (a value of
-    the last ``rows`` key, e.g. ``wanda``) each row's difference in average retention to the baseline's
-    row of the same setting, in percentage points, with its paired bootstrap interval
-    (``vs <baseline> (pp)``: ``diff``, ``low``, ``high``).
+    the last ``rows`` key, e.g. ``wanda``, or ``dense``: the dense cell) each row's difference in average
+    retention to the baseline's row of the same setting, in percentage points, with its paired bootstrap
+    interval and exact p-value (``vs <baseline> (pp)``: ``diff``, ``low``, ``high``, ``p``).
     """
     dense = results[results.pathway == "dense"].set_index("task")["score"]
     if dense.empty:
@@ -128,6 +128,7 @@ def retention_table(results: pd.DataFrame, rows: list[str], items: pd.DataFrame 
 
 
 DRAW = "calib_seed"  # the results column naming a cell's calibration draw
+DENSE_BASELINE = "dense"  # a baseline that is the dense cell: differences are retention minus 100
 
 
 def draw_stderr(scores: pd.Series, errors: pd.Series) -> float:
@@ -222,12 +223,14 @@ def _add_intervals(frame: pd.DataFrame, results: pd.DataFrame, rows: list[str], 
     if baseline is None:
         return
     group = f"vs {baseline} (pp)"
+    against_dense = baseline == DENSE_BASELINE
     diff, low, high, p = [], [], [], []
     for key in frame.index:
-        base = per_row.get((key[0], *key[1:-1], baseline))
+        base = dense if against_dense else per_row.get((key[0], *key[1:-1], baseline))
         scored = per_row.get(key)
-        interval = (paired_difference(scored, base, dense, boots, seed)
-                    if scored is not None and base is not None and key[-1] != baseline else None)
+        interval = (paired_difference(scored, base, dense, boots, seed, against_dense=against_dense)
+                    if scored is not None and base is not None and key[-1] != baseline and key[0] != "dense"
+                    else None)
         diff.append(interval.estimate if interval else float("nan"))
         low.append(interval.low if interval else float("nan"))
         high.append(interval.high if interval else float("nan"))
@@ -291,12 +294,20 @@ def table1(results: pd.DataFrame, items: pd.DataFrame | None = None, boots: int 
 def table2(results: pd.DataFrame, items: pd.DataFrame | None = None, baseline: str | None = "wanda",
            boots: int = BOOTS, seed: int = 0, adjust: str = "holm") -> pd.DataFrame:
     """The method comparison in Table 2's layout: a row per method; with ``items``, retention intervals
-    and each method's paired difference to ``baseline`` (Wanda, as in the paper's comparison). Cells with
+    and each method's paired difference to ``baseline`` (Wanda, as in the paper's comparison; a grid
+    without Wanda's rows, such as a sparsity sweep of one method, against the dense model). Cells with
     visual token pruning at inference are rows of their own, ``method with token method`` (``dense with
     fastv(...)`` for token pruning alone)."""
     results = _with_token_methods(results)
-    has_baseline = baseline is not None and baseline in set(results.method.astype(str))
-    return retention_table(results, ["method"], items, baseline if has_baseline else None, boots, seed, adjust)
+    return retention_table(results, ["method"], items, effective_baseline(results, baseline), boots, seed, adjust)
+
+
+def effective_baseline(results: pd.DataFrame, baseline: str | None) -> str | None:
+    """``baseline``, or the dense cell (``dense``) for a grid without the baseline's rows (a sparsity sweep
+    of one method)."""
+    if baseline is None or baseline in set(_with_token_methods(results).method.astype(str)):
+        return baseline
+    return DENSE_BASELINE
 
 
 def _with_token_methods(results: pd.DataFrame) -> pd.DataFrame:
@@ -323,19 +334,23 @@ def task_differences(results: pd.DataFrame, items: pd.DataFrame, baseline: str =
     """Per setting and method, each task's score minus the ``baseline`` method's at the same setting, in
     percentage points, with a paired bootstrap 95% interval over the same items and an exact paired
     p-value, adjusted over the table's comparisons (``<task> vs <baseline> (pp)``: ``diff``, ``low``,
-    ``high``, ``p``, ``p_adj``). Rows whose cell or baseline lacks per-item scores are left out."""
+    ``high``, ``p``, ``p_adj``). A grid without the baseline's rows compares against the dense cell
+    (:func:`effective_baseline`). Rows whose cell or baseline lacks per-item scores are left out."""
     from probe.evaluation.uncertainty import paired_score_differences
 
     results = _with_token_methods(results)
+    baseline = effective_baseline(results, baseline)
     tasks, order = dense_item_order(results, items)
     pruned = results[results.pathway != "dense"].assign(label=lambda f: _setting_labels(f))
     cells_of = {key: _draw_order(group) for key, group in pruned.groupby(["label", "method"], sort=False)}
+    dense_cell = results[results.pathway == "dense"].cell.iloc[0]
     entries = {}
     for (label, method), cells in cells_of.items():
-        if method == baseline or (label, baseline) not in cells_of:
+        if method == baseline or (baseline != DENSE_BASELINE and (label, baseline) not in cells_of):
             continue
         scored = _runs(items, cells, tasks, order)
-        base = _runs(items, cells_of[(label, baseline)], tasks, order)
+        base = _runs(items, [dense_cell] if baseline == DENSE_BASELINE else cells_of[(label, baseline)], tasks,
+                     order)
         if scored is None or base is None:
             continue
         differences = paired_score_differences(scored, base, boots, seed)
@@ -713,7 +728,8 @@ def write_grid_table(results: pd.DataFrame, out: Path, grid: str, model: str | N
     """The table of a finished grid (``table1`` or ``table2``) written into ``out`` as ``name``.md/.csv/.tex
     (``name`` defaults to the grid); a method grid with ATV selection-signal cells also gets
     ``<name>_signals`` in Table 3's layout, and one with per-item scores ``<name>_tasks_vs_wanda``
-    (:func:`task_differences`); a Table 1 grid with per-item scores gets ``<name>_pools``
+    (:func:`task_differences`; ``_tasks_vs_dense`` for a grid without Wanda's rows, such as a sweep); a
+    Table 1 grid with per-item scores gets ``<name>_pools``
     (:func:`pool_differences`) and ``<name>_findings.md``, the paper's Findings A and B on the image and the
     text tasks (:mod:`analysis.pathway_findings`). A grid of several calibration draws also gets each draw's own table,
     ``<name>_calib<seed>`` (unless ``per_draw`` is False). When the paper reports ``model``, the average
@@ -782,7 +798,8 @@ def _write_task_tables(results: pd.DataFrame, out: Path, grid: str, model: str |
         if has_items:
             differences = task_differences(results, items, boots=boots, seed=seed, adjust=adjust)
             if not differences.empty:
-                markdown += "\n" + write_table(differences, out, f"{name}_tasks_vs_wanda")
+                baseline = effective_baseline(results, "wanda")
+                markdown += "\n" + write_table(differences, out, f"{name}_tasks_vs_{baseline}")
         signals = table3(results)
         if signals.index.droplevel("setting").nunique() > 2:  # the dense row and more than one ATV variant
             markdown += "\n" + write_table(signals, out, f"{name}_signals")

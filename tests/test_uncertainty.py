@@ -130,6 +130,32 @@ def test_table2_shows_errors_intervals_and_differences_to_wanda():
     assert "Family: 1 paired comparisons in this table" in markdown
 
 
+def test_a_sweep_without_wanda_compares_every_cell_with_the_dense_model():
+    """A grid of one method (a sparsity sweep) has no Wanda row: each cell is compared with the dense model,
+    its retention minus 100, and per task its score minus the dense score, each with its exact p-value."""
+    from probe.evaluation.significance import adjust, paired_test, retention_test
+
+    results, items = _grid({"dense": DENSE, "wanda-text": WANDA, "atv": ATV})  # no "wanda" row
+    table = table2(results, items)
+    p_values = []
+    for method, run in (("wanda-text", WANDA), ("atv", ATV)):
+        row = table.loc[("50%", method)]
+        kept = 100 * np.mean([run[t].mean() / DENSE[t].mean() for t in ("a", "b")])  # retention by hand
+        assert row[("vs dense (pp)", "diff")] == pytest.approx(kept - 100)
+        p_values.append(retention_test(run, DENSE, DENSE, against_dense=True))
+        assert row[("vs dense (pp)", "p")] == pytest.approx(p_values[-1])
+    assert list(table.loc[("50%", slice(None)), ("vs dense (pp)", "p_adj")]) == pytest.approx(
+        list(adjust(np.array(p_values))))
+    assert np.isnan(table.loc[("dense", "dense"), ("vs dense (pp)", "diff")])
+    per_task = task_differences(results, items)
+    assert list(per_task.index) == [("50%", "wanda-text"), ("50%", "atv")]
+    for method, run in (("wanda-text", WANDA), ("atv", ATV)):
+        for t in ("a", "b"):
+            row = per_task.loc[("50%", method), f"{t} vs dense (pp)"]
+            assert row["diff"] == pytest.approx(100 * (run[t].mean() - DENSE[t].mean()))
+            assert row["p"] == pytest.approx(paired_test(run[t], DENSE[t]))
+
+
 def test_delta_method_interval_by_hand():
     from probe.evaluation.uncertainty import delta_retention
 
