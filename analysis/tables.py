@@ -731,7 +731,8 @@ def write_grid_table(results: pd.DataFrame, out: Path, grid: str, model: str | N
     (:func:`task_differences`; ``_tasks_vs_dense`` for a grid without Wanda's rows, such as a sweep); a
     Table 1 grid with per-item scores gets ``<name>_pools``
     (:func:`pool_differences`) and ``<name>_findings.md``, the paper's Findings A and B on the image and the
-    text tasks (:mod:`analysis.pathway_findings`). A grid of several calibration draws also gets each draw's own table,
+    text tasks (:mod:`analysis.pathway_findings`), and with ``mask_iou.csv`` ``<name>_mask_iou.md``
+    (:mod:`analysis.mask_overlap`). A grid of several calibration draws also gets each draw's own table,
     ``<name>_calib<seed>`` (unless ``per_draw`` is False). When the paper reports ``model``, the average
     retentions next to the paper's go to ``<name>_vs_paper``. The per-item scores are ``items`` when given,
     else those kept in ``out`` (``items/``). Under the main table, where the cells' records differ in code
@@ -793,6 +794,15 @@ def _write_task_tables(results: pd.DataFrame, out: Path, grid: str, model: str |
             if findings:
                 write_text_atomic(out / f"{name}_findings.md", findings)
                 markdown += "\n" + findings
+        if (out / "mask_iou.csv").is_file():
+            from analysis.mask_overlap import iou_markdown
+            from probe.core.manifest import write_text_atomic
+
+            iou = pd.read_csv(out / "mask_iou.csv")
+            if not iou.empty:
+                overlap = iou_markdown(iou)
+                write_text_atomic(out / f"{name}_mask_iou.md", overlap)
+                markdown += "\n" + overlap
     else:
         markdown = write_table(table2(results, items, boots=boots, seed=seed, adjust=adjust), out, name, note)
         if has_items:

@@ -168,3 +168,25 @@ def test_probe_table_writes_the_findings_beside_a_table1_grid(tmp_path):
     written = (tmp_path / "table1_findings.md").read_text()
     assert written in markdown and "visual − text pathway: visual pool" in written
     assert "Family: 2 comparisons" in written  # Finding A needs the text pool's cell; B has one pool, two groups
+
+
+def test_mask_overlap_summary_by_hand(tmp_path):
+    from analysis.mask_overlap import iou_markdown, iou_summary
+    from analysis.tables import write_grid_table
+
+    iou = pd.DataFrame({"pathway": ["text"] * 4 + ["visual"] * 2, "sparsity": [0.5] * 6,
+                        "linear": ["layers.0.mlp.down_proj", "layers.0.self_attn.q_proj", "layers.1.mlp.down_proj",
+                                   "layers.1.self_attn.q_proj", "layers.0.mlp.down_proj", "layers.0.self_attn.q_proj"],
+                        "iou": [0.6, 0.8, 0.7, 0.9, 0.5, 0.75]})
+    text = iou_summary(iou).set_index("pathway").loc["text"]
+    assert (text["linears"], text["least"], text["median"], text["most"]) == (4, 0.6, pytest.approx(0.75), 0.9)
+    assert text["mean down_proj"] == pytest.approx(0.65) and text["mean q_proj"] == pytest.approx(0.85)
+    assert text["random masks"] == pytest.approx(0.5 / 1.5)  # s / (2 - s) at 50%
+    assert "| visual | 50% | 2 | 0.50 | 0.62 | 0.75 |" in iou_markdown(iou)
+    # probe table writes it beside a Table 1 grid that holds mask_iou.csv
+    image, text_task = "clipart_category", "quote_completion"
+    results, items = _pool_grid({("dense", "-"): {image: _right(30), text_task: _right(32)},
+                                 ("text", "visual"): {image: _right(25), text_task: _right(20)}})
+    iou.to_csv(tmp_path / "mask_iou.csv", index=False)
+    write_grid_table(results, tmp_path, "table1", items=items, boots=200, records={})
+    assert (tmp_path / "table1_mask_iou.md").read_text() == iou_markdown(iou)
