@@ -5,8 +5,9 @@ quotes are the files' own:
     (the file's text, written by this module)
     <!-- end include -->
 
-The path is relative to the page. ``python -m analysis.includes PAGE...`` rewrites every block from its
-file; a test checks that every page with blocks is up to date, so a block edited by hand fails it.
+The path is relative to the page. A Markdown file is copied as it is; a CSV file becomes a Markdown table
+(numbers to four significant digits). ``python -m analysis.includes PAGE...`` rewrites every block from
+its file; a test checks that every page with blocks is up to date, so a block edited by hand fails it.
 """
 
 from __future__ import annotations
@@ -36,10 +37,20 @@ def rendered(page: Path) -> str:
         source = page.parent / match.group("path")
         if not source.is_file():
             raise IncludeError(f"{page}: the include block names {match.group('path')}, which does not exist")
-        body = source.read_text()
+        body = csv_markdown(source) if source.suffix == ".csv" else source.read_text()
         return f"{match.group(1)}{body if body.endswith(chr(10)) else body + chr(10)}{match.group(4)}"
 
     return BLOCK.sub(fill, page.read_text())
+
+
+def csv_markdown(path: Path) -> str:
+    """A CSV file as a Markdown table, numbers to four significant digits."""
+    import pandas as pd
+
+    frame = pd.read_csv(path)
+    cells = [[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row] for row in frame.itertuples(index=False)]
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells]) + "\n"
 
 
 def pages_with_includes(root: Path = ROOT) -> list[Path]:

@@ -81,6 +81,10 @@ def test_include_blocks_copy_their_files_and_every_page_is_up_to_date(tmp_path):
     page.write_text("Intro.\n\n<!-- include: data/table.md -->\nstale, typed by hand\n<!-- end include -->\n\nEnd.\n")
     assert rendered(page) == ("Intro.\n\n<!-- include: data/table.md -->\n| a |\n|---|\n| 1 |\n<!-- end include -->"
                               "\n\nEnd.\n")
+    (tmp_path / "data" / "scores.csv").write_text("task,score,n\ndigits,0.123456,40\n")
+    page.write_text("<!-- include: data/scores.csv -->\n<!-- end include -->\n")
+    assert rendered(page) == ("<!-- include: data/scores.csv -->\n| task | score | n |\n|---|---|---|\n"
+                              "| digits | 0.1235 | 40 |\n<!-- end include -->\n")
     page.write_text("<!-- include: data/missing.md -->\n<!-- end include -->\n")
     with pytest.raises(IncludeError, match="missing.md, which does not exist"):
         rendered(page)
