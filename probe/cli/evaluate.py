@@ -140,13 +140,8 @@ def _eval(args: argparse.Namespace) -> int:
     from analysis.results import ResultsError, load_scores
     from analysis.tables import retention_against
     from probe.core.manifest import check_output_file, write_text_atomic
-    from probe.evaluation.harness import (
-        data_parallel_device,
-        data_parallel_rank,
-        evaluate,
-        primary_rows,
-        resolve_tasks,
-    )
+    from probe.evaluation.data_parallel import data_parallel_device, data_parallel_rank
+    from probe.evaluation.harness import evaluate, primary_rows, resolve_tasks
     from probe.models.devices import check_device
     from probe.models.loading import load_model, model_config, parse_dtype
     from probe.token_pruning.base import make_pruner

@@ -87,7 +87,7 @@ class BatchRunner:
         while True:
             try:
                 out = step(rest[:size])
-            except (torch.OutOfMemoryError, RuntimeError) as error:
+            except RuntimeError as error:  # torch.OutOfMemoryError is one
                 if not out_of_memory(error) or size == 1:
                     raise
                 torch.cuda.empty_cache()

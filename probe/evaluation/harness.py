@@ -20,6 +20,7 @@ import pandas as pd
 from probe.core.manifest import write_text_atomic
 from probe.core.progress import quiet_libraries
 from probe.errors import ProbeError
+from probe.evaluation.data_parallel import data_parallel_rank, start_data_parallel
 from probe.evaluation.task_files import OFFLINE_TASKS, TASK_PRESETS, built_tasks, ensure_task_files
 from probe.evaluation.uncertainty import standard_error
 from probe.models.loading import LoadedModel
@@ -47,10 +48,6 @@ class UnknownTaskError(ProbeError):
 
 class CacheFolderError(ProbeError):
     """A cache folder the evaluation writes (the datasets cache) that cannot be written."""
-
-
-class DataParallelError(ProbeError):
-    """A data-parallel launch that lacks what its processes need to find each other."""
 
 
 class HubUnavailableError(ProbeError):
@@ -187,36 +184,6 @@ def primary_rows(table: pd.DataFrame) -> pd.DataFrame:
 def primary_scores(table: pd.DataFrame) -> pd.Series:
     """Each task's official score, indexed by task."""
     return primary_rows(table).set_index("task")["score"]
-
-
-def data_parallel_rank() -> tuple[int, int]:
-    """(this process's rank, the number of processes) of a ``torchrun`` launch; (0, 1) otherwise."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def data_parallel_device(device: str) -> str:
-    """The device this process serves on: under ``torchrun`` with ``cuda``, the GPU of its local rank."""
-    if device == "cuda" and data_parallel_rank()[1] > 1:
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-    return device
-
-
-def start_data_parallel(device: str) -> None:
-    """Join the ``torchrun`` launch's process group before any scoring (NCCL between GPUs, gloo on the
-    CPU); nothing for a single process or a group already joined."""
-    import torch.distributed as dist
-
-    if data_parallel_rank()[1] == 1 or dist.is_initialized():
-        return
-    missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v)]
-    if missing:
-        raise DataParallelError(f"WORLD_SIZE is set but {', '.join(missing)} is not: launch with torchrun "
-                                "(torchrun --nproc-per-node N -m probe.cli eval ...)")
-    if device.startswith("cuda"):
-        import torch
-
-        torch.cuda.set_device(torch.device(device))
-    dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
 
 
 def evaluate(loaded: LoadedModel, tasks: list[str], limit: int | None = None, **kwargs: Any) -> pd.DataFrame:

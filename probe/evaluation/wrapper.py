@@ -35,7 +35,6 @@ each process serves its share on ``cuda:LOCAL_RANK`` when the device is ``cuda``
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -50,6 +49,7 @@ from probe.calibration.capture import move
 from probe.core.progress import progress_bar
 from probe.errors import ProbeError
 from probe.evaluation.batching import BatchRunner, grouped_order, parse_batch_size
+from probe.evaluation.data_parallel import data_parallel_device, data_parallel_rank
 from probe.models.compat import cache_keyword, forget_rope_deltas, returned_cache
 from probe.models.loading import LoadedModel, load_model, parse_dtype
 from probe.models.vision_cache import VisionFeatureCache
@@ -86,11 +86,8 @@ class ProbeLVLM(lmms):
                                           f"got {loglikelihood!r}")
         self.reduction = loglikelihood
         requested = parse_batch_size(batch_size)
-        self._rank = int(os.environ.get("RANK", 0))
-        self._world_size = int(os.environ.get("WORLD_SIZE", 1))
-        if loaded is None and device == "cuda" and "LOCAL_RANK" in os.environ:
-            device = f"cuda:{os.environ['LOCAL_RANK']}"  # one GPU per data-parallel process
-        self.loaded = loaded or load_model(pretrained, dtype=parse_dtype(dtype), device=device,
+        self._rank, self._world_size = data_parallel_rank()
+        self.loaded = loaded or load_model(pretrained, dtype=parse_dtype(dtype), device=data_parallel_device(device),
                                            max_pixels=int(max_pixels) if max_pixels else None)
         self.vision_cache = vision_cache
         self.show_progress = show_progress and self._rank == 0
@@ -229,6 +226,12 @@ class ProbeLVLM(lmms):
                 bar.advance()
         return answers
 
+    @property
+    def _pad_id(self) -> int:
+        """The id rows are padded with: the tokenizer's pad token, else its end-of-sequence token."""
+        tokenizer = self.loaded.processor.tokenizer
+        return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
     def _end_ids(self) -> set[int]:
         """The token ids that end an answer (the generation config's end-of-sequence ids)."""
         eos = getattr(getattr(self._model, "generation_config", None), "eos_token_id", None)
@@ -243,15 +246,14 @@ class ProbeLVLM(lmms):
         end_ids = self._end_ids()
         keys = [(tuple(sorted(settings.items())), bool(images)) for _, settings, _, images in prepared]
         lengths = [len(context) + 1000 * len(images) for context, _, _, images in prepared]
-        answers: list[str | None] = [None] * len(prepared)
+        answers = [""] * len(prepared)
 
         def step(batch: list[int]) -> list[str]:
             inputs = self.loaded.adapter.build_batch_inputs(
                 self.loaded.processor, [self._messages(prepared[i][0], prepared[i][3]) for i in batch],
                 [prepared[i][3] for i in batch], add_generation_prompt=True, padding_side="left")
             inputs = move(inputs, self._device, next(self._model.parameters()).dtype)
-            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-            out = self._model.generate(**inputs, **prepared[batch[0]][1], pad_token_id=pad)
+            out = self._model.generate(**inputs, **prepared[batch[0]][1], pad_token_id=self._pad_id)
             texts = []
             for row in out[:, inputs["input_ids"].shape[1]:].tolist():
                 ends = [k for k, t in enumerate(row) if t in end_ids]
@@ -262,7 +264,7 @@ class ProbeLVLM(lmms):
         for group in grouped_order(keys, lengths):
             for index, text in zip(group, self._batches.run(group, step)):
                 answers[index] = self._cut(text, prepared[index][2])
-        return [a if a is not None else "" for a in answers]
+        return answers
 
     @torch.no_grad()
     def loglikelihood(self, requests: list[Instance]) -> list[GenerationResult]:
@@ -339,7 +341,7 @@ class ProbeLVLM(lmms):
         tokenizer = self.loaded.processor.tokenizer
         keys = [bool(images) for _, _, images in entries]
         lengths = [len(context) + len(c) + 1000 * len(images) for context, c, images in entries]
-        scored: list[tuple[float, bool] | None] = [None] * len(entries)
+        scored: list[tuple[float, bool]] = [(0.0, False)] * len(entries)  # every entry is filled below
 
         def step(batch: list[int]) -> list[tuple[float, bool]]:
             rows = [entries[i] for i in batch]
@@ -354,8 +356,7 @@ class ProbeLVLM(lmms):
             else:
                 prefixes = [tokenizer(context, add_special_tokens=False)["input_ids"] for context, _, _ in rows]
                 full = [tokenizer(context + c, add_special_tokens=False)["input_ids"] for context, c, _ in rows]
-                width = max(len(ids) for ids in full)
-                pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+                width, pad = max(len(ids) for ids in full), self._pad_id
                 inputs = {"input_ids": torch.tensor([ids + [pad] * (width - len(ids)) for ids in full]),
                           "attention_mask": torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in full])}
                 inputs = move(inputs, self._device, next(self._model.parameters()).dtype)
@@ -375,7 +376,7 @@ class ProbeLVLM(lmms):
         for group in grouped_order(keys, lengths):
             for index, result in zip(group, self._batches.run(group, step)):
                 scored[index] = result
-        return [r for r in scored if r is not None]
+        return scored
 
     @staticmethod
     def _reduce(logprobs: torch.Tensor, targets: list[int], reduction: str) -> tuple[float, bool]:

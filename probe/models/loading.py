@@ -63,17 +63,12 @@ def load_model(
     visible GPUs, then the CPU (transformers' ``device_map="auto"``), for scoring a model larger than one
     GPU; the toolkit's own models go to the first GPU, else the CPU.
     """
-    if device == AUTO_DEVICE:
-        if ref in REFERENCE_MODELS or ref.startswith(TINY_PREFIX):
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        else:
-            warn_if_slow_dtype("cuda" if torch.cuda.is_available() else "cpu", dtype)
-            loaded = _load(ref, dtype, AUTO_DEVICE)
-            if max_pixels is not None:
-                loaded.adapter.set_max_pixels(loaded.processor, max_pixels)
-            return loaded
-    check_device(device)
-    warn_if_slow_dtype(device, dtype)
+    first_device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == AUTO_DEVICE and (ref in REFERENCE_MODELS or ref.startswith(TINY_PREFIX)):
+        device = first_device
+    if device != AUTO_DEVICE:
+        check_device(device)
+    warn_if_slow_dtype(first_device if device == AUTO_DEVICE else device, dtype)
     loaded = _load(ref, dtype, device)
     if max_pixels is not None:
         loaded.adapter.set_max_pixels(loaded.processor, max_pixels)
