@@ -146,7 +146,7 @@ class Adapter:
         add_generation_prompt: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Model inputs (batch of one) for a conversation with its images, in order of appearance."""
-        prompt = self.render_prompt(processor, messages, add_generation_prompt)
+        prompt = self.render_prompt(processor, self.conversation(messages, images), add_generation_prompt)
         kwargs = dict(text=[prompt], return_tensors="pt", **self.processor_kwargs())
         if images:
             kwargs["images"] = list(images)

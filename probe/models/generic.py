@@ -133,10 +133,6 @@ class GenericAdapter(Adapter):
             return super().render_prompt(processor, messages, add_generation_prompt)
         return "\n".join(_message_text(m) for m in messages)  # a base model without a chat template
 
-    def build_inputs(self, processor: Any, messages: Sequence[Message], images: Sequence[Image.Image],
-                     add_generation_prompt: bool = False) -> dict[str, torch.Tensor]:
-        return super().build_inputs(processor, self.conversation(messages, images), images, add_generation_prompt)
-
     def conversation(self, messages: Sequence[Message], images: Sequence[Image.Image]) -> Sequence[Message]:
         if not self.text_only:
             return messages
