@@ -38,7 +38,9 @@ def rendered(page: Path) -> str:
         if not source.is_file():
             raise IncludeError(f"{page}: the include block names {match.group('path')}, which does not exist")
         body = csv_markdown(source) if source.suffix == ".csv" else source.read_text()
-        return f"{match.group(1)}{body if body.endswith(chr(10)) else body + chr(10)}{match.group(4)}"
+        if not body.endswith("\n"):
+            body += "\n"
+        return match.group(1) + body + match.group(4)
 
     return BLOCK.sub(fill, page.read_text())
 

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.results import ResultsError
+from probe.core.manifest import write_text_atomic
 from probe.evaluation.uncertainty import BOOTS
 
 
@@ -711,8 +712,6 @@ def to_latex(frame: pd.DataFrame, digits: int = 2) -> str:
 def write_table(frame: pd.DataFrame, out: Path, name: str, note: str = "", digits: int = 2) -> str:
     """Write ``name``.md, .csv and .tex into ``out`` (``note``, a paragraph under the markdown table);
     returns the markdown."""
-    from probe.core.manifest import write_text_atomic
-
     markdown = to_markdown(frame, digits) + (f"\n{note}" if note else "")
     write_text_atomic(out / f"{name}.md", markdown)
     flat = frame.copy()
@@ -768,8 +767,6 @@ def write_grid_table(results: pd.DataFrame, out: Path, grid: str, model: str | N
             ordered = in_table1_order(results) if grid == "table1" else _with_token_methods(results)
             retained = average_retention(retention_table(ordered, rows))
             correlation = correlation_markdown(proxy_correlation(retained, table, boots, seed))
-            from probe.core.manifest import write_text_atomic
-
             write_text_atomic(out / f"{name}_proxy_correlation.md", correlation)
             markdown += "\n" + correlation
     return markdown
@@ -788,7 +785,6 @@ def _write_task_tables(results: pd.DataFrame, out: Path, grid: str, model: str |
             if not differences.empty:
                 markdown += "\n" + write_table(differences, out, f"{name}_pools")
             from analysis.pathway_findings import findings_markdown, pathway_findings
-            from probe.core.manifest import write_text_atomic
 
             findings = findings_markdown(pathway_findings(results, items, boots, seed, adjust), adjust, boots, seed)
             if findings:
@@ -796,7 +792,6 @@ def _write_task_tables(results: pd.DataFrame, out: Path, grid: str, model: str |
                 markdown += "\n" + findings
         if (out / "mask_iou.csv").is_file():
             from analysis.mask_overlap import iou_markdown
-            from probe.core.manifest import write_text_atomic
 
             iou = pd.read_csv(out / "mask_iou.csv")
             if not iou.empty:
